@@ -1,0 +1,33 @@
+# The README's two commands: `make sweep` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.prunesweep-installed
+STORAGE ?= $(CURDIR)/results
+NAME   ?= quickstart-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: venv sweep test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sweep: $(STAMP)
+	$(VENV)/bin/prunesweep run sweeps/configs/quickstart.yaml --storage $(STORAGE) --name $(NAME)
+	$(VENV)/bin/prunesweep analyze $(STORAGE)/$(NAME) --out $(STORAGE)/$(NAME)/analysis
+	@echo "report: $(STORAGE)/$(NAME)/analysis/report.md"
+	@echo "plots:  $(STORAGE)/$(NAME)/analysis/*.png"
+
+# pytest's exit code 5 (no tests collected) is a failure, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) -m benchmarks --json benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

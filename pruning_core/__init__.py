@@ -1,0 +1,28 @@
+"""pruning_core: exact, fast magnitude/gradient/structured pruning on plain PyTorch.
+
+Usable on any ``nn.Module``; depends on torch only.
+"""
+from .masks import (
+    MASK,
+    apply_masks,
+    attach_optimizer,
+    clear_optimizer_state,
+    get_mask,
+    load_state_dict,
+    make_permanent,
+    mask_gradients,
+    prunable_modules,
+)
+from .report import layer_sparsity, nonzero_params, sparsity, sparsity_report
+from .schedules import SCHEDULE_KINDS, check_sparsity, sparsity_schedule
+from .selection import CRITERIA, SCOPES, STRUCTURES, accumulate_gradients, prune, prune_threshold
+from .serialization import load_pruned, save_pruned
+
+__all__ = [
+    "MASK", "CRITERIA", "SCOPES", "STRUCTURES", "SCHEDULE_KINDS",
+    "prune", "prune_threshold", "accumulate_gradients",
+    "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
+    "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
+    "attach_optimizer", "apply_masks", "mask_gradients", "clear_optimizer_state",
+    "get_mask", "prunable_modules", "sparsity_schedule", "check_sparsity",
+]

@@ -1,0 +1,221 @@
+"""Choosing which weights to prune: scores, exact global/layerwise selection, thresholds."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .masks import (
+    CONV_TYPES,
+    adopt_torch_pruning,
+    attach_optimizer,
+    effective_weight,
+    get_mask,
+    prunable_modules,
+    set_mask,
+)
+from .schedules import check_sparsity
+
+CRITERIA = ("magnitude", "gradient", "magnitude_gradient", "random")
+SCOPES = ("global", "layerwise")
+STRUCTURES = ("unstructured", "filters")
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _gradient(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
+    grad = module.weight.grad
+    if grad is None:
+        raise ValueError(
+            f"criterion {criterion!r} needs gradients, but layer {name!r} has no .grad: "
+            "run loss.backward() on one or more batches before prune()"
+        )
+    return grad.detach()
+
+
+def weight_scores(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
+    """Per-weight importance of ``module.weight`` (float32, same shape); low is pruned first."""
+    weight = effective_weight(module)
+    if criterion == "magnitude":
+        score = weight.abs()
+    elif criterion == "gradient":
+        score = _gradient(name, module, criterion).abs()
+    elif criterion == "magnitude_gradient":
+        score = (weight * _gradient(name, module, criterion)).abs()
+    elif criterion == "random":
+        score = torch.rand(weight.shape, device=weight.device)
+    else:
+        _choice(criterion, CRITERIA, "criterion")
+    score = score.float()
+    if torch.isnan(score).any():
+        raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
+    return score
+
+
+def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) -> torch.Tensor:
+    out_channels = module.weight.shape[0]
+    if criterion == "random":
+        return torch.rand(out_channels, device=module.weight.device)
+    weight = effective_weight(module).float()
+    if criterion == "magnitude":
+        values = weight
+    elif criterion == "gradient":
+        values = _gradient(name, module, criterion).float()
+    else:
+        values = weight * _gradient(name, module, criterion).float()
+    return torch.linalg.vector_norm(values.reshape(out_channels, -1), ord=norm, dim=1)
+
+
+def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """New keep-mask that prunes exactly ``k`` entries: all already pruned, then lowest scores.
+
+    Ties at the threshold are broken by position (earlier first), so the count is exact.
+    """
+    n = scores.numel()
+    if k <= 0:
+        return keep.clone()
+    if k >= n:
+        return torch.zeros_like(keep)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    threshold = torch.kthvalue(scores.cpu() if scores.device.type == "mps" else scores, k).values
+    pruned = scores < threshold
+    missing = k - int(pruned.sum())
+    if missing > 0:
+        ties = torch.nonzero(scores == threshold).flatten()[:missing]
+        pruned[ties] = True
+    return ~pruned
+
+
+def _current(keep: torch.Tensor) -> int:
+    return int(keep.numel() - keep.sum())
+
+
+def _too_low(sparsity: float, current: int, total: int, where: str) -> ValueError:
+    now = current / total
+    return ValueError(
+        f"sparsity {sparsity} is below the current sparsity {now:.6g} of {where}: pruning is "
+        f"cumulative, so the allowed range is [{now:.6g}, 1)"
+    )
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    criterion: str = "magnitude",
+    scope: str = "global",
+    structure: str = "unstructured",
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    norm: float = 1,
+) -> dict[str, torch.Tensor]:
+    """Prune ``model`` in place so exactly ``round(sparsity * N)`` units in scope are pruned.
+
+    Units are single weights (``structure="unstructured"``; N = prunable weights in scope)
+    or whole conv output channels (``"filters"``, ranked by their ``norm``-norm; N = filters;
+    Linear layers are left alone). ``scope="global"`` ranks all units together,
+    ``"layerwise"`` prunes each layer to ``round(sparsity * N_layer)``. Pruning is cumulative:
+    pruned units stay pruned and a target below the current sparsity is a ``ValueError``.
+    Pass every ``optimizer`` that trains the model (or call :func:`attach_optimizer`) so
+    pruned weights stay exactly zero. Returns ``{module_name: keep_mask}``.
+    """
+    sparsity = check_sparsity(sparsity)
+    _choice(criterion, CRITERIA, "criterion")
+    _choice(scope, SCOPES, "scope")
+    _choice(structure, STRUCTURES, "structure")
+    modules = prunable_modules(model, include, exclude)
+    if structure == "filters":
+        modules = [(n, m) for n, m in modules if isinstance(m, CONV_TYPES)]
+    if not modules:
+        raise ValueError(f"no prunable layers in scope (structure={structure!r}, include={include}, exclude={exclude})")
+    for _, module in modules:
+        adopt_torch_pruning(module)
+
+    keeps, scores = [], []
+    for name, module in modules:
+        mask = get_mask(module)
+        mask = torch.ones_like(module.weight, dtype=torch.bool) if mask is None else mask
+        if structure == "filters":
+            keeps.append(mask.reshape(mask.shape[0], -1).any(dim=1))
+            scores.append(_filter_scores(name, module, criterion, norm))
+        else:
+            keeps.append(mask.flatten())
+            scores.append(weight_scores(name, module, criterion).flatten())
+
+    if scope == "global":
+        keep_all = torch.cat(keeps)
+        total, current = keep_all.numel(), _current(keep_all)
+        k = round(sparsity * total)
+        if k < current:
+            raise _too_low(sparsity, current, total, "the pruned scope")
+        new_all = lowest_k(torch.cat(scores), keep_all, k)
+        new_keeps = list(torch.split(new_all, [k_.numel() for k_ in keeps]))
+    else:
+        new_keeps = []
+        for (name, _), keep, score in zip(modules, keeps, scores):
+            k = round(sparsity * keep.numel())
+            if k < _current(keep):
+                raise _too_low(sparsity, _current(keep), keep.numel(), f"layer {name!r}")
+            new_keeps.append(lowest_k(score, keep, k))
+
+    result = {}
+    for (name, module), keep in zip(modules, new_keeps):
+        shape = module.weight.shape
+        if structure == "filters":
+            mask = keep.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+        else:
+            mask = keep.reshape(shape)
+        set_mask(module, mask)
+        result[name] = get_mask(module)
+    if optimizer is not None:
+        attach_optimizer(model, optimizer)
+    return result
+
+
+def prune_threshold(
+    model: nn.Module,
+    threshold: float,
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> float:
+    """Prune every prunable weight with ``abs(w) < threshold`` (cumulatively).
+
+    Returns the resulting sparsity of the whole model (see :func:`pruning_core.sparsity`).
+    """
+    from .report import sparsity as model_sparsity
+
+    threshold = float(threshold)
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold}")
+    for _, module in prunable_modules(model, include, exclude):
+        weight = effective_weight(module)
+        mask = get_mask(module)
+        keep = weight.abs() >= threshold
+        set_mask(module, keep if mask is None else keep & mask)
+    if optimizer is not None:
+        attach_optimizer(model, optimizer)
+    return model_sparsity(model)
+
+
+def accumulate_gradients(model: nn.Module, batches, loss_fn=None) -> int:
+    """Zero ``.grad`` and run backward over ``batches`` of ``(inputs, targets)``.
+
+    Prepares the ``gradient`` and ``magnitude_gradient`` criteria; returns the batch count.
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.zero_grad(set_to_none=True)
+    count = 0
+    for inputs, targets in batches:
+        loss_fn(model(inputs), targets).backward()
+        count += 1
+    if count == 0:
+        raise ValueError("accumulate_gradients needs at least one batch")
+    return count

@@ -1,0 +1,1 @@
+"""sweeps: Ray Tune orchestration of train-prune-train trials driven by YAML configs."""

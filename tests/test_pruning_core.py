@@ -1,0 +1,406 @@
+"""Exact behaviour of pruning_core: which weights, how many, and that they stay pruned."""
+import copy
+import io
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.utils.prune
+from torch import nn
+
+import pruning_core as pc
+from sweeps.models import build_model
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+
+
+def set_weights(model):
+    """Distinct magnitudes 1..N across all prunable weights, random signs."""
+    g = torch.Generator().manual_seed(1)
+    start = 1
+    with torch.no_grad():
+        for _, m in pc.prunable_modules(model):
+            n = m.weight.numel()
+            vals = torch.arange(start, start + n, dtype=torch.float32)
+            signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+            m.weight.copy_((vals * signs).view_as(m.weight))
+            start += n
+    return start - 1
+
+
+def tiny_weights():
+    model = tiny()
+    set_weights(model)
+    return model
+
+
+def test_prunable_modules_skip_bias_and_norm():
+    model = tiny()
+    names = [n for n, _ in pc.prunable_modules(model)]
+    assert names == ["0", "3", "7"]
+    assert [n for n, _ in pc.prunable_modules(model, exclude=["0", "7"])] == ["3"]
+    assert [n for n, _ in pc.prunable_modules(model, include=["[07]"])] == ["0", "7"]
+
+
+def test_global_magnitude_prunes_exactly_the_smallest():
+    model = tiny()
+    n = set_weights(model)
+    masks = pc.prune(model, 0.4)
+    k = round(0.4 * n)
+    for name, m in pc.prunable_modules(model):
+        pruned = m.weight.abs() == 0
+        assert torch.equal(~masks[name], pruned)
+    allw = torch.cat([m.weight.detach().abs().flatten() for _, m in pc.prunable_modules(model)])
+    assert int((allw == 0).sum()) == k
+    orig = torch.arange(1, n + 1, dtype=torch.float32)
+    assert torch.equal(allw == 0, orig <= k)
+    assert pc.sparsity(model) == pytest.approx(k / n)
+    # biases and batchnorm untouched
+    assert torch.count_nonzero(model[1].weight) == 4
+
+
+def test_layerwise_prunes_each_layer_exactly():
+    model = tiny()
+    set_weights(model)
+    pc.prune(model, 0.5, scope="layerwise")
+    orig = {n: m.weight.detach().abs().flatten().clone() for n, m in pc.prunable_modules(tiny_weights())}
+    for name, m in pc.prunable_modules(model):
+        w = m.weight.detach().abs().flatten()
+        k = round(0.5 * w.numel())
+        assert int((w == 0).sum()) == k
+        # the pruned ones are exactly the k smallest of this layer
+        assert torch.equal(w == 0, orig[name] <= torch.sort(orig[name]).values[k - 1])
+    layer = pc.layer_sparsity(model)
+    assert layer["0"] == pytest.approx(round(0.5 * 36) / 36)
+    assert layer["3"] == pytest.approx(round(0.5 * 216) / 216)
+    assert layer["7"] == pytest.approx(round(0.5 * 18) / 18)
+
+
+def test_ties_are_broken_by_position_and_count_is_exact():
+    model = nn.Linear(10, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    masks = pc.prune(model, 0.3)
+    keep = masks[""].flatten()
+    assert keep.tolist() == [False] * 3 + [True] * 7
+
+
+def test_cumulative_and_monotone():
+    model = tiny()
+    n = set_weights(model)
+    pc.prune(model, 0.3)
+    first = {k: v.clone() for k, v in ((nm, m.weight_mask) for nm, m in pc.prunable_modules(model))}
+    # make a pruned-position weight "large" would be impossible; instead change survivors' magnitudes
+    with torch.no_grad():
+        for _, m in pc.prunable_modules(model):
+            m.weight.mul_(-1)
+    pc.prune(model, 0.6)
+    for name, m in pc.prunable_modules(model):
+        assert not (m.weight_mask & ~first[name]).any(), "a pruned weight came back"
+    assert pc.sparsity(model) == pytest.approx(round(0.6 * n) / n)
+    with pytest.raises(ValueError, match=r"below the current sparsity .*allowed range is \[0\.6"):
+        pc.prune(model, 0.5)
+    pc.prune(model, 0.6)  # same target: a no-op, not an error
+    assert pc.sparsity(model) == pytest.approx(round(0.6 * n) / n)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), 1.5, "x"])
+def test_bad_sparsity_is_value_error(bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pc.prune(tiny(), bad)
+
+
+def test_bad_choices_name_allowed_values():
+    with pytest.raises(ValueError, match="criterion must be one of magnitude, gradient"):
+        pc.prune(tiny(), 0.5, criterion="taylor")
+    with pytest.raises(ValueError, match="scope must be one of global, layerwise"):
+        pc.prune(tiny(), 0.5, scope="local")
+    with pytest.raises(ValueError, match="structure must be one of unstructured, filters"):
+        pc.prune(tiny(), 0.5, structure="channels")
+
+
+def test_gradient_criteria_order():
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[4.0, 3.0, 2.0, 1.0]]))
+    with pytest.raises(ValueError, match="needs gradients.*backward"):
+        pc.prune(model, 0.5, criterion="gradient")
+    model.weight.grad = torch.tensor([[0.1, 1.0, -3.0, 0.5]])
+    g = copy.deepcopy(model)
+    g.weight.grad = model.weight.grad.clone()
+    pc.prune(g, 0.5, criterion="gradient")  # |g| = .1, 1, 3, .5 -> prune idx 0, 3
+    assert g.weight_mask.flatten().tolist() == [False, True, True, False]
+    mg = copy.deepcopy(model)
+    mg.weight.grad = model.weight.grad.clone()
+    pc.prune(mg, 0.5, criterion="magnitude_gradient")  # |w g| = .4, 3, 6, .5 -> prune 0, 3
+    assert mg.weight_mask.flatten().tolist() == [False, True, True, False]
+    mg2 = copy.deepcopy(model)
+    mg2.weight.grad = torch.tensor([[0.1, 0.01, 3.0, 5.0]])  # |w g| = .4, .03, 6, 5
+    pc.prune(mg2, 0.25, criterion="magnitude_gradient")
+    assert mg2.weight_mask.flatten().tolist() == [True, False, True, True]
+
+
+def test_accumulate_gradients_sums_batches():
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 0, 1])
+    assert pc.accumulate_gradients(model, [(x, y), (x, y)]) == 2
+    one = nn.Linear(3, 2)
+    one.load_state_dict(model.state_dict())
+    nn.functional.cross_entropy(one(x), y).backward()
+    assert torch.allclose(model.weight.grad, 2 * one.weight.grad)
+
+
+def test_random_criterion_is_reproducible():
+    a, b = tiny(), tiny()
+    torch.manual_seed(5)
+    ma = pc.prune(a, 0.5, criterion="random")
+    torch.manual_seed(5)
+    mb = pc.prune(b, 0.5, criterion="random")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    torch.manual_seed(6)
+    c = tiny()
+    mc = pc.prune(c, 0.5, criterion="random")
+    assert not all(torch.equal(ma[k], mc[k]) for k in ma)
+
+
+def test_filters_layerwise_and_global():
+    model = tiny()
+    with torch.no_grad():
+        for i in range(4):
+            model[0].weight[i].fill_([3.0, 1.0, 4.0, 2.0][i])
+        for i in range(6):
+            model[3].weight[i].fill_(0.1 * (6 - i))
+    lw = copy.deepcopy(model)
+    pc.prune(lw, 0.5, structure="filters", scope="layerwise")
+    assert lw[0].weight_mask.reshape(4, -1).all(1).tolist() == [True, False, True, False]
+    assert lw[3].weight_mask.reshape(6, -1).all(1).tolist() == [True, True, True, False, False, False]
+    assert not hasattr(lw[7], "weight_mask")  # Linear untouched
+    # whole filters: a row is all kept or all pruned
+    rows = lw[3].weight_mask.reshape(6, -1)
+    assert torch.equal(rows.all(1), rows.any(1))
+    gl = copy.deepcopy(model)
+    pc.prune(gl, 0.5, structure="filters", scope="global")  # 10 filters -> 5 lowest L1 norms
+    pruned = (~gl[0].weight_mask.reshape(4, -1).all(1)).sum() + (~gl[3].weight_mask.reshape(6, -1).all(1)).sum()
+    assert int(pruned) == 5
+    # conv[3] filters have L1 = 36 * 0.1*(6-i) <= 21.6; conv[0] filters have L1 9 * {3,1,4,2}
+    # norms: conv0: 27, 9, 36, 18; conv3: 21.6, 18, 14.4, 10.8, 7.2, 3.6 -> lowest 5: 3.6 7.2 9 10.8 14.4
+    assert gl[0].weight_mask.reshape(4, -1).all(1).tolist() == [True, False, True, True]
+    assert gl[3].weight_mask.reshape(6, -1).all(1).tolist() == [True, True, False, False, False, False]
+
+
+def test_threshold():
+    model = tiny()
+    n = set_weights(model)
+    s = pc.prune_threshold(model, 10.5)
+    assert s == pytest.approx(10 / n)
+    allw = torch.cat([m.weight.detach().abs().flatten() for _, m in pc.prunable_modules(model)])
+    assert int((allw == 0).sum()) == 10
+    assert pc.prune_threshold(model, 3) == pytest.approx(10 / n)  # cumulative: nothing comes back
+
+
+def make_opt(kind, model):
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=1e-2)
+    return torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_zeros_survive_training(kind, when):
+    torch.manual_seed(0)
+    model = tiny()
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    opt = None
+    if when == "before":
+        opt = make_opt(kind, model)
+        for _ in range(3):  # builds momentum / Adam moments for every weight
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        pc.prune(model, 0.7, optimizer=opt)
+    else:
+        pc.prune(model, 0.7)
+        opt = pc.attach_optimizer(model, make_opt(kind, model))
+    before = pc.sparsity(model)
+    masks = {n: m.weight_mask.clone() for n, m in pc.prunable_modules(model)}
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert pc.sparsity(model) == before
+    for n, m in pc.prunable_modules(model):
+        assert torch.all(m.weight[~masks[n]] == 0)
+        assert torch.all(m.weight[masks[n]] != 0)  # survivors still train
+
+
+def test_deepcopy_keeps_masks_and_state_round_trip():
+    model = build_model("resnet20")
+    pc.prune(model, 0.8)
+    clone = copy.deepcopy(model)
+    assert pc.sparsity(clone) == pc.sparsity(model)
+    assert torch.equal(clone.conv1.weight_mask, model.conv1.weight_mask)
+    state = model.state_dict()
+    assert "conv1.weight_mask" in state
+    fresh = build_model("resnet20")
+    pc.load_state_dict(fresh, state)
+    assert torch.equal(fresh.conv1.weight_mask, model.conv1.weight_mask)
+    assert pc.sparsity(fresh) == pc.sparsity(model)
+    # the restored masks are live: training keeps them
+    opt = pc.attach_optimizer(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9))
+    nn.functional.cross_entropy(fresh(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    opt.step()
+    assert pc.sparsity(fresh) == pc.sparsity(model)
+
+
+def test_torch_compile_training_sees_trained_weights():
+    torch.manual_seed(0)
+    model = tiny()
+    pc.prune(model, 0.5)
+    opt = pc.attach_optimizer(model, torch.optim.SGD(model.parameters(), lr=0.5))
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    start = model[3].weight.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        opt.step()
+    assert not torch.equal(model[3].weight, start)  # the module's weight is the trained one
+    assert pc.sparsity(model) == pytest.approx(0.5, abs=1 / 270)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert torch.equal(saved["3.weight"], model[3].weight.detach())
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
+
+
+def test_torch_nn_utils_prune_interop():
+    model = tiny()
+    set_weights(model)
+    torch.nn.utils.prune.l1_unstructured(model[3], "weight", amount=100)
+    assert pc.sparsity(model) == pytest.approx(100 / 270)
+    assert pc.layer_sparsity(model)["3"] == pytest.approx(100 / 216)
+    # torch's mask counts as already pruned, then pruning continues from there
+    pc.prune(model, 0.5)
+    assert pc.sparsity(model) == pytest.approx(135 / 270)
+    assert "weight_orig" not in dict(model[3].named_parameters())
+    pc.make_permanent(model)
+    assert set(model.state_dict()) == set(tiny().state_dict())
+    assert pc.sparsity(model) == pytest.approx(135 / 270)
+    # make_permanent also strips torch's own machinery
+    other = tiny()
+    torch.nn.utils.prune.random_unstructured(other[0], "weight", amount=0.5)
+    pc.make_permanent(other)
+    assert set(other.state_dict()) == set(tiny().state_dict())
+    assert not other[0]._forward_pre_hooks
+
+
+def test_make_permanent_keys_and_values():
+    model = build_model("resnet20")
+    pc.prune(model, 0.9)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    out = model(x)
+    pc.make_permanent(model)
+    assert set(model.state_dict()) == set(build_model("resnet20").state_dict())
+    assert torch.allclose(model(x), out)
+    assert pc.sparsity(model) == pytest.approx(round(0.9 * 268336) / 268336)
+
+
+def test_save_load_round_trip_and_size(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    pc.prune(model, 0.9)
+    model.eval()
+    path = tmp_path / "m.pt"
+    pc.save_pruned(model, path)
+    dense = tmp_path / "dense.pt"
+    torch.save(build_model("resnet20").state_dict(), dense)
+    assert os.path.getsize(path) <= os.path.getsize(dense) / 4
+    fresh = build_model("resnet20")
+    pc.load_pruned(path, fresh)
+    fresh.eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(fresh(x), model(x))
+    assert torch.equal(fresh.layer2[0].conv1.weight_mask, model.layer2[0].conv1.weight_mask)
+    pc.prune(fresh, 0.95)  # masks live: cumulative pruning goes on
+    assert pc.sparsity(fresh) == pytest.approx(round(0.95 * 268336) / 268336)
+
+
+def test_damaged_and_foreign_files(tmp_path):
+    model = build_model("resnet20")
+    pc.prune(model, 0.5)
+    good = tmp_path / "good.pt"
+    pc.save_pruned(model, good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.pt"):
+        pc.load_pruned(truncated, build_model("resnet20"))
+    foreign = tmp_path / "foreign.pt"
+    torch.save(model.state_dict(), foreign)
+    with pytest.raises(ValueError, match="foreign.pt: not a pruned-model file"):
+        pc.load_pruned(foreign, build_model("resnet20"))
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="text.pt"):
+        pc.load_pruned(text, build_model("resnet20"))
+    with pytest.raises(ValueError, match="good.pt: does not fit"):
+        pc.load_pruned(good, build_model("resnet32"))
+
+
+def test_sparsity_report_macs():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(2 * 4 * 4, 5))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.fill_(1.0)
+    pc.prune(model, 0.5, scope="layerwise")
+    rep = pc.sparsity_report(model, input_shape=(1, 4, 4))
+    conv, lin = rep["layers"]
+    assert conv["params"] == 18 and conv["nonzero"] == 9
+    assert conv["macs_dense"] == 18 * 16 and conv["macs_sparse"] == 9 * 16
+    assert lin["macs_dense"] == 160 and lin["macs_sparse"] == 80
+    assert rep["macs_dense"] == 18 * 16 + 160
+    assert rep["sparsity"] == pytest.approx(0.5)
+    assert rep["compression_ratio"] == pytest.approx(2.0)
+    assert rep["nonzero_params"] == 9 + 80 + 5  # + linear bias
+
+
+def test_schedules():
+    assert pc.sparsity_schedule("instant", 0.9, 4) == [0.9]
+    g = pc.sparsity_schedule("gradual", 0.9, 4)
+    assert g == pytest.approx([1 - 0.1 ** (i / 4) for i in range(1, 5)])
+    assert g[-1] == 0.9
+    # every step prunes the same fraction of what remains
+    remain = [1.0] + [1 - s for s in g]
+    ratios = [remain[i + 1] / remain[i] for i in range(4)]
+    assert ratios == pytest.approx([ratios[0]] * 4)
+    c = pc.sparsity_schedule("cubic", 0.8, 3)
+    assert c == pytest.approx([0.8 * (1 - (1 - i / 3) ** 3) for i in range(1, 4)])
+    assert c[-1] == 0.8
+    assert pc.sparsity_schedule("gradual", 0.5, 1) == [0.5]
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        pc.sparsity_schedule("gradual", 0.5, 0)
+    with pytest.raises(ValueError, match="one of instant, gradual, cubic"):
+        pc.sparsity_schedule("linear", 0.5, 2)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pc.sparsity_schedule("gradual", 1.0, 2)
+
+
+def test_pruning_core_imports_no_ray_or_pandas():
+    import subprocess
+    import sys
+    code = "import sys, pruning_core; bad=[m for m in ('ray','pandas') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
