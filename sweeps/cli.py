@@ -1,0 +1,90 @@
+"""The ``prunesweep`` command: run, resume, validate, analyze."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, expand, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunesweep", description="Gradual vs instant pruning sweeps on Ray Tune.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def ray_options(sp):
+        sp.add_argument("--address", help="Ray cluster to use: 'auto' or ray://host:10001 (default: start a local Ray)")
+        sp.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray only)")
+        sp.add_argument("--dashboard-host", default="127.0.0.1", help="interface the local dashboard binds to")
+        sp.add_argument("--autoscale", action="store_true",
+                        help="the cluster adds nodes on demand: skip the GPU/CPU presence check and request them")
+
+    run = sub.add_parser("run", help="run a sweep from a YAML config")
+    run.add_argument("config", help="YAML file, or a built-in config name (quickstart, gradual_pruning, ...)")
+    run.add_argument("--storage", default="results", help="folder or URI (s3://...) that holds experiments")
+    run.add_argument("--name", help="experiment name (default: the config's name)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field by dotted path, value parsed as YAML (repeatable)")
+    ray_options(run)
+
+    res = sub.add_parser("resume", help="finish an interrupted experiment")
+    res.add_argument("experiment", help="<storage>/<name> of the experiment")
+    ray_options(res)
+
+    val = sub.add_parser("validate", help="check a config and list its trials, without running anything")
+    val.add_argument("config")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    ana = sub.add_parser("analyze", help="summaries, paired tests, plots and report.md of an experiment",
+                         add_help=False)
+    ana.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _summarise(results, path: str) -> int:
+    errors = [r for r in results if r.error is not None]
+    total = len(results)
+    print(f"\n{total - len(errors)} of {total} trials finished; results in {path}")
+    print(f"analyse them with: prunesweep analyze {path}")
+    if errors:
+        print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "analyze":
+        from analysis.cli import main as analyze_main
+
+        return analyze_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            config = load_config(args.config, args.overrides)
+            trials = expand(config)
+            print(f"{args.config}: valid; {len(trials)} trials "
+                  f"({len(config.schedules)} schedules, {len(config.sparsities)} sparsities, {len(config.seed_list)} seeds)")
+            return 0
+        from . import runner, storage
+
+        if args.command == "run":
+            config = load_config(args.config, args.overrides)
+            results = runner.run(config, args.storage, args.name, args.address, not args.no_dashboard,
+                                 args.autoscale, args.dashboard_host)
+            path = storage.join(storage.normalise(args.storage), args.name or config.name)
+        else:
+            results = runner.resume(args.experiment, args.address, not args.no_dashboard, args.autoscale,
+                                    args.dashboard_host)
+            path = storage.normalise(args.experiment)
+        return _summarise(results, path)
+    except ConfigError as exc:
+        print(f"prunesweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials and checkpoints are kept; continue with `prunesweep resume`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

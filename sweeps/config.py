@@ -1,0 +1,289 @@
+"""Sweep configs: YAML validated into typed models, ``--set`` overrides, and the trial grid."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pruning_core import CRITERIA, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
+
+from .models import MODELS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+
+
+class ConfigError(Exception):
+    """A config or command-line value that cannot run; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+
+class DatasetConfig(_Strict):
+    name: Literal["digits", "cifar10"] = "digits"
+    root: Optional[str] = None
+    download: bool = False
+    augment: Optional[bool] = None
+    train_subset: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _root_exists(self):
+        if self.name == "cifar10":
+            if not self.root:
+                raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")
+            root = Path(os.path.expanduser(self.root))
+            if not self.download and not (root / "cifar-10-batches-py").is_dir():
+                raise ValueError(
+                    f"dataset.root {str(root)!r} holds no cifar-10-batches-py and dataset.download is false "
+                    "(set dataset.download: true or point dataset.root at the folder that holds it)"
+                )
+        return self
+
+    @property
+    def augments(self) -> bool:
+        return self.augment if self.augment is not None else self.name == "cifar10"
+
+
+class DenseConfig(_Strict):
+    epochs: Optional[int] = Field(None, ge=0)
+    checkpoint: Optional[str] = None
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    batch_size: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.epochs is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of dense.epochs (train the dense model) or dense.checkpoint (load it)")
+        if self.checkpoint is not None and "://" not in self.checkpoint and not Path(os.path.expanduser(self.checkpoint)).is_file():
+            raise ValueError(f"dense.checkpoint {self.checkpoint!r} is not a file")
+        return self
+
+
+class PruningConfig(_Strict):
+    criterion: Literal[CRITERIA] = "magnitude"  # type: ignore[valid-type]
+    scope: Literal[SCOPES] = "global"  # type: ignore[valid-type]
+    structure: Literal[STRUCTURES] = "unstructured"  # type: ignore[valid-type]
+    include: Optional[list[str]] = None
+    exclude: list[str] = []
+    gradient_batches: int = Field(8, ge=1)
+
+
+class FinetuneConfig(_Strict):
+    epochs: int = Field(..., ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=1e-3, weight_decay=1e-4)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    batch_size: int = Field(128, ge=1)
+
+
+class ScheduleConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["instant", "gradual", "cubic", "ladder"]
+    steps: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _steps_fit_kind(self):
+        if self.kind in ("instant", "ladder") and self.steps != 1:
+            raise ValueError(f"steps is only for gradual and cubic schedules; {self.kind} prunes once per target")
+        return self
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_or_fraction(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError(f"resources.gpu above 1 must be a whole number, got {self.gpu}")
+        return self
+
+
+Sparsity = Annotated[float, AfterValidator(lambda v: check_sparsity(v))]
+
+
+class SweepConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelName
+    dataset: DatasetConfig = DatasetConfig()
+    dense: DenseConfig
+    pruning: PruningConfig = PruningConfig()
+    finetune: FinetuneConfig
+    schedules: list[ScheduleConfig] = Field(..., min_length=1)
+    sparsities: list[Sparsity] = Field(..., min_length=1)
+    seeds: Union[Annotated[int, Field(ge=1)], Annotated[list[int], Field(min_length=1)]] = 1
+    resources: ResourcesConfig = ResourcesConfig()
+    max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    max_failures: int = Field(3, ge=-1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [s.name for s in self.schedules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schedules: duplicate name(s) {', '.join(dupes)}")
+        dup_sp = sorted({s for s in self.sparsities if self.sparsities.count(s) > 1})
+        if dup_sp:
+            raise ValueError(f"sparsities: duplicate value(s) {', '.join(map(str, dup_sp))}")
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: duplicate seed values")
+        for i, s in enumerate(self.schedules):
+            if s.kind in ("gradual", "cubic") and self.finetune.epochs % s.steps:
+                raise ValueError(
+                    f"schedules.{i}.steps: {s.steps} does not divide finetune.epochs={self.finetune.epochs}; "
+                    "every schedule must spend the same budget, split evenly after each prune"
+                )
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def has_ladder(self) -> bool:
+        return any(s.kind == "ladder" for s in self.schedules)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Prune to ``prune_to``, then train ``epochs``; reports are compared at ``target``."""
+
+    prune_to: float
+    epochs: int
+    target: float
+
+
+def budget(config: SweepConfig, target: float) -> int:
+    """Fine-tuning epochs a trial at ``target`` gets.
+
+    ``finetune.epochs``, or, when a ladder is in the sweep, the ladder's cumulative budget at
+    that rung, so that every point compares equal compute.
+    """
+    if not config.has_ladder:
+        return config.finetune.epochs
+    rung = sorted(config.sparsities).index(target)
+    return (rung + 1) * config.finetune.epochs
+
+
+def expand(config: SweepConfig) -> list[dict]:
+    """Every trial of the sweep: one per (schedule, sparsity, seed); one per seed for a ladder."""
+    trials = []
+    for schedule in config.schedules:
+        for seed in config.seed_list:
+            if schedule.kind == "ladder":
+                trials.append({"schedule": schedule.name, "kind": "ladder", "steps": len(config.sparsities),
+                               "target_sparsity": None, "seed": seed})
+                continue
+            for target in config.sparsities:
+                trials.append({"schedule": schedule.name, "kind": schedule.kind, "steps": schedule.steps,
+                               "target_sparsity": target, "seed": seed})
+    return trials
+
+
+def plan(config: SweepConfig, trial: dict) -> list[Phase]:
+    """The prune/train phases of one trial."""
+    if trial["kind"] == "ladder":
+        return [Phase(s, config.finetune.epochs, s) for s in sorted(config.sparsities)]
+    target = trial["target_sparsity"]
+    total = budget(config, target)
+    steps = sparsity_schedule(trial["kind"], target, trial["steps"])
+    return [Phase(s, total // len(steps), target) for s in steps]
+
+
+# ---------------------------------------------------------------- loading and errors
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        shown = e.get("input")
+        quiet = isinstance(shown, dict) or e["type"] in ("missing", "value_error")
+        got = "" if quiet else f" (got {shown!r})"
+        lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    return "config error: " + "; ".join(lines)
+
+
+def _field_names(model_cls) -> list[str]:
+    return list(model_cls.model_fields)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set finetune.epochs=2")
+    path, _, text = assignment.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {path}: value {text!r} is not valid YAML ({exc.problem})") from None
+    parts = path.strip().split(".")
+    model_cls, node = SweepConfig, raw
+    for i, part in enumerate(parts):
+        fields = model_cls.model_fields if model_cls is not None else None
+        if fields is not None and part not in fields:
+            where = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"--set {path}: {where} has no field {part!r}; fields are: {', '.join(fields)}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        annotation = fields[part].annotation if fields is not None else None
+        model_cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model_cls is None:
+            raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a section with fields")
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {} if child is None else child
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a mapping")
+        node = child
+
+
+def resolve_config_path(path: str) -> Path:
+    """A YAML path, or the name of a built-in config (``quickstart``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    builtin = CONFIG_DIR / (path if path.endswith(".yaml") else f"{path}.yaml")
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {path!r}: no such file (built-in configs: {names})")
+
+
+def load_config(path: str, overrides: list[str] = ()) -> SweepConfig:
+    """Read, override and validate a sweep config; raises ConfigError naming the field."""
+    file = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config {file}: malformed YAML at{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {file}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw)
+
+
+def validate(raw: dict) -> SweepConfig:
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None

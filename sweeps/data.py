@@ -1,0 +1,133 @@
+"""Datasets held as tensors, and a loader that batches and augments on the trial's device.
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no network).
+  Fixed split: a permutation drawn with seed 0; the last 360 images are the test set, the
+  other 1,437 the training set.
+- ``cifar10``: ``torchvision.datasets.CIFAR10`` (50,000 train / 10,000 test, the official
+  split), read once into one uint8 tensor.
+
+Both are normalised per channel with the training set's mean and standard deviation.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIGITS_TEST = 360
+
+
+@dataclass
+class TensorData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    pad: int  # random-crop padding for augmentation
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device) -> "TensorData":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return TensorData(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
+                          self.num_classes, self.pad)
+
+
+def _normalise(train: torch.Tensor, test: torch.Tensor):
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def load_digits_data() -> TensorData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
+    x, y = x[order], y[order]
+    x_train, x_test = _normalise(x[:-DIGITS_TEST], x[-DIGITS_TEST:])
+    return TensorData(x_train, y[:-DIGITS_TEST], x_test, y[-DIGITS_TEST:], 10, pad=1)
+
+
+def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None) -> TensorData:
+    from torchvision.datasets import CIFAR10
+
+    def as_tensors(train: bool):
+        ds = CIFAR10(root=root, train=train, download=download)
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
+        return x, torch.tensor(ds.targets, dtype=torch.long)
+
+    x_train, y_train = as_tensors(True)
+    x_test, y_test = as_tensors(False)
+    if train_subset is not None:
+        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+    x_train, x_test = _normalise(x_train, x_test)
+    return TensorData(x_train, y_train, x_test, y_test, 10, pad=4)
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str, root: str | None = None, download: bool = False,
+                 train_subset: int | None = None) -> TensorData:
+    """The named dataset as CPU tensors (cached per process)."""
+    if name == "digits":
+        data = load_digits_data()
+        if train_subset is not None:
+            data.x_train, data.y_train = data.x_train[:train_subset], data.y_train[:train_subset]
+        return data
+    if name == "cifar10":
+        return load_cifar10_data(root, download, train_subset)
+    raise ValueError(f"dataset must be one of digits, cifar10; got {name!r}")
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop (zero padding of ``pad``) and horizontal flip, for a whole batch."""
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad))
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev)
+    rows = (shifts[0, :, None] + torch.arange(h, device=dev)).view(b, 1, h, 1)
+    cols = (shifts[1, :, None] + torch.arange(w, device=dev)).view(b, 1, 1, w)
+    out = padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
+class DeviceLoader:
+    """Shuffled mini-batches of tensors already on the device, augmented in whole batches.
+
+    The order and augmentation come from ``generator`` alone, so a run is repeatable and a
+    checkpoint of the generator's state resumes the exact data stream.
+    """
+
+    def __init__(self, x, y, batch_size: int, generator: torch.Generator, augment: bool = False,
+                 pad: int = 4, drop_last: bool = False):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator, self.augment, self.pad, self.drop_last = generator, augment, pad, drop_last
+
+    def __len__(self):
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = self.x.shape[0]
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+        if order.device != self.x.device:
+            order = order.to(self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            if self.augment:
+                xb = random_crop_flip(xb, self.pad, self.generator)
+            yield xb, self.y[idx]

@@ -1,0 +1,218 @@
+"""Running a sweep: connect to Ray, share dense models, drive Ray Tune's Tuner, resume."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import yaml
+
+from . import storage
+from .config import ConfigError, SweepConfig, expand, validate
+
+CONFIG_FILE = "prunesweep.yaml"
+DENSE_DIR = "dense"
+DENSE_LOG = "trainings.jsonl"
+CHAOS_ENV = "PRUNESWEEP_CHAOS_KILL_AT_EPOCH"
+
+
+def connect(address: str | None = None, dashboard: bool = True, dashboard_host: str = "127.0.0.1") -> bool:
+    """Use the Ray already initialised here, connect to ``address``, or start a local one.
+
+    Returns True if this call started (and so must shut down) the connection.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ctx = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host)
+        url = getattr(ctx, "dashboard_url", None)
+        if dashboard and url:
+            print(f"Ray dashboard: http://{url}", flush=True)
+    return True
+
+
+def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
+    """Refuse, before any trial starts, a request the cluster can never meet."""
+    import ray
+
+    total = ray.cluster_resources()
+    res = config.resources
+    if res.gpu > 0 and total.get("GPU", 0) == 0 and not autoscale:
+        have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU", "memory") and k != "memory")
+        raise ConfigError(
+            f"resources.gpu: each trial asks for {res.gpu:g} GPU but the Ray cluster has none ({have}); "
+            "set resources.gpu: 0, connect to a cluster with GPUs (--address), or pass --autoscale if the "
+            "cluster launcher adds GPU nodes on demand"
+        )
+    if res.cpu > total.get("CPU", 0) and not autoscale:
+        raise ConfigError(f"resources.cpu: each trial asks for {res.cpu:g} CPUs but the cluster has {total.get('CPU', 0):g}")
+    if autoscale and (res.gpu > 0 or res.cpu > total.get("CPU", 0)):
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
+
+
+def _train_dense_task(config_json: dict, seed: int) -> dict:
+    import ray
+    import torch
+
+    from .train import device_for, train_dense
+
+    sweep = validate(config_json)
+    torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
+    return train_dense(sweep, seed, device_for(ray.get_gpu_ids()))
+
+
+def ensure_dense(config: SweepConfig, path: str) -> dict:
+    """One dense model per seed, trained once and stored under the experiment.
+
+    Seeds whose file exists are loaded, the others are trained as Ray tasks (in parallel,
+    with the trials' resources). Returns ``{seed: ObjectRef}`` of the dense dicts.
+    """
+    import ray
+    import torch
+
+    refs, missing = {}, []
+    for seed in config.seed_list:
+        file = storage.join(path, DENSE_DIR, f"seed_{seed}.pt")
+        if storage.exists(file):
+            refs[seed] = ray.put(torch.load(io.BytesIO(storage.read_bytes(file)), weights_only=False))
+        else:
+            missing.append(seed)
+    if not missing:
+        return refs
+    task = ray.remote(_train_dense_task).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
+    what = "load" if config.dense.checkpoint else f"train ({config.dense.epochs} epochs)"
+    print(f"dense models: {what} for seeds {missing}", flush=True)
+    pending = {task.remote(config.model_dump(mode="json"), seed): seed for seed in missing}
+    log_file = storage.join(path, DENSE_DIR, DENSE_LOG)
+    log = storage.read_bytes(log_file) if storage.exists(log_file) else b""
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        seed = pending.pop(done[0])
+        dense = ray.get(done[0])
+        buf = io.BytesIO()
+        torch.save(dense, buf)
+        storage.write_bytes(storage.join(path, DENSE_DIR, f"seed_{seed}.pt"), buf.getvalue())
+        entry = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
+        entry["finished_at"] = time.time()
+        log += (json.dumps(entry) + "\n").encode()
+        storage.write_bytes(log_file, log)
+        refs[seed] = ray.put(dense)
+        print(f"dense seed {seed}: test_accuracy {dense['test_accuracy']:.4f} ({dense['seconds']:.1f} s)", flush=True)
+    return refs
+
+
+def trial_dirname(trial) -> str:
+    """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``."""
+    point = trial.config["trial"]
+    target = "ladder" if point["target_sparsity"] is None else f"s{point['target_sparsity']:g}"
+    return f"{trial.trial_id}_{point['schedule']}_{target}_seed{point['seed']}"
+
+
+def _trainable(config: SweepConfig, dense_refs: dict):
+    from ray import tune
+
+    from .trainable import train_prune_train
+
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_prune_train, dense_refs=dense_refs), resources)
+
+
+def param_space(config: SweepConfig) -> dict:
+    from ray import tune
+
+    space = {"sweep": config.model_dump(mode="json"), "trial": tune.grid_search(expand(config))}
+    kill_at = os.environ.get(CHAOS_ENV)
+    if kill_at:
+        space["chaos"] = {"kill_at_epoch": int(kill_at)}
+    return space
+
+
+def _run_config(config: SweepConfig, storage_path: str, name: str):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+        verbose=1,
+    )
+
+
+def experiment_config(path: str) -> SweepConfig:
+    """The config an experiment was started with (``<experiment>/prunesweep.yaml``)."""
+    file = storage.join(path, CONFIG_FILE)
+    if not storage.exists(file):
+        raise ConfigError(f"{path}: not a prunesweep experiment (no {CONFIG_FILE}); start one with `prunesweep run`")
+    return validate(yaml.safe_load(storage.read_bytes(file)))
+
+
+def run(config: SweepConfig, storage_path: str, name: str | None = None, address: str | None = None,
+        dashboard: bool = True, autoscale: bool = False, dashboard_host: str = "127.0.0.1"):
+    """Run the sweep into ``<storage>/<name>``; returns Ray Tune's ResultGrid."""
+    storage_path = storage.normalise(storage_path)
+    name = name or config.name
+    path = storage.join(storage_path, name)
+    problem = storage.check_writable(storage_path)
+    if problem:
+        raise ConfigError(f"--storage {storage_path}: cannot write experiments there ({problem})")
+    if storage.exists(path):
+        raise ConfigError(
+            f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
+            "or choose another --name"
+        )
+    started = connect(address, dashboard, dashboard_host)
+    try:
+        check_resources(config, autoscale)
+        storage.write_bytes(storage.join(path, CONFIG_FILE),
+                            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+        return _fit(config, path, storage_path, name, restore=False)
+    finally:
+        if started:
+            _shutdown()
+
+
+def resume(path: str, address: str | None = None, dashboard: bool = True, autoscale: bool = False,
+           dashboard_host: str = "127.0.0.1"):
+    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints."""
+    path = storage.normalise(path)
+    config = experiment_config(path)
+    storage_path, name = (path.rsplit("/", 1) if storage.is_uri(path) else os.path.split(path))
+    started = connect(address, dashboard, dashboard_host)
+    try:
+        check_resources(config, autoscale)
+        return _fit(config, path, storage_path, name, restore=True)
+    finally:
+        if started:
+            _shutdown()
+
+
+def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool):
+    from ray import tune
+
+    dense_refs = ensure_dense(config, path)
+    trainable = _trainable(config, dense_refs)
+    if restore and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(config),
+            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent_trials, reuse_actors=False,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=_run_config(config, storage_path, name),
+        )
+    return tuner.fit()
+
+
+def _shutdown() -> None:
+    import ray
+
+    ray.shutdown()

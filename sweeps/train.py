@@ -1,0 +1,270 @@
+"""Training and evaluation loops, dense training, and one trial's prune/fine-tune run.
+
+Nothing here imports Ray: the Tune trainable (``sweeps.trainable``) and the benchmarks'
+plain loop drive the same :class:`FinetuneRun`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pruning_core as pc
+
+from .config import OptimizerConfig, SweepConfig, plan
+from .data import DeviceLoader, TensorData, load_dataset
+from .models import build_model, strip_data_parallel
+
+FINETUNE_SEED_OFFSET = 1_000_003
+
+
+def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(kind: str, optimizer, epochs: int):
+    """Per-epoch learning-rate schedule: constant, cosine to zero, or step (x0.1 at 50% and 75%)."""
+    epochs = max(epochs, 1)
+    if kind == "cosine":
+        factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))  # noqa: E731
+    elif kind == "step":
+        factor = lambda e: 0.1 ** ((e >= epochs // 2) + (e >= (3 * epochs) // 4))  # noqa: E731
+    else:
+        factor = lambda e: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def device_for(gpu_ids) -> torch.device:
+    """The trial's device: the GPU Ray assigned it (``ray.get_gpu_ids()``), else the CPU."""
+    if gpu_ids:
+        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first visible one is ours
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(model: nn.Module, data: TensorData, device: torch.device):
+    """Move model and data to ``device``; channels_last on CUDA (the fast path)."""
+    model = model.to(device)
+    data = data.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+    return model, data
+
+
+def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for xb, yb in loader:
+        with _autocast(device):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach().float() * yb.shape[0]
+        correct += (logits.argmax(1) == yb).sum()
+        seen += yb.shape[0]
+    return total_loss.item() / seen, correct.item() / seen
+
+
+@torch.no_grad()
+def evaluate(model, x, y, device, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, accuracy) in ``eval()`` mode: BatchNorm statistics are never touched."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with _autocast(device):
+            logits = model(xb)
+        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return total_loss / x.shape[0], correct / x.shape[0]
+
+
+def dataset_for(sweep: SweepConfig) -> TensorData:
+    d = sweep.dataset
+    return load_dataset(d.name, d.root, d.download, d.train_subset)
+
+
+def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None) -> dict:
+    """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics."""
+    data = dataset_for(sweep)
+    torch.manual_seed(seed)
+    model = build_model(sweep.model, data.num_classes, data.in_channels)
+    start = time.perf_counter()
+    if sweep.dense.checkpoint is not None:
+        state = torch.load(sweep.dense.checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(strip_data_parallel(state))
+    model, data = prepare(model, data, device)
+    epochs = sweep.dense.epochs or 0
+    if epochs:
+        optimizer = make_optimizer(sweep.dense.optimizer, model.parameters())
+        scheduler = make_scheduler(sweep.dense.lr_schedule, optimizer, epochs)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        loader = DeviceLoader(data.x_train, data.y_train, sweep.dense.batch_size, generator,
+                              sweep.dataset.augments, data.pad)
+        for epoch in range(epochs):
+            train_epoch(model, loader, optimizer, device)
+            scheduler.step()
+            if progress is not None:
+                progress(epoch + 1, epochs)
+    loss, acc = evaluate(model, data.x_test, data.y_test, device)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {"state_dict": state, "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
+            "seconds": time.perf_counter() - start, "seed": seed}
+
+
+class FinetuneRun:
+    """One trial: start from the dense model, follow the schedule's prune/train phases.
+
+    Call :meth:`run_epoch` until :attr:`done`; :meth:`state` and :meth:`load_state` hold
+    everything needed to continue bit for bit: model with masks, optimizer, LR schedule,
+    the data generator, torch's RNG, the epoch and the prunes done.
+    """
+
+    def __init__(self, sweep: SweepConfig, trial: dict, dense: dict, device: torch.device):
+        self.sweep, self.trial, self.device = sweep, trial, device
+        self.phases = plan(sweep, trial)
+        self.total_epochs = sum(p.epochs for p in self.phases)
+        data = dataset_for(sweep)
+        model = build_model(sweep.model, data.num_classes, data.in_channels)
+        model.load_state_dict(dense["state_dict"])
+        self.model, self.data = prepare(model, data, device)
+        self.dense_test_accuracy = dense["test_accuracy"]
+        ft = sweep.finetune
+        self.optimizer = pc.attach_optimizer(self.model, make_optimizer(ft.optimizer, self.model.parameters()))
+        self.scheduler = make_scheduler(ft.lr_schedule, self.optimizer, self.total_epochs)
+        seed = trial["seed"]
+        torch.manual_seed(seed + FINETUNE_SEED_OFFSET)
+        self.generator = torch.Generator(device=device).manual_seed(seed + FINETUNE_SEED_OFFSET)
+        self.loader = DeviceLoader(self.data.x_train, self.data.y_train, ft.batch_size, self.generator,
+                                   sweep.dataset.augments, self.data.pad)
+        self.epoch = 0
+        self.prunes_done = 0
+        self.prunable = sum(m.weight.numel() for _, m in pc.prunable_modules(self.model))
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.total_epochs
+
+    def _phase_index(self, epoch: int) -> int:
+        end = 0
+        for i, phase in enumerate(self.phases):
+            end += phase.epochs
+            if epoch < end:
+                return i
+        return len(self.phases) - 1
+
+    def _prune(self, phase) -> None:
+        p = self.sweep.pruning
+        if p.criterion in ("gradient", "magnitude_gradient"):
+            batches = []
+            for xb, yb in self.loader:
+                batches.append((xb, yb))
+                if len(batches) == p.gradient_batches:
+                    break
+            self.model.train()
+            pc.accumulate_gradients(self.model, batches)
+        pc.prune(self.model, phase.prune_to, criterion=p.criterion, scope=p.scope, structure=p.structure,
+                 include=p.include, exclude=p.exclude, optimizer=self.optimizer)
+        self.model.zero_grad(set_to_none=True)
+
+    def run_epoch(self, on_batch=None) -> dict:
+        """Prune if a phase starts now, train one epoch, evaluate; returns the epoch's metrics."""
+        index = self._phase_index(self.epoch)
+        phase = self.phases[index]
+        if self.prunes_done <= index:
+            self._prune(phase)
+            self.prunes_done = index + 1
+        start = time.perf_counter()
+        loader = self.loader if on_batch is None else _Tap(self.loader, on_batch)
+        train_loss, train_acc = train_epoch(self.model, loader, self.optimizer, self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        seconds = time.perf_counter() - start
+        test_loss, test_acc = evaluate(self.model, self.data.x_test, self.data.y_test, self.device)
+        self.epoch += 1
+        measured = pc.sparsity(self.model)
+        return {
+            "schedule": self.trial["schedule"],
+            "schedule_kind": self.trial["kind"],
+            "target_sparsity": phase.target,
+            "seed": self.trial["seed"],
+            "sparsity": measured,
+            "compression_ratio": 1.0 / (1.0 - measured) if measured < 1 else float("inf"),
+            "step": index + 1,
+            "epoch": self.epoch,
+            "budget_epochs": self.total_epochs,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "dense_test_accuracy": self.dense_test_accuracy,
+            "nonzero_params": pc.nonzero_params(self.model),
+            "prunable_params": self.prunable,
+            "epoch_time_s": seconds,
+            "samples_per_s": self.data.x_train.shape[0] / seconds,
+            "layer_sparsity": pc.layer_sparsity(self.model),
+        }
+
+    def state(self) -> dict:
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "prunes_done": self.prunes_done,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state(self, state: dict) -> None:
+        pc.load_state_dict(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        pc.attach_optimizer(self.model, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch = state["epoch"]
+        self.prunes_done = state["prunes_done"]
+
+
+class _Tap:
+    """Wrap a loader and call ``hook(batch_index)`` before yielding each batch."""
+
+    def __init__(self, loader, hook):
+        self.loader, self.hook = loader, hook
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            self.hook(i)
+            yield batch
