@@ -1,0 +1,32 @@
+"""``prunesweep analyze`` (also ``python -m analysis``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .load import NotAnExperiment
+from .report import write_report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="prunesweep analyze",
+                                description="Summaries, paired tests, plots and report.md of an experiment.")
+    p.add_argument("experiment", help="the experiment directory (<storage>/<name>)")
+    p.add_argument("--out", help="output folder (default: <experiment>/analysis)")
+    p.add_argument("--metric", default="test_accuracy", help="metric to compare (default: test_accuracy)")
+    p.add_argument("--error", default="ci95", choices=["ci95", "std", "minmax"], help="error bars (default: ci95)")
+    args = p.parse_args(argv)
+    try:
+        files = write_report(args.experiment, args.out, args.metric, args.error)
+    except (NotAnExperiment, ValueError) as exc:
+        print(f"prunesweep analyze: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {files['report']}")
+    for key in ("summary", "comparison"):
+        print(f"{key}: {files[key]}")
+    print("plots: " + ", ".join(v for k, v in files.items() if v.endswith(".png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

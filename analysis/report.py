@@ -1,0 +1,108 @@
+"""``summary.csv``, ``comparison.csv``, plots and a ``report.md`` that says who wins where."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .load import completion, load_experiment
+from .plots import ERROR_LABEL, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
+from .stats import compare_all, higher_is_better, summarize
+
+
+def _fmt(value: float, metric: str, diff: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if metric.endswith("accuracy"):
+        return f"{value * 100:+.2f} pts" if diff else f"{value * 100:.2f}%"
+    return f"{value:+.4g}" if diff else f"{value:.4g}"
+
+
+def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One sentence per compared sparsity: which schedule wins and whether it is significant."""
+    lines = []
+    for _, r in comparison.iterrows():
+        metric = r["metric"]
+        diff = r["mean_diff"]
+        good = diff > 0 if higher_is_better(metric) else diff < 0
+        if diff == 0:
+            head = f"{r['a']} and {r['b']} tie"
+        else:
+            winner, loser = (r["a"], r["b"]) if good else (r["b"], r["a"])
+            head = f"{winner} beats {loser}"
+        p = r["p_value"]
+        if r["n_pairs"] < 2 or (isinstance(p, float) and math.isnan(p)):
+            sig = "too few seeds to test (n < 2)"
+        elif p < alpha:
+            sig = f"significant (paired t-test p = {p:.3g} < {alpha})"
+        else:
+            sig = f"not significant (p = {p:.3g})"
+        lines.append(
+            f"- **sparsity {r['target_sparsity']:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
+            f"(95% CI {_fmt(r['ci95_low'], metric, True)} to {_fmt(r['ci95_high'], metric, True)}; "
+            f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}); {sig}."
+        )
+    return lines
+
+
+def _table(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = []
+    for _, row in df.iterrows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *body])
+
+
+def write_report(experiment, out=None, metric: str = "test_accuracy", error: str = "ci95") -> dict:
+    """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths."""
+    if error not in ERROR_LABEL:
+        raise ValueError(f"--error must be one of {', '.join(ERROR_LABEL)}; got {error!r}")
+    experiment = Path(experiment)
+    df = load_experiment(experiment)
+    if df.empty:
+        raise ValueError(f"{experiment}: no trial has reported yet")
+    if metric not in df:
+        allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith(("config.", "layer_sparsity.")))
+        raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
+    out = Path(out) if out else experiment / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    done = completion(df, experiment)
+    summary = summarize(df, metric)
+    comparison = compare_all(df, metric)
+    files = {"summary": out / "summary.csv", "comparison": out / "comparison.csv",
+             "vs_sparsity": out / f"{metric}_vs_sparsity.png", "vs_epoch": out / f"{metric}_vs_epoch.png",
+             "layers": out / "layer_sparsity.png", "report": out / "report.md"}
+    summary.to_csv(files["summary"], index=False)
+    comparison.to_csv(files["comparison"], index=False)
+    plot_metric_vs_sparsity(df, files["vs_sparsity"], metric, error)
+    plot_metric_vs_epoch(df, files["vs_epoch"], metric)
+    has_layers = any(c.startswith("layer_sparsity.") for c in df.columns)
+    if has_layers:
+        plot_layer_sparsity(df, files["layers"])
+    else:
+        files.pop("layers")
+
+    first = df.iloc[0]
+    model = first.get("config.sweep.model", "?")
+    dataset = first.get("config.sweep.dataset.name", "?")
+    lines = [f"# {experiment.name}: {metric.replace('_', ' ')} by pruning schedule", ""]
+    lines.append(f"Model `{model}` on `{dataset}`. Trials: {done['finished']} finished of {done['expected']} "
+                 f"expected ({done['started']} started).")
+    if done["missing"] > 0:
+        lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
+                     "below use the reports that exist (`prunesweep resume` finishes the rest).")
+    lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
+              f"error bars are the {ERROR_LABEL[error]} across seeds, comparisons are paired by seed.", ""]
+    lines += ["## Verdict", ""]
+    lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
+    lines += ["", f"![{metric} vs sparsity]({files['vs_sparsity'].name})", "",
+              "## Summary per schedule and sparsity", "", _table(summary), "",
+              "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", "",
+              f"![{metric} during fine-tuning]({files['vs_epoch'].name})", ""]
+    if has_layers:
+        lines += [f"![per-layer sparsity]({files['layers'].name})", ""]
+    files["report"].write_text("\n".join(lines))
+    return {k: str(v) for k, v in files.items()}

@@ -1,0 +1,119 @@
+"""Means, spreads, Student-t confidence intervals and paired comparisons of schedules."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .load import final_results
+
+SUMMARY_COLUMNS = ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
+                   "ci95_low", "ci95_high", "min", "max"]
+
+
+def higher_is_better(metric: str) -> bool:
+    return "loss" not in metric
+
+
+def _finals(df: pd.DataFrame) -> pd.DataFrame:
+    return final_results(df) if "epoch" in df and df.duplicated(["trial_id", "target_sparsity"]).any() else df
+
+
+def _ci(mean: float, sd: float, n: int) -> tuple[float, float, float]:
+    if n < 2:
+        return float("nan"), float("nan"), float("nan")
+    sem = sd / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * sem
+    return sem, mean - half, mean + half
+
+
+def summarize(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max.
+
+    ``std`` uses n-1; with n = 1 the spread columns are NaN.
+    """
+    finals = _finals(df)
+    rows = []
+    for (schedule, target), group in finals.groupby(["schedule", "target_sparsity"], sort=True):
+        values = group[metric].astype(float).to_numpy()
+        n = len(values)
+        mean = float(values.mean())
+        sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+        sem, low, high = _ci(mean, sd, n)
+        rows.append([schedule, target, metric, n, mean, sd, sem, low, high, float(values.min()), float(values.max())])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+COMPARE_COLUMNS = ["a", "b", "target_sparsity", "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
+                   "ci95_low", "ci95_high", "t_statistic", "p_value", "a_wins", "b_wins", "ties"]
+
+
+def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Schedule ``a`` vs ``b`` per target sparsity, paired by seed: mean difference a-b, its 95% CI,
+    the paired t-test's p-value and how many seeds each won (by ``metric``'s direction).
+
+    When all differences are equal the t-test is undefined: p is 1.0 if they are all zero,
+    else 0.0 (every seed agrees exactly).
+    """
+    finals = _finals(df)
+    table = finals[finals["schedule"].isin([a, b])].pivot_table(
+        index=["target_sparsity", "seed"], columns="schedule", values=metric, aggfunc="last")
+    rows = []
+    better = 1 if higher_is_better(metric) else -1
+    for target, group in table.groupby(level=0, sort=True):
+        if a not in group or b not in group:
+            continue
+        pairs = group[[a, b]].dropna()
+        n = len(pairs)
+        if n == 0:
+            continue
+        diff = (pairs[a] - pairs[b]).to_numpy(dtype=float)
+        mean = float(diff.mean())
+        sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
+        _, low, high = _ci(mean, sd, n)
+        if n < 2:
+            t, p = float("nan"), float("nan")
+        elif sd == 0:
+            t, p = (float("nan"), 1.0) if mean == 0 else (math.copysign(float("inf"), mean), 0.0)
+        else:
+            res = stats.ttest_rel(pairs[a].to_numpy(float), pairs[b].to_numpy(float))
+            t, p = float(res.statistic), float(res.pvalue)
+        wins_a = int((better * diff > 0).sum())
+        wins_b = int((better * diff < 0).sum())
+        rows.append([a, b, target, metric, n, float(pairs[a].mean()), float(pairs[b].mean()), mean, low, high,
+                     t, p, wins_a, wins_b, n - wins_a - wins_b])
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """Each schedule against each instant schedule; without one, the first against the rest."""
+    finals = _finals(df)
+    schedules = sorted(finals["schedule"].unique())
+    kinds = finals.groupby("schedule")["schedule_kind"].first().to_dict() if "schedule_kind" in finals else {}
+    instants = [s for s in schedules if kinds.get(s) == "instant"]
+    if instants:
+        return [(s, i) for i in instants for s in schedules if s not in instants]
+    return [(schedules[0], s) for s in schedules[1:]]
+
+
+def compare_all(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    frames = [compare(df, a, b, metric) for a, b in default_comparisons(df)]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARE_COLUMNS)
+
+
+def error_bars(summary: pd.DataFrame, error: str = "ci95") -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper error-bar lengths for ``ci95``, ``std`` or ``minmax``."""
+    mean = summary["mean"].to_numpy(float)
+    if error == "ci95":
+        low, high = summary["ci95_low"].to_numpy(float), summary["ci95_high"].to_numpy(float)
+    elif error == "std":
+        sd = summary["std"].to_numpy(float)
+        low, high = mean - sd, mean + sd
+    elif error == "minmax":
+        low, high = summary["min"].to_numpy(float), summary["max"].to_numpy(float)
+    else:
+        raise ValueError(f"error must be one of ci95, std, minmax; got {error!r}")
+    return np.nan_to_num(mean - low), np.nan_to_num(high - mean)
