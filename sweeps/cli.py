@@ -41,12 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summarise(results, path: str) -> int:
-    errors = [r for r in results if r.error is not None]
     total = len(results)
-    print(f"\n{total - len(errors)} of {total} trials finished; results in {path}")
+    errors = [r for r in results if r.error is not None]
+    finished = [r for r in results if r.error is None and r.metrics
+                and r.metrics.get("epoch", -1) >= r.metrics.get("budget_epochs", 0)]
+    print(f"\n{len(finished)} of {total} trials finished; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     if errors:
         print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
+    if len(finished) < total:
+        print(f"unfinished trials remain: continue with `prunesweep resume {path}`", file=sys.stderr)
         return 1
     return 0
 

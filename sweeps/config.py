@@ -129,7 +129,7 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
-    checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoints_to_keep: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -67,7 +67,7 @@ class CifarResNet(nn.Module):
 class SmallCNN(nn.Module):
     """Three conv layers and a classifier; fits 8x8 digits and 32x32 images alike."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

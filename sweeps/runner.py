@@ -134,10 +134,22 @@ def param_space(config: SweepConfig) -> dict:
     return space
 
 
+def _reporter():
+    """A compact progress table: the trial's point, epoch, measured sparsity, accuracy."""
+    from ray import tune
+
+    return tune.CLIReporter(
+        parameter_columns={"trial/schedule": "schedule", "trial/target_sparsity": "target", "trial/seed": "seed"},
+        metric_columns={"epoch": "epoch", "sparsity": "sparsity", "test_accuracy": "test_acc"},
+        max_report_frequency=20,
+    )
+
+
 def _run_config(config: SweepConfig, storage_path: str, name: str):
     from ray import tune
 
     return tune.RunConfig(
+        progress_reporter=_reporter(),
         name=name,
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
@@ -195,6 +207,8 @@ def resume(path: str, address: str | None = None, dashboard: bool = True, autosc
 
 
 def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool):
+    # Tune's classic reporter: one compact table instead of a config dump per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     dense_refs = ensure_dense(config, path)
@@ -205,7 +219,7 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(config),
-            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent_trials, reuse_actors=False,
+            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
             run_config=_run_config(config, storage_path, name),
         )

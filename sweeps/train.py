@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,11 @@ def make_scheduler(kind: str, optimizer, epochs: int):
 def device_for(gpu_ids) -> torch.device:
     """The trial's device: the GPU Ray assigned it (``ray.get_gpu_ids()``), else the CPU."""
     if gpu_ids:
-        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first visible one is ours
-        return torch.device("cuda", 0)
+        if torch.cuda.is_available():
+            # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first visible one is ours
+            return torch.device("cuda", 0)
+        warnings.warn(f"Ray assigned GPU(s) {list(gpu_ids)} but torch sees no CUDA device "
+                      "(a logical GPU?): training on the CPU")
     return torch.device("cpu")
 
 

@@ -24,7 +24,8 @@ def train_prune_train(config: dict, dense_refs: dict) -> None:
     sweep = validate(config["sweep"])
     trial = config["trial"]
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
-    device = device_for(ray.get_gpu_ids())
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = device_for(gpu_ids)
     dense = ray.get(dense_refs[trial["seed"]])
     run = FinetuneRun(sweep, trial, dense, device)
     last_metrics = None
@@ -34,7 +35,7 @@ def train_prune_train(config: dict, dense_refs: dict) -> None:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
         run.load_state(state)
         last_metrics = state.get("metrics")
-    context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device)}
+    context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
 
     kill_at = (config.get("chaos") or {}).get("kill_at_epoch")
     on_batch = None

@@ -1,0 +1,80 @@
+"""Shared fixtures: one real local Ray per test session, shut down by process id."""
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ray_pids():
+    """Process ids of the Ray daemons this process's local node started."""
+    from ray._private import worker
+
+    node = worker._global_node
+    pids = []
+    if node is not None:
+        for infos in node.all_processes.values():
+            pids += [info.process.pid for info in infos if info.process is not None]
+    return pids
+
+
+def kill_pids(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    pids = ray_pids()
+    yield ctx
+    ray.shutdown()
+    kill_pids(pids)
+
+
+TINY = {
+    "name": "tiny",
+    "model": "small_cnn",
+    "dataset": {"name": "digits", "train_subset": 512},
+    "dense": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64},
+    "finetune": {"epochs": 2, "batch_size": 64},
+    "schedules": [{"name": "instant", "kind": "instant"}, {"name": "gradual2", "kind": "gradual", "steps": 2}],
+    "sparsities": [0.5, 0.9],
+    "seeds": 2,
+    "resources": {"cpu": 1},
+    "max_failures": 3,
+}
+
+
+def write_config(folder: Path, name="tiny.yaml", **changes) -> Path:
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    for key, value in changes.items():
+        node = cfg
+        parts = key.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(ray_session, tmp_path_factory):
+    """A small real sweep (instant, gradual and a ladder; 2 seeds) shared by several tests."""
+    from sweeps.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny")
+    cfg = write_config(folder, schedules=TINY["schedules"] + [{"name": "ladder", "kind": "ladder"}])
+    assert main(["run", str(cfg), "--storage", str(folder / "results"), "--name", "tiny"]) == 0
+    return folder / "results" / "tiny"

@@ -1,0 +1,150 @@
+"""analysis: numbers pinned against independent computations, plots and the report."""
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import compare, final_results, load_experiment, summarize, write_report
+from analysis.cli import main as analyze_main
+
+
+def frame(values: dict) -> pd.DataFrame:
+    """values: {(schedule, target): [metric per seed 0..]} -> one final row per trial."""
+    rows = []
+    for (schedule, target), metrics in values.items():
+        for seed, v in enumerate(metrics):
+            if v is None:
+                continue
+            rows.append({"trial_id": f"{schedule}-{target}-{seed}", "schedule": schedule,
+                         "schedule_kind": "instant" if schedule == "instant" else "gradual",
+                         "target_sparsity": target, "seed": seed, "epoch": 4, "test_accuracy": v})
+    return pd.DataFrame(rows)
+
+
+def test_summarize_matches_hand_computation():
+    values = [0.91, 0.88, 0.95, 0.90]
+    df = frame({("gradual", 0.9): values, ("instant", 0.9): [0.8]})
+    s = summarize(df).set_index("schedule")
+    n = 4
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = 3.182446305284263 * sd / math.sqrt(n)  # t(0.975, 3)
+    g = s.loc["gradual"]
+    assert g["n"] == 4 and g["mean"] == pytest.approx(mean) and g["std"] == pytest.approx(sd)
+    assert g["sem"] == pytest.approx(sd / 2)
+    assert g["ci95_low"] == pytest.approx(mean - half) and g["ci95_high"] == pytest.approx(mean + half)
+    assert g["min"] == 0.88 and g["max"] == 0.95
+    i = s.loc["instant"]  # n = 1: a mean, no spread
+    assert i["n"] == 1 and i["mean"] == 0.8 and math.isnan(i["std"]) and math.isnan(i["ci95_low"])
+    assert list(summarize(df).columns) == ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
+                                           "ci95_low", "ci95_high", "min", "max"]
+
+
+def test_summarize_uses_last_epoch_only():
+    df = frame({("gradual", 0.5): [0.9, 0.8]})
+    early = df.assign(epoch=1, test_accuracy=0.1, training_iteration=1)
+    s = summarize(pd.concat([early, df.assign(training_iteration=2)]))
+    assert s["mean"].iloc[0] == pytest.approx(0.85) and s["n"].iloc[0] == 2
+
+
+def test_compare_paired_by_seed():
+    a = [0.90, 0.85, 0.93, 0.88, 0.91]
+    b = [0.89, 0.86, 0.90, 0.84, 0.91]
+    df = frame({("gradual", 0.9): a, ("instant", 0.9): b})
+    c = compare(df, "gradual", "instant").iloc[0]
+    d = np.array(a) - np.array(b)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert c["n_pairs"] == 5 and c["mean_diff"] == pytest.approx(d.mean())
+    assert c["ci95_low"] == pytest.approx(d.mean() - half) and c["ci95_high"] == pytest.approx(d.mean() + half)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(5))
+    assert c["t_statistic"] == pytest.approx(t)
+    assert c["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
+    assert (c["a_wins"], c["b_wins"], c["ties"]) == (3, 1, 1)
+
+
+def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
+    df = frame({("gradual", 0.5): [0.9, 0.8, None], ("instant", 0.5): [0.9, 0.8, 0.7],
+                ("gradual", 0.9): [0.6, 0.6], ("instant", 0.9): [0.5, 0.5],
+                ("gradual", 0.95): [0.4], ("instant", 0.95): [0.3]})
+    c = compare(df, "gradual", "instant").set_index("target_sparsity")
+    assert c.loc[0.5, "n_pairs"] == 2 and c.loc[0.5, "mean_diff"] == 0 and c.loc[0.5, "p_value"] == 1.0
+    assert c.loc[0.5, "ties"] == 2
+    assert c.loc[0.9, "p_value"] == 0.0 and c.loc[0.9, "a_wins"] == 2  # identical nonzero differences
+    assert c.loc[0.95, "n_pairs"] == 1 and math.isnan(c.loc[0.95, "p_value"])
+    loss = frame({("gradual", 0.5): [0.2, 0.3], ("instant", 0.5): [0.4, 0.1]}).rename(columns={"test_accuracy": "test_loss"})
+    cl = compare(loss, "gradual", "instant", metric="test_loss").iloc[0]
+    assert (cl["a_wins"], cl["b_wins"]) == (1, 1)  # lower loss wins
+
+
+def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
+    out = tmp_path / "analysis"
+    assert analyze_main([str(tiny_experiment), "--out", str(out), "--error", "std"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
+                                     "ci95_low", "ci95_high", "min", "max"]
+    assert set(summary["schedule"]) == {"instant", "gradual2", "ladder"} and (summary["n"] == 2).all()
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(zip(comparison["a"], comparison["b"])) == {("gradual2", "instant"), ("ladder", "instant")}
+    report = (out / "report.md").read_text()
+    assert "10 finished of 10 expected" in report and "## Verdict" in report and "sparsity 0.9" in report
+    import matplotlib.image as mpimg
+    for png in ("test_accuracy_vs_sparsity.png", "test_accuracy_vs_epoch.png", "layer_sparsity.png"):
+        assert (out / png).name in report
+        image = mpimg.imread(out / png)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_partial_experiment_says_what_is_missing(tiny_experiment, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(tiny_experiment, copy, ignore=shutil.ignore_patterns("analysis"))
+    victims = sorted(copy.glob("*_gradual2_s0.9_seed1"))
+    shutil.rmtree(victims[0])
+    files = write_report(copy)
+    text = open(files["report"]).read()
+    assert "9 finished of 10 expected" in text and "1 trial(s) missing" in text
+
+
+def test_load_works_without_ray_or_torch(tiny_experiment, tmp_path):
+    copy = tmp_path / "copied"
+    shutil.copytree(tiny_experiment, copy)
+    code = ("import sys, analysis; df = analysis.load_experiment(sys.argv[1]); "
+            "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
+            "print(len(df), bad); sys.exit(1 if bad or df.empty else 0)")
+    proc = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = load_experiment(copy)
+    assert {"trial_id", "config.sweep.model", "config.trial.schedule", "test_accuracy"} <= set(df.columns)
+    assert len(final_results(df)) == 12
+
+
+def test_analyze_rejects_non_experiment(tmp_path, capsys):
+    (tmp_path / "x.txt").write_text("hi")
+    assert analyze_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a Ray Tune experiment" in err
+    assert analyze_main([str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_analyze_rejects_unknown_metric(tiny_experiment, tmp_path, capsys):
+    assert analyze_main([str(tiny_experiment), "--out", str(tmp_path), "--metric", "accuracy"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric 'accuracy' is not reported" in err and "test_accuracy" in err
+
+
+def test_notebook_executes(tiny_experiment, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .conftest import ROOT
+
+    monkeypatch.setenv("PRUNESWEEP_EXPERIMENT", str(tiny_experiment))
+    nb = nbformat.read(ROOT / "notebooks" / "gradual_vs_instant.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "gradual2" in outputs and "instant" in outputs

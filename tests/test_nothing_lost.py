@@ -1,0 +1,104 @@
+"""Killed workers, interrupted drivers and resumes: no finished work lost, numbers unchanged."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import final_results, load_experiment, summarize
+from sweeps.cli import main
+from sweeps.runner import CHAOS_ENV
+from sweeps.trainable import CHAOS_MARKER
+
+from .conftest import ROOT, write_config
+
+COLS = ["schedule", "target_sparsity", "seed", "epoch", "test_accuracy", "test_loss", "train_loss", "sparsity"]
+
+
+def rows(path):
+    df = load_experiment(path)
+    return df[COLS].sort_values(["schedule", "target_sparsity", "seed", "epoch"]).reset_index(drop=True)
+
+
+def test_killed_worker_resumes_from_checkpoint_with_equal_numbers(ray_session, tmp_path, monkeypatch):
+    cfg = write_config(tmp_path, finetune={"epochs": 4, "batch_size": 64}, seeds=1, sparsities=[0.9],
+                       schedules=[{"name": "gradual2", "kind": "gradual", "steps": 2}])
+    storage = tmp_path / "r"
+    assert main(["run", str(cfg), "--storage", str(storage), "--name", "clean"]) == 0
+    monkeypatch.setenv(CHAOS_ENV, "2")  # each trial's worker is SIGKILLed once, mid-epoch 3
+    assert main(["run", str(cfg), "--storage", str(storage), "--name", "chaos"]) == 0
+    markers = list((storage / "chaos").glob(f"*/{CHAOS_MARKER}"))
+    assert len(markers) == 1, "the fault was not injected"
+    chaos = load_experiment(storage / "chaos")
+    # the retry started from the epoch-2 checkpoint, not from scratch
+    last = chaos.sort_values("training_iteration").iloc[-1]
+    assert last["iterations_since_restore"] < last["training_iteration"] == 4
+    pd.testing.assert_frame_equal(rows(storage / "clean"), rows(storage / "chaos"))
+
+
+def _wait_for(predicate, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished_trials(path: Path) -> dict:
+    done = {}
+    for result in path.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1]["epoch"] >= lines[-1]["budget_epochs"]:
+            done[result.parent.name] = lines
+    return done
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    cfg = write_config(folder, finetune={"epochs": 4, "batch_size": 64}, seeds=[3, 4])
+    assert main(["run", str(cfg), "--storage", str(folder), "--name", "ref"]) == 0
+    return cfg, summarize(load_experiment(folder / "ref")), rows(folder / "ref")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_path, sig):
+    cfg, ref_summary, ref_rows = reference
+    path = tmp_path / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop(CHAOS_ENV, None)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", str(tmp_path), "--name", "cut",
+         "--address", ray_session.address_info["address"]],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: len(_finished_trials(path)) >= 1, 120, "a finished trial")
+        os.kill(driver.pid, sig)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    finished = _finished_trials(path)
+    assert 1 <= len(finished) < 8, "the interrupt came too late to test anything"
+    dense_log = (path / "dense" / "trainings.jsonl").read_text()
+    checkpoints = {name: sorted(p.name for p in (path / name).glob("checkpoint_*")) for name in finished}
+
+    assert main(["resume", str(path)]) == 0
+
+    # dense models were not retrained, finished trials were not trained again
+    assert (path / "dense" / "trainings.jsonl").read_text() == dense_log
+    for name, lines in finished.items():
+        after = [json.loads(line) for line in (path / name / "result.json").read_text().splitlines() if line.strip()]
+        assert {r["epoch"] for r in after} == {r["epoch"] for r in lines}
+        assert [r["test_accuracy"] for r in after[: len(lines)]] == [r["test_accuracy"] for r in lines]
+        assert sorted(p.name for p in (path / name).glob("checkpoint_*")) == checkpoints[name]
+    # and the analysis equals the uninterrupted sweep's
+    pd.testing.assert_frame_equal(rows(path), ref_rows)
+    pd.testing.assert_frame_equal(summarize(load_experiment(path)), ref_summary)

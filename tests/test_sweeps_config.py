@@ -1,0 +1,118 @@
+"""Config validation, overrides, the trial grid and the equal-budget rules (no Ray needed)."""
+import pytest
+
+from sweeps.cli import main
+from sweeps.config import ConfigError, budget, expand, load_config, plan, validate
+
+from .conftest import TINY, write_config
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"foo": 1}, r"foo: Extra inputs are not permitted"),
+    ({"finetune__epochs": "many"}, r"finetune.epochs: Input should be a valid integer.*'many'"),
+    ({"sparsities": [0.5, 1.0]}, r"sparsities.1: sparsity must be in \[0, 1\), got 1.0"),
+    ({"sparsities": [-0.1]}, r"sparsities.0: sparsity must be in \[0, 1\)"),
+    ({"sparsities": [0.5, 0.5]}, r"sparsities: duplicate value\(s\) 0.5"),
+    ({"schedules": [{"name": "g", "kind": "gradual", "steps": 0}]}, r"schedules.0.steps: Input should be greater than or equal to 1"),
+    ({"schedules": [{"name": "g", "kind": "linear"}]}, r"schedules.0.kind: Input should be 'instant', 'gradual', 'cubic' or 'ladder'"),
+    ({"schedules": [{"name": "g", "kind": "gradual", "steps": 3}]}, r"schedules.0.steps: 3 does not divide finetune.epochs=2"),
+    ({"model": "resnet7"}, r"model: Input should be 'small_cnn', 'resnet20'.*'resnet110'.*got 'resnet7'"),
+    ({"dataset__name": "mnist"}, r"dataset.name: Input should be 'digits' or 'cifar10'"),
+    ({"dataset": {"name": "cifar10", "root": "/nonexistent/cifar"}}, r"dataset.root '/nonexistent/cifar' holds no cifar-10-batches-py and dataset.download is false"),
+    ({"resources__gpu": 1.5}, r"resources.gpu above 1 must be a whole number"),
+    ({"pruning__criterion": "taylor"}, r"pruning.criterion: Input should be 'magnitude', 'gradient', 'magnitude_gradient' or 'random'"),
+    ({"dense": {"epochs": 2, "checkpoint": "/x.pt"}}, r"give exactly one of dense.epochs"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, pattern):
+    cfg = write_config(tmp_path, **changes)
+    storage = tmp_path / "results"
+    rc, err = run_cli(capsys, "run", str(cfg), "--storage", str(storage))
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("prunesweep: error: config error: ")
+    import re
+    assert re.search(pattern, err), err
+    assert not storage.exists()  # nothing created
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("name: x\nsparsities: [0.5, 0.9\nseeds: 2\n")
+    rc, err = run_cli(capsys, "run", str(cfg), "--storage", str(tmp_path / "r"))
+    assert rc == 2 and "malformed YAML at line" in err and err.count("\n") == 1
+
+
+def test_set_overrides_and_bad_paths(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    config = load_config(str(cfg), ["seeds=3", "sparsities=[0.5, 0.8, 0.95]", "finetune.epochs=4",
+                                     "finetune.optimizer.lr=0.01"])
+    assert config.seed_list == [0, 1, 2]
+    assert config.sparsities == [0.5, 0.8, 0.95]
+    assert config.finetune.epochs == 4 and config.finetune.optimizer.lr == 0.01
+    rc, err = run_cli(capsys, "run", str(cfg), "--set", "finetune.epoch=3", "--storage", str(tmp_path / "r"))
+    assert rc == 2 and "--set finetune.epoch: finetune has no field 'epoch'; fields are: epochs" in err
+    rc, err = run_cli(capsys, "validate", str(cfg), "--set", "seeds.x=3")
+    assert rc == 2 and "seeds is not a section" in err
+    rc, err = run_cli(capsys, "validate", str(cfg), "--set", "seeds")
+    assert rc == 2 and "expected KEY=VALUE" in err
+
+
+def test_unknown_config_file_lists_builtins(capsys):
+    rc, err = run_cli(capsys, "validate", "nope.yaml")
+    assert rc == 2 and "quickstart" in err and "gradual_vs_instant" in err
+
+
+def test_unwritable_storage(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    rc, err = run_cli(capsys, "run", str(write_config(tmp_path)), "--storage", str(blocker / "results"))
+    assert rc == 2 and "cannot write experiments there" in err and "is not a directory" in err
+
+
+def test_builtin_configs_validate(capsys):
+    for name in ("quickstart", "gradual_pruning", "gradual_vs_instant", "cifar10_resnet20"):
+        raw = __import__("yaml").safe_load(open(f"sweeps/configs/{name}.yaml"))
+        raw["dataset"]["download"] = True  # CIFAR-10 is not on CI's disk
+        cfg = validate(raw)
+        assert expand(cfg)
+    quick = load_config("quickstart")
+    assert len(expand(quick)) == 75 and max(quick.sparsities) == 0.98 and len(quick.seed_list) == 5
+
+
+def test_gradual_plan_splits_budget_evenly():
+    cfg = validate({**TINY, "finetune": {"epochs": 8}, "schedules": [{"name": "g", "kind": "gradual", "steps": 4}],
+                    "sparsities": [0.9]})
+    phases = plan(cfg, expand(cfg)[0])
+    assert [p.epochs for p in phases] == [2, 2, 2, 2]
+    assert [p.prune_to for p in phases] == pytest.approx([1 - 0.1 ** (i / 4) for i in range(1, 5)])
+    assert all(p.target == 0.9 for p in phases)
+
+
+def test_ladder_budget_rule():
+    cfg = validate({**TINY, "finetune": {"epochs": 3},
+                    "schedules": [{"name": "i", "kind": "instant"}, {"name": "c", "kind": "cubic", "steps": 3},
+                                  {"name": "l", "kind": "ladder"}],
+                    "sparsities": [0.9, 0.5, 0.7], "seeds": 1})
+    trials = expand(cfg)
+    assert len(trials) == 3 + 3 + 1
+    ladder = [t for t in trials if t["kind"] == "ladder"][0]
+    rungs = plan(cfg, ladder)
+    assert [(p.prune_to, p.epochs, p.target) for p in rungs] == [(0.5, 3, 0.5), (0.7, 3, 0.7), (0.9, 3, 0.9)]
+    # instant and cubic trials get the ladder's cumulative budget at their rung
+    assert [budget(cfg, s) for s in (0.5, 0.7, 0.9)] == [3, 6, 9]
+    for t in trials:
+        if t["kind"] != "ladder":
+            assert sum(p.epochs for p in plan(cfg, t)) == budget(cfg, t["target_sparsity"])
+    no_ladder = validate({**TINY, "finetune": {"epochs": 3}, "schedules": [{"name": "i", "kind": "instant"}]})
+    assert budget(no_ladder, 0.9) == 3
+
+
+def test_config_error_type():
+    with pytest.raises(ConfigError):
+        validate({"name": "x"})
