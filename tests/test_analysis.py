@@ -146,5 +146,7 @@ def test_notebook_executes(tiny_experiment, monkeypatch):
     monkeypatch.setenv("PRUNESWEEP_EXPERIMENT", str(tiny_experiment))
     nb = nbformat.read(ROOT / "notebooks" / "gradual_vs_instant.ipynb", as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "gradual2" in outputs and "instant" in outputs
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "gradual2" in text and "instant" in text and "ci95_low" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2

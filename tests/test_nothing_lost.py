@@ -62,7 +62,7 @@ def _finished_trials(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
-    cfg = write_config(folder, finetune={"epochs": 4, "batch_size": 64}, seeds=[3, 4])
+    cfg = write_config(folder, finetune={"epochs": 8, "batch_size": 64}, seeds=[3, 4])
     assert main(["run", str(cfg), "--storage", str(folder), "--name", "ref"]) == 0
     return cfg, summarize(load_experiment(folder / "ref")), rows(folder / "ref")
 
