@@ -1,0 +1,232 @@
+"""Speed figures measured side by side in one run: ratios, never absolute timing goals in tests.
+
+python -m benchmarks [--quick] [--json FILE] [--address ADDR]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+import pruning_core as pc
+from sweeps.config import expand, validate
+from sweeps.data import DeviceLoader, load_dataset, write_cifar10_format
+from sweeps.models import build_model
+from sweeps.train import FinetuneRun, train_dense
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def loader_speedup(quick: bool, device: torch.device) -> dict:
+    """Images/s: our on-device tensor loader with crop+flip vs torchvision's CIFAR10 + DataLoader."""
+    import torchvision.datasets.cifar as tv_cifar
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    n = 1024 if quick else 10000
+    with tempfile.TemporaryDirectory() as root:
+        write_cifar10_format(root, n_train=n, n_test=100)
+        original = tv_cifar.check_integrity
+        tv_cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)  # generated files: no md5
+        try:
+            tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                     transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+            ds = tv_cifar.CIFAR10(root, train=True, download=False, transform=tf)
+            loader = DataLoader(ds, batch_size=128, shuffle=True, num_workers=2)
+
+            def torchvision_epoch():
+                for xb, yb in loader:
+                    xb.to(device), yb.to(device)
+            tv = n / _median_time(torchvision_epoch, 1 if quick else 2)
+            load_dataset.cache_clear()
+            data = load_dataset("cifar10", root, False).to(device)
+        finally:
+            tv_cifar.check_integrity = original
+            load_dataset.cache_clear()
+    ours_loader = DeviceLoader(data.x_train, data.y_train, 128, torch.Generator(device=device).manual_seed(0),
+                               augment=True, pad=4)
+
+    def ours_epoch():
+        for xb, yb in ours_loader:
+            pass
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    ours = n / _median_time(ours_epoch, 3)
+    return {"loader_images_per_s": ours, "torchvision_images_per_s": tv, "loader_speedup": ours / tv}
+
+
+def _train_step_time(model, optimizer, x, y, repeats):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    step()
+    return _median_time(step, repeats)
+
+
+def mask_overhead(quick: bool) -> dict:
+    """Training-step time of a 90%-pruned ResNet-20 (masks applied by the optimizer hooks) / dense."""
+    torch.manual_seed(0)
+    batch = 32 if quick else 128
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    dense = build_model("resnet20")
+    pruned = copy.deepcopy(dense)
+    pc.prune(pruned, 0.9)
+    opt_d = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt_p = pc.attach_optimizer(pruned, torch.optim.SGD(pruned.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4))
+    rounds = 2 if quick else 5
+    td, tp = [], []
+    for _ in range(rounds):  # interleaved so drift hits both alike
+        td.append(_train_step_time(dense, opt_d, x, y, 3))
+        tp.append(_train_step_time(pruned, opt_p, x, y, 3))
+    d, p = statistics.median(td), statistics.median(tp)
+    return {"dense_step_s": d, "masked_step_s": p, "mask_overhead": p / d}
+
+
+def numpy_percentile_prune(model, sparsity: float) -> None:
+    """The original notebooks' way: every 'weight' (BatchNorm scales too) to numpy on the CPU,
+    one global percentile, then a mask per parameter."""
+    weights = [p for name, p in model.named_parameters() if "weight" in name]
+    flat = np.concatenate([p.data.cpu().numpy().flatten() for p in weights])
+    threshold = np.percentile(np.abs(flat), sparsity * 100)
+    for p in weights:
+        mask = torch.from_numpy((np.abs(p.data.cpu().numpy()) > threshold).astype(np.float32))
+        p.data.mul_(mask.to(p.device))
+
+
+def prune_speedup(quick: bool) -> dict:
+    """Global magnitude pruning of a ResNet-56 to 90%: numpy percentile vs pruning_core.prune."""
+    torch.manual_seed(0)
+    base = build_model("resnet56")
+    repeats = 3 if quick else 7
+    t_numpy = statistics.median(
+        _median_time(lambda m=copy.deepcopy(base): numpy_percentile_prune(m, 0.9), 1) for _ in range(repeats))
+    t_ours = statistics.median(
+        _median_time(lambda m=copy.deepcopy(base): pc.prune(m, 0.9), 1) for _ in range(repeats))
+    # an epoch of ResNet-56 on CIFAR-10 here: 391 steps of batch 128, timed on a few steps
+    model = build_model("resnet56")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = 16 if quick else 128
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    step = _train_step_time(model, opt, x, y, 2 if quick else 3)
+    epoch = step * (128 / batch) * 391
+    return {"numpy_prune_s": t_numpy, "prune_s": t_ours, "prune_speedup": t_numpy / t_ours,
+            "resnet56_cpu_epoch_s_estimate": epoch, "prune_fraction_of_epoch": t_ours / epoch}
+
+
+def _bench_config(epochs: int, trials: int, concurrent: int) -> dict:
+    sparsities = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98][:trials]
+    return {"name": "bench", "model": "small_cnn", "dataset": {"name": "digits"},
+            "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": epochs, "batch_size": 64},
+            "schedules": [{"name": "instant", "kind": "instant"}], "sparsities": sparsities, "seeds": 1,
+            "resources": {"cpu": 1}, "max_concurrent_trials": concurrent}
+
+
+def _plain_loop(cfg: dict) -> float:
+    """The same trials back to back in one Python loop, no Ray: dense once, then each trial."""
+    start = time.perf_counter()
+    sweep = validate(cfg)
+    torch.set_num_threads(1)
+    dense = train_dense(sweep, 0, torch.device("cpu"))
+    for trial in expand(sweep):
+        run = FinetuneRun(sweep, trial, dense, torch.device("cpu"))
+        while not run.done:
+            run.run_epoch()
+    return time.perf_counter() - start
+
+
+def _through_prunesweep(cfg: dict, address: str | None) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        cmd = [sys.executable, "-m", "sweeps", "run", str(path), "--storage", folder, "--name", "b", "--no-dashboard"]
+        if address:
+            cmd += ["--address", address]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def tune_overhead(quick: bool, address: str | None) -> dict:
+    """Wall time through ``prunesweep run`` (Ray start, checkpoints every epoch, one trial at a
+    time) / the same trials in a plain loop; and 2 concurrent trials vs 1 through prunesweep."""
+    # one digits epoch of the small CNN takes about 0.2 s on one core here
+    sizes = {"tiny": 3} if quick else {"5s": 25, "30s": 150}
+    trials = 2 if quick else 4
+    out = {}
+    for label, epochs in sizes.items():
+        plain = _plain_loop(_bench_config(epochs, trials, 1))
+        serial = _through_prunesweep(_bench_config(epochs, trials, 1), address)
+        out[f"tune_overhead_{label}"] = serial / plain
+        out[f"plain_loop_s_{label}"] = plain
+        out[f"prunesweep_s_{label}"] = serial
+        out[f"trial_s_{label}"] = plain / trials
+    label = next(iter(sizes))
+    parallel = _through_prunesweep(_bench_config(sizes[label], trials, 2), address)
+    out["parallel_efficiency"] = out[f"prunesweep_s_{label}"] / parallel
+    out["parallel_s"] = parallel
+    return out
+
+
+GOALS = {"loader_speedup": ">= 1 (higher is better)", "mask_overhead": "<= 1.10", "prune_speedup": ">= 10",
+         "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures to quote")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--address", help="Ray cluster for the prunesweep runs (default: a local Ray each)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cpu = torch.device("cpu")
+    figures = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores, torch {torch.__version__}", "quick": args.quick}
+    figures.update(loader_speedup(args.quick, cpu))
+    if torch.cuda.is_available():
+        gpu = loader_speedup(args.quick, torch.device("cuda"))
+        figures.update({f"gpu_{k}": v for k, v in gpu.items()})
+        figures["gpu_name"] = torch.cuda.get_device_name(0)
+    else:
+        figures["gpu_name"] = None
+    figures.update(mask_overhead(args.quick))
+    figures.update(prune_speedup(args.quick))
+    figures.update(tune_overhead(args.quick, args.address))
+
+    rows = [("loader_speedup", "loader_images_per_s", "torchvision_images_per_s", "images/s"),
+            ("mask_overhead", "masked_step_s", "dense_step_s", "s/step"),
+            ("prune_speedup", "numpy_prune_s", "prune_s", "s"),
+            ("prune_fraction_of_epoch", "prune_s", "resnet56_cpu_epoch_s_estimate", "s")]
+    rows += [(k, f"prunesweep_s_{k.split('_')[-1]}", f"plain_loop_s_{k.split('_')[-1]}", "s")
+             for k in figures if k.startswith("tune_overhead_")]
+    rows.append(("parallel_efficiency", f"prunesweep_s_{next(k for k in figures if k.startswith('tune_overhead_')).split('_')[-1]}", "parallel_s", "s"))
+    print(f"prunesweep benchmarks, {figures['date']}, {figures['machine']}, GPU: {figures['gpu_name'] or 'none'}"
+          + (" (quick: smoke sizes)" if args.quick else ""))
+    print(f"{'figure':<26}{'ratio':>10}   {'numerator':>14} {'denominator':>14}  unit      goal")
+    for key, num, den, unit in rows:
+        print(f"{key:<26}{figures[key]:>10.3f}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} {GOALS.get(key, '')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0

@@ -1,0 +1,73 @@
+"""The CIFAR-10 path through torchvision, on small data written in the real on-disk format."""
+import os
+import pickle
+
+import pytest
+import torch
+import torchvision.datasets.cifar
+
+from sweeps.config import expand, validate
+from sweeps.data import load_dataset, random_crop_flip, write_cifar10_format
+from sweeps.train import FinetuneRun, train_dense
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    write_cifar10_format(tmp_path, n_train=60, n_test=20, seed=1)
+    # the files are real CIFAR-10 format but not the real images: skip only the md5 comparison
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    load_dataset.cache_clear()
+    yield tmp_path
+    load_dataset.cache_clear()
+
+
+def test_cifar10_loads_through_torchvision(cifar_root):
+    data = load_dataset("cifar10", str(cifar_root), False)
+    assert data.x_train.shape == (60, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
+    with open(cifar_root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        first = pickle.load(f, encoding="latin1")
+    assert data.y_train[:12].tolist() == first["labels"][:12]
+    # normalised per channel with the training set's statistics
+    assert data.x_train.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert data.x_train.std(dim=(0, 2, 3)).sub(1).abs().max() < 1e-3
+    raw = torch.tensor(first["data"][0], dtype=torch.float32).view(3, 32, 32)
+    # normalising is an increasing affine map per channel: pixel ranks match the file's
+    for c in range(3):
+        assert torch.equal(torch.argsort(data.x_train[0, c].flatten(), stable=True),
+                           torch.argsort(raw[c].flatten(), stable=True))
+
+
+def test_cifar10_missing_root_is_config_error(tmp_path):
+    from sweeps.config import ConfigError
+
+    raw = {"name": "c", "model": "resnet20", "dataset": {"name": "cifar10", "root": str(tmp_path)},
+           "dense": {"epochs": 1}, "finetune": {"epochs": 1}, "schedules": [{"name": "i", "kind": "instant"}],
+           "sparsities": [0.5]}
+    with pytest.raises(ConfigError, match=f"dataset.root '{tmp_path}' holds no cifar-10-batches-py"):
+        validate(raw)
+
+
+def test_resnet20_trial_on_cifar_format(cifar_root):
+    cfg = validate({"name": "c", "model": "resnet20", "dataset": {"name": "cifar10", "root": str(cifar_root)},
+                    "dense": {"epochs": 1, "batch_size": 32}, "finetune": {"epochs": 2, "batch_size": 32},
+                    "schedules": [{"name": "g", "kind": "gradual", "steps": 2}], "sparsities": [0.8]})
+    assert cfg.dataset.augments  # crop + flip by default on CIFAR
+    dense = train_dense(cfg, 0, torch.device("cpu"))
+    run = FinetuneRun(cfg, expand(cfg)[0], dense, torch.device("cpu"))
+    metrics = [run.run_epoch() for _ in range(2)]
+    assert run.done and metrics[-1]["sparsity"] == pytest.approx(round(0.8 * 268336) / 268336)
+    assert metrics[0]["step"] == 1 and metrics[1]["step"] == 2
+
+
+def test_batch_augmentation_is_a_crop_and_flip():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, 1, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, r:r + 4, c:c + 4] for r in range(3) for c in range(3)]
+        candidates = windows + [w.flip(-1) for w in windows]
+        assert any(torch.equal(out[i], w) for w in candidates)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(random_crop_flip(x, 1, g1), random_crop_flip(x, 1, g2))
