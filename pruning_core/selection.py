@@ -51,10 +51,7 @@ def weight_scores(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
         score = torch.rand(weight.shape, device=weight.device)
     else:
         _choice(criterion, CRITERIA, "criterion")
-    score = score.float()
-    if torch.isnan(score).any():
-        raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
-    return score
+    return score.float()
 
 
 def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) -> torch.Tensor:
@@ -148,6 +145,9 @@ def prune(
             keeps.append(mask.flatten())
             scores.append(weight_scores(name, module, criterion).flatten())
 
+    for (name, _), score in zip(modules, scores):
+        if criterion != "magnitude" and torch.isnan(score).any():
+            raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
     if scope == "global":
         keep_all = torch.cat(keeps)
         total, current = keep_all.numel(), _current(keep_all)
