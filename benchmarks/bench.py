@@ -136,57 +136,104 @@ def prune_speedup(quick: bool) -> dict:
             "resnet56_cpu_epoch_s_estimate": epoch, "prune_fraction_of_epoch": t_ours / epoch}
 
 
-def _bench_config(epochs: int, trials: int, concurrent: int) -> dict:
+def _bench_config(epochs: int, trials: int, concurrent: int, model: str = "resnet20") -> dict:
     sparsities = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98][:trials]
-    return {"name": "bench", "model": "small_cnn", "dataset": {"name": "digits"},
+    return {"name": "bench", "model": model, "dataset": {"name": "digits"},
             "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": epochs, "batch_size": 64},
             "schedules": [{"name": "instant", "kind": "instant"}], "sparsities": sparsities, "seeds": 1,
             "resources": {"cpu": 1}, "max_concurrent_trials": concurrent}
 
 
-def _plain_loop(cfg: dict) -> float:
+def plain_loop(config_file: str) -> None:
     """The same trials back to back in one Python loop, no Ray: dense once, then each trial."""
-    start = time.perf_counter()
-    sweep = validate(cfg)
+    sweep = validate(yaml.safe_load(Path(config_file).read_text()))
     torch.set_num_threads(1)
     dense = train_dense(sweep, 0, torch.device("cpu"))
     for trial in expand(sweep):
         run = FinetuneRun(sweep, trial, dense, torch.device("cpu"))
         while not run.done:
             run.run_epoch()
-    return time.perf_counter() - start
 
 
-def _through_prunesweep(cfg: dict, address: str | None) -> float:
+def _timed_process(cfg: dict, plain: bool, address: str | None) -> float:
+    """Wall time of a fresh Python process (interpreter and imports included, both ways)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "sweeps", "run", str(path), "--storage", folder, "--name", "b", "--no-dashboard"]
-        if address:
-            cmd += ["--address", address]
+        if plain:
+            cmd = [sys.executable, "-c", "import sys; from benchmarks.bench import plain_loop; plain_loop(sys.argv[1])",
+                   str(path)]
+        else:
+            cmd = [sys.executable, "-m", "sweeps", "run", str(path), "--storage", folder, "--name", "b",
+                   "--no-dashboard"] + (["--address", address] if address else [])
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - start
 
 
+def _through_prunesweep(cfg: dict, address: str | None) -> float:
+    return _timed_process(cfg, False, address)
+
+
 def tune_overhead(quick: bool, address: str | None) -> dict:
     """Wall time through ``prunesweep run`` (Ray start, checkpoints every epoch, one trial at a
     time) / the same trials in a plain loop; and 2 concurrent trials vs 1 through prunesweep."""
-    # one digits epoch of the small CNN takes about 0.2 s on one core here
-    sizes = {"tiny": 3} if quick else {"5s": 25, "30s": 150}
+    # one digits epoch of ResNet-20 takes about 0.9 s on one core here
+    model = "small_cnn" if quick else "resnet20"
+    sizes = {"tiny": 3} if quick else {"5s": 6, "30s": 34}
     trials = 2 if quick else 4
     out = {}
     for label, epochs in sizes.items():
-        plain = _plain_loop(_bench_config(epochs, trials, 1))
-        serial = _through_prunesweep(_bench_config(epochs, trials, 1), address)
+        cfg = _bench_config(epochs, trials, 1, model)
+        plain = _timed_process(cfg, True, None)
+        serial = _through_prunesweep(cfg, address)
         out[f"tune_overhead_{label}"] = serial / plain
         out[f"plain_loop_s_{label}"] = plain
         out[f"prunesweep_s_{label}"] = serial
         out[f"trial_s_{label}"] = plain / trials
-    label = next(iter(sizes))
-    parallel = _through_prunesweep(_bench_config(sizes[label], trials, 2), address)
+    label = list(sizes)[-1]  # the longest trials: least start-up in the figure
+    parallel = _through_prunesweep(_bench_config(sizes[label], trials, 2, model), address)
     out["parallel_efficiency"] = out[f"prunesweep_s_{label}"] / parallel
+    out["serial_s"] = out[f"prunesweep_s_{label}"]
     out["parallel_s"] = parallel
+    return out
+
+
+def gpu_figures(quick: bool, address: str | None) -> dict:
+    """On a GPU: seconds per CIFAR-sized epoch (50,000 images) of ResNet-20/56 with the fast path
+    (data on the device, batch crop/flip, bf16 autocast, channels_last), and trials per hour
+    with 1, 2, 4 and 8 trials packed on the one GPU through fractional ``resources.gpu``."""
+    from sweeps.data import TensorData
+    from sweeps.train import prepare, train_epoch
+
+    device = torch.device("cuda", 0)
+    n = 5000 if quick else 50000
+    out = {}
+    for name in ("resnet20", "resnet56"):
+        g = torch.Generator().manual_seed(0)
+        data = TensorData(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g),
+                          torch.randn(100, 3, 32, 32), torch.randint(0, 10, (100,)), 10, pad=4)
+        model, data = prepare(build_model(name), data, device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loader = DeviceLoader(data.x_train, data.y_train, 128, torch.Generator(device=device).manual_seed(0),
+                              augment=True, pad=4)
+
+        def epoch():
+            train_epoch(model, loader, opt, device)
+            torch.cuda.synchronize()
+        epoch()  # warm-up: cuDNN autotuning, allocator
+        out[f"gpu_{name}_epoch_s"] = _median_time(epoch, 1 if quick else 3) * (50000 / n)
+    epochs, trials = (2, 4) if quick else (10, 8)
+    for pack in (1, 2, 4, 8):
+        cfg = _bench_config(epochs, trials, pack)
+        cfg.update(dataset={"name": "cifar10", "root": os.environ.get("PRUNESWEEP_CIFAR_ROOT", "data/cifar10"),
+                                              "download": False, "train_subset": 10000})
+        cfg["resources"] = {"cpu": 1, "gpu": 1 / pack}
+        if not (Path(cfg["dataset"]["root"]) / "cifar-10-batches-py").is_dir():
+            out["gpu_trials_per_hour"] = "skipped: set PRUNESWEEP_CIFAR_ROOT to a CIFAR-10 folder"
+            break
+        seconds = _through_prunesweep(cfg, address)
+        out[f"gpu_trials_per_hour_{pack}"] = trials * 3600 / seconds
     return out
 
 
@@ -209,6 +256,7 @@ def main(argv=None) -> int:
         gpu = loader_speedup(args.quick, torch.device("cuda"))
         figures.update({f"gpu_{k}": v for k, v in gpu.items()})
         figures["gpu_name"] = torch.cuda.get_device_name(0)
+        figures.update(gpu_figures(args.quick, args.address))
     else:
         figures["gpu_name"] = None
     figures.update(mask_overhead(args.quick))
@@ -221,12 +269,15 @@ def main(argv=None) -> int:
             ("prune_fraction_of_epoch", "prune_s", "resnet56_cpu_epoch_s_estimate", "s")]
     rows += [(k, f"prunesweep_s_{k.split('_')[-1]}", f"plain_loop_s_{k.split('_')[-1]}", "s")
              for k in figures if k.startswith("tune_overhead_")]
-    rows.append(("parallel_efficiency", f"prunesweep_s_{next(k for k in figures if k.startswith('tune_overhead_')).split('_')[-1]}", "parallel_s", "s"))
+    rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
     print(f"prunesweep benchmarks, {figures['date']}, {figures['machine']}, GPU: {figures['gpu_name'] or 'none'}"
           + (" (quick: smoke sizes)" if args.quick else ""))
     print(f"{'figure':<26}{'ratio':>10}   {'numerator':>14} {'denominator':>14}  unit      goal")
     for key, num, den, unit in rows:
         print(f"{key:<26}{figures[key]:>10.3f}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} {GOALS.get(key, '')}")
+    for key, value in figures.items():
+        if key.startswith("gpu_") and key != "gpu_name":
+            print(f"{key:<36}{value if isinstance(value, str) else f'{value:.4g}'}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
