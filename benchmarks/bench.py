@@ -274,7 +274,7 @@ def main(argv=None) -> int:
           + (" (quick: smoke sizes)" if args.quick else ""))
     print(f"{'figure':<26}{'ratio':>10}   {'numerator':>14} {'denominator':>14}  unit      goal")
     for key, num, den, unit in rows:
-        print(f"{key:<26}{figures[key]:>10.3f}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} {GOALS.get(key, '')}")
+        print(f"{key:<26}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} {GOALS.get(key, '')}")
     for key, value in figures.items():
         if key.startswith("gpu_") and key != "gpu_name":
             print(f"{key:<36}{value if isinstance(value, str) else f'{value:.4g}'}")

@@ -207,13 +207,34 @@ def plan(config: SweepConfig, trial: dict) -> list[Phase]:
 
 # ---------------------------------------------------------------- loading and errors
 
+def _fields_at(loc) -> list[str]:
+    """Field names of the config section that ``loc`` (a pydantic error location) points into."""
+    model = SweepConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        if inner:  # list[ScheduleConfig]
+            annotation = inner[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed here: {', '.join(_fields_at(e['loc']))}"
         shown = e.get("input")
-        quiet = isinstance(shown, dict) or e["type"] in ("missing", "value_error")
+        quiet = isinstance(shown, dict) or e["type"] in ("missing", "value_error", "extra_forbidden")
         got = "" if quiet else f" (got {shown!r})"
         lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
     return "config error: " + "; ".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import time
 
 import yaml
@@ -33,6 +34,10 @@ def connect(address: str | None = None, dashboard: bool = True, dashboard_host: 
         url = getattr(ctx, "dashboard_url", None)
         if dashboard and url:
             print(f"Ray dashboard: http://{url}", flush=True)
+            auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
+            if auth != "token" and dashboard_host not in ("127.0.0.1", "localhost"):
+                print(f"warning: the dashboard listens on {dashboard_host} with RAY_AUTH_MODE={auth}: "
+                      "anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
     return True
 
 
@@ -43,7 +48,7 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
     total = ray.cluster_resources()
     res = config.resources
     if res.gpu > 0 and total.get("GPU", 0) == 0 and not autoscale:
-        have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU", "memory") and k != "memory")
+        have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
         raise ConfigError(
             f"resources.gpu: each trial asks for {res.gpu:g} GPU but the Ray cluster has none ({have}); "
             "set resources.gpu: 0, connect to a cluster with GPUs (--address), or pass --autoscale if the "

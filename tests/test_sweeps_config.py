@@ -14,7 +14,9 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("changes,pattern", [
-    ({"foo": 1}, r"foo: Extra inputs are not permitted"),
+    ({"foo": 1}, r"foo: unknown field; allowed here: name, model, dataset, dense, pruning, finetune"),
+    ({"finetune__epoch": 3}, r"finetune.epoch: unknown field; allowed here: epochs, optimizer, lr_schedule, batch_size"),
+    ({"schedules": [{"name": "g", "kind": "instant", "step": 2}]}, r"schedules.0.step: unknown field; allowed here: name, kind, steps"),
     ({"finetune__epochs": "many"}, r"finetune.epochs: Input should be a valid integer.*'many'"),
     ({"sparsities": [0.5, 1.0]}, r"sparsities.1: sparsity must be in \[0, 1\), got 1.0"),
     ({"sparsities": [-0.1]}, r"sparsities.0: sparsity must be in \[0, 1\)"),
