@@ -71,7 +71,9 @@ def reference(ray_session, tmp_path_factory):
 def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_path, sig):
     cfg, ref_summary, ref_rows = reference
     path = tmp_path / "cut"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the driver syncs results and experiment state to storage every second (default: >= 10 s),
+    # so what this test reads from storage is current enough to interrupt mid-sweep
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     env.pop(CHAOS_ENV, None)
     driver = subprocess.Popen(
         [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", str(tmp_path), "--name", "cut",
