@@ -244,34 +244,60 @@ def _field_names(model_cls) -> list[str]:
     return list(model_cls.model_fields)
 
 
+def _section(annotation):
+    """The config model inside an annotation (``X``, ``list[X]``, ``Optional[X]``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, getattr(annotation, "__origin__", None) is list
+    return None, False
+
+
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict."""
+    """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict.
+
+    List entries are addressed by index: ``--set schedules.1.steps=8``.
+    """
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set finetune.epochs=2")
     path, _, text = assignment.partition("=")
+    path = path.strip()
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {path}: value {text!r} is not valid YAML ({exc.problem})") from None
-    parts = path.strip().split(".")
-    model_cls, node = SweepConfig, raw
+    parts = path.split(".")
+    model_cls, node, is_list = SweepConfig, raw, False
     for i, part in enumerate(parts):
-        fields = model_cls.model_fields if model_cls is not None else None
-        if fields is not None and part not in fields:
-            where = ".".join(parts[:i]) or "the config"
-            raise ConfigError(f"--set {path}: {where} has no field {part!r}; fields are: {', '.join(fields)}")
-        if i == len(parts) - 1:
+        here = ".".join(parts[:i]) or "the config"
+        last = i == len(parts) - 1
+        if is_list:
+            if not part.isdigit() or not isinstance(node, list) or int(part) >= len(node):
+                size = len(node) if isinstance(node, list) else 0
+                raise ConfigError(f"--set {path}: {here} is a list of {size}; use an index 0..{size - 1}")
+            if last:
+                node[int(part)] = value
+                return
+            node, is_list = node[int(part)], False
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {path}: {here}.{part} is not a mapping")
+            continue
+        fields = model_cls.model_fields
+        if part not in fields:
+            raise ConfigError(f"--set {path}: {here} has no field {part!r}; fields are: {', '.join(fields)}")
+        if last:
             node[part] = value
             return
-        annotation = fields[part].annotation if fields is not None else None
-        model_cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if model_cls is None:
+        child_cls, is_list = _section(fields[part].annotation)
+        if child_cls is None:
             raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a section with fields")
+        model_cls = child_cls
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {} if child is None else child
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a mapping")
+        if child is None and not is_list:
+            child = node[part] = {}
+        if not isinstance(child, list if is_list else dict):
+            raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a {'list' if is_list else 'mapping'}")
         node = child
 
 

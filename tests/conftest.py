@@ -10,6 +10,23 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+FAULTS = {"injected": 0, "survived": 0, "trials_lost": 0}
+
+
+def record_fault(survived: bool, trials_lost: int) -> None:
+    """Count one injected fault for the fault figures printed at the end of the test run."""
+    FAULTS["injected"] += 1
+    FAULTS["survived"] += int(survived)
+    FAULTS["trials_lost"] += trials_lost
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULTS["injected"]:
+        terminalreporter.write_line(
+            f"fault figures: faults injected {FAULTS['injected']}, survived {FAULTS['survived']}, "
+            f"trials lost {FAULTS['trials_lost']}")
+
+
 def ray_pids():
     """Process ids of the Ray daemons this process's local node started."""
     from ray._private import worker

@@ -15,7 +15,7 @@ from sweeps.cli import main
 from sweeps.runner import CHAOS_ENV
 from sweeps.trainable import CHAOS_MARKER
 
-from .conftest import ROOT, write_config
+from .conftest import ROOT, record_fault, write_config
 
 COLS = ["schedule", "target_sparsity", "seed", "epoch", "test_accuracy", "test_loss", "train_loss", "sparsity"]
 
@@ -31,9 +31,12 @@ def test_killed_worker_resumes_from_checkpoint_with_equal_numbers(ray_session, t
     storage = tmp_path / "r"
     assert main(["run", str(cfg), "--storage", str(storage), "--name", "clean"]) == 0
     monkeypatch.setenv(CHAOS_ENV, "2")  # each trial's worker is SIGKILLed once, mid-epoch 3
-    assert main(["run", str(cfg), "--storage", str(storage), "--name", "chaos"]) == 0
+    rc = main(["run", str(cfg), "--storage", str(storage), "--name", "chaos"])
     markers = list((storage / "chaos").glob(f"*/{CHAOS_MARKER}"))
     assert len(markers) == 1, "the fault was not injected"
+    finished = (load_experiment(storage / "chaos").groupby("trial_id")["epoch"].max() == 4).sum()
+    record_fault(survived=rc == 0, trials_lost=1 - int(finished))
+    assert rc == 0
     chaos = load_experiment(storage / "chaos")
     # the retry started from the epoch-2 checkpoint, not from scratch
     last = chaos.sort_values("training_iteration").iloc[-1]
@@ -92,7 +95,10 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_p
     dense_log = (path / "dense" / "trainings.jsonl").read_text()
     checkpoints = {name: sorted(p.name for p in (path / name).glob("checkpoint_*")) for name in finished}
 
-    assert main(["resume", str(path)]) == 0
+    rc = main(["resume", str(path)])
+    done = load_experiment(path).groupby("trial_id")[["epoch", "budget_epochs"]].max()
+    record_fault(survived=rc == 0, trials_lost=8 - int((done["epoch"] == done["budget_epochs"]).sum()))
+    assert rc == 0
 
     # dense models were not retrained, finished trials were not trained again
     assert (path / "dense" / "trainings.jsonl").read_text() == dense_log

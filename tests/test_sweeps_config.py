@@ -63,6 +63,12 @@ def test_set_overrides_and_bad_paths(tmp_path, capsys):
     assert rc == 2 and "seeds is not a section" in err
     rc, err = run_cli(capsys, "validate", str(cfg), "--set", "seeds")
     assert rc == 2 and "expected KEY=VALUE" in err
+    config = load_config(str(cfg), ["schedules.1.steps=1", "finetune.epochs=3"])
+    assert config.schedules[1].steps == 1
+    rc, err = run_cli(capsys, "validate", str(cfg), "--set", "schedules.5.steps=2")
+    assert rc == 2 and "schedules is a list of 2; use an index 0..1" in err
+    rc, err = run_cli(capsys, "validate", str(cfg), "--set", "schedules.0.step=2")
+    assert rc == 2 and "schedules.0 has no field 'step'; fields are: name, kind, steps" in err
 
 
 def test_unknown_config_file_lists_builtins(capsys):
