@@ -124,3 +124,8 @@ def test_ladder_budget_rule():
 def test_config_error_type():
     with pytest.raises(ConfigError):
         validate({"name": "x"})
+
+
+def test_resume_of_a_folder_that_is_no_experiment(tmp_path, capsys):
+    rc, err = run_cli(capsys, "resume", str(tmp_path))
+    assert rc == 2 and "not a prunesweep experiment (no prunesweep.yaml)" in err and err.count("\n") == 1
