@@ -65,8 +65,7 @@ def loader_speedup(quick: bool, device: torch.device) -> dict:
         finally:
             tv_cifar.check_integrity = original
             load_dataset.cache_clear()
-    ours_loader = DeviceLoader(data.x_train, data.y_train, 128, torch.Generator(device=device).manual_seed(0),
-                               augment=True, pad=4)
+    ours_loader = DeviceLoader(data, 128, torch.Generator(device=device).manual_seed(0), augment=True)
 
     def ours_epoch():
         for xb, yb in ours_loader:
@@ -203,7 +202,7 @@ def gpu_figures(quick: bool, address: str | None) -> dict:
     """On a GPU: seconds per CIFAR-sized epoch (50,000 images) of ResNet-20/56 with the fast path
     (data on the device, batch crop/flip, bf16 autocast, channels_last), and trials per hour
     with 1, 2, 4 and 8 trials packed on the one GPU through fractional ``resources.gpu``."""
-    from sweeps.data import TensorData
+    from sweeps.data import TensorData, channel_stats
     from sweeps.train import prepare, train_epoch
 
     device = torch.device("cuda", 0)
@@ -211,12 +210,13 @@ def gpu_figures(quick: bool, address: str | None) -> dict:
     out = {}
     for name in ("resnet20", "resnet56"):
         g = torch.Generator().manual_seed(0)
-        data = TensorData(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g),
-                          torch.randn(100, 3, 32, 32), torch.randint(0, 10, (100,)), 10, pad=4)
+        x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        mean, std = channel_stats(x)
+        data = TensorData(x, torch.randint(0, 10, (n,), generator=g), x[:100], torch.randint(0, 10, (100,)),
+                          10, 4, mean, std)
         model, data = prepare(build_model(name), data, device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loader = DeviceLoader(data.x_train, data.y_train, 128, torch.Generator(device=device).manual_seed(0),
-                              augment=True, pad=4)
+        loader = DeviceLoader(data, 128, torch.Generator(device=device).manual_seed(0), augment=True)
 
         def epoch():
             train_epoch(model, loader, opt, device)

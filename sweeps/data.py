@@ -22,12 +22,18 @@ DIGITS_TEST = 360
 
 @dataclass
 class TensorData:
+    """A dataset as tensors, stored raw (CIFAR as uint8, 4x smaller than float) with the
+    training set's per-channel ``mean``/``std``; batches are normalised as they are drawn."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
     pad: int  # random-crop padding for augmentation
+    mean: torch.Tensor  # (1, C, 1, 1), in the raw tensors' scale
+    std: torch.Tensor
+    channels_last: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -37,19 +43,27 @@ class TensorData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    def to(self, device) -> "TensorData":
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.float() - self.mean) / self.std
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+    def to(self, device, channels_last: bool = False) -> "TensorData":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return TensorData(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
-                          self.num_classes, self.pad)
+                          self.num_classes, self.pad, move(self.mean), move(self.std), channels_last)
 
 
-def _normalise(train: torch.Tensor, test: torch.Tensor):
-    mean = train.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of ``x`` (N, C, H, W), one channel at a time."""
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        xc = x[:, c].float()
+        means.append(xc.mean())
+        stds.append(xc.std().clamp_min(1e-6))
+    return torch.stack(means).view(1, -1, 1, 1), torch.stack(stds).view(1, -1, 1, 1)
 
 
-def load_digits_data() -> TensorData:
+def load_digits_data(train_subset: int | None = None) -> TensorData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -57,8 +71,9 @@ def load_digits_data() -> TensorData:
     y = torch.tensor(digits.target, dtype=torch.long)
     order = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
     x, y = x[order], y[order]
-    x_train, x_test = _normalise(x[:-DIGITS_TEST], x[-DIGITS_TEST:])
-    return TensorData(x_train, y[:-DIGITS_TEST], x_test, y[-DIGITS_TEST:], 10, pad=1)
+    x_train, y_train = x[:-DIGITS_TEST][:train_subset], y[:-DIGITS_TEST][:train_subset]
+    mean, std = channel_stats(x_train)
+    return TensorData(x_train, y_train, x[-DIGITS_TEST:], y[-DIGITS_TEST:], 10, 1, mean, std)
 
 
 def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None) -> TensorData:
@@ -66,15 +81,14 @@ def load_cifar10_data(root: str, download: bool = False, train_subset: int | Non
 
     def as_tensors(train: bool):
         ds = CIFAR10(root=root, train=train, download=download)
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         return x, torch.tensor(ds.targets, dtype=torch.long)
 
     x_train, y_train = as_tensors(True)
     x_test, y_test = as_tensors(False)
-    if train_subset is not None:
-        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
-    x_train, x_test = _normalise(x_train, x_test)
-    return TensorData(x_train, y_train, x_test, y_test, 10, pad=4)
+    x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+    mean, std = channel_stats(x_train)
+    return TensorData(x_train, y_train, x_test, y_test, 10, 4, mean, std)
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,10 +96,7 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
                  train_subset: int | None = None) -> TensorData:
     """The named dataset as CPU tensors (cached per process)."""
     if name == "digits":
-        data = load_digits_data()
-        if train_subset is not None:
-            data.x_train, data.y_train = data.x_train[:train_subset], data.y_train[:train_subset]
-        return data
+        return load_digits_data(train_subset)
     if name == "cifar10":
         return load_cifar10_data(root, download, train_subset)
     raise ValueError(f"dataset must be one of digits, cifar10; got {name!r}")
@@ -105,32 +116,33 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
 
 
 class DeviceLoader:
-    """Shuffled mini-batches of tensors already on the device, augmented in whole batches.
+    """Shuffled, normalised mini-batches of a dataset already on the device, augmented
+    (crop with zero padding, then flip, as torchvision does before ``Normalize``) in whole batches.
 
     The order and augmentation come from ``generator`` alone, so a run is repeatable and a
     checkpoint of the generator's state resumes the exact data stream.
     """
 
-    def __init__(self, x, y, batch_size: int, generator: torch.Generator, augment: bool = False,
-                 pad: int = 4, drop_last: bool = False):
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.generator, self.augment, self.pad, self.drop_last = generator, augment, pad, drop_last
+    def __init__(self, data: TensorData, batch_size: int, generator: torch.Generator, augment: bool = False,
+                 drop_last: bool = False):
+        self.data, self.batch_size = data, batch_size
+        self.generator, self.augment, self.drop_last = generator, augment, drop_last
 
     def __len__(self):
-        n = self.x.shape[0]
+        n = self.data.x_train.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = self.x.shape[0]
-        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
-        if order.device != self.x.device:
-            order = order.to(self.x.device)
+        x, y = self.data.x_train, self.data.y_train
+        order = torch.randperm(x.shape[0], generator=self.generator, device=self.generator.device)
+        if order.device != x.device:
+            order = order.to(x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x[idx]
+            xb = x[idx]
             if self.augment:
-                xb = random_crop_flip(xb, self.pad, self.generator)
-            yield xb, self.y[idx]
+                xb = random_crop_flip(xb, self.data.pad, self.generator)
+            yield self.data.normalise(xb), y[idx]
 
 
 def write_cifar10_format(root, n_train: int = 100, n_test: int = 50, seed: int = 0) -> str:

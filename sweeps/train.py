@@ -63,13 +63,11 @@ def _autocast(device: torch.device):
 
 def prepare(model: nn.Module, data: TensorData, device: torch.device):
     """Move model and data to ``device``; channels_last on CUDA (the fast path)."""
+    fast = device.type == "cuda"
     model = model.to(device)
-    data = data.to(device)
-    if device.type == "cuda":
+    if fast:
         model = model.to(memory_format=torch.channels_last)
-        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
-        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
-    return model, data
+    return model, data.to(device, channels_last=fast)
 
 
 def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
@@ -92,13 +90,14 @@ def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(model, x, y, device, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean loss, accuracy) in ``eval()`` mode: BatchNorm statistics are never touched."""
+def evaluate(model, data: TensorData, device, batch_size: int = 1000) -> tuple[float, float]:
+    """Test-set (mean loss, accuracy) in ``eval()`` mode: BatchNorm statistics are never touched."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
+    x, y = data.x_test, data.y_test
     for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = data.normalise(x[i:i + batch_size]), y[i:i + batch_size]
         with _autocast(device):
             logits = model(xb)
         total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
@@ -128,14 +127,13 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=No
         optimizer = make_optimizer(sweep.dense.optimizer, model.parameters())
         scheduler = make_scheduler(sweep.dense.lr_schedule, optimizer, epochs)
         generator = torch.Generator(device=device).manual_seed(seed)
-        loader = DeviceLoader(data.x_train, data.y_train, sweep.dense.batch_size, generator,
-                              sweep.dataset.augments, data.pad)
+        loader = DeviceLoader(data, sweep.dense.batch_size, generator, sweep.dataset.augments)
         for epoch in range(epochs):
             train_epoch(model, loader, optimizer, device)
             scheduler.step()
             if progress is not None:
                 progress(epoch + 1, epochs)
-    loss, acc = evaluate(model, data.x_test, data.y_test, device)
+    loss, acc = evaluate(model, data, device)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {"state_dict": state, "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
             "seconds": time.perf_counter() - start, "seed": seed}
@@ -164,8 +162,7 @@ class FinetuneRun:
         seed = trial["seed"]
         torch.manual_seed(seed + FINETUNE_SEED_OFFSET)
         self.generator = torch.Generator(device=device).manual_seed(seed + FINETUNE_SEED_OFFSET)
-        self.loader = DeviceLoader(self.data.x_train, self.data.y_train, ft.batch_size, self.generator,
-                                   sweep.dataset.augments, self.data.pad)
+        self.loader = DeviceLoader(self.data, ft.batch_size, self.generator, sweep.dataset.augments)
         self.epoch = 0
         self.prunes_done = 0
         self.prunable = sum(m.weight.numel() for _, m in pc.prunable_modules(self.model))
@@ -209,7 +206,7 @@ class FinetuneRun:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - start
-        test_loss, test_acc = evaluate(self.model, self.data.x_test, self.data.y_test, self.device)
+        test_loss, test_acc = evaluate(self.model, self.data, self.device)
         self.epoch += 1
         measured = pc.sparsity(self.model)
         return {
