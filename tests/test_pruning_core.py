@@ -296,6 +296,7 @@ def test_torch_nn_utils_prune_interop():
     pc.prune(model, 0.5)
     assert pc.sparsity(model) == pytest.approx(135 / 270)
     assert "weight_orig" not in dict(model[3].named_parameters())
+    assert pc.sparsity(copy.deepcopy(model)) == pytest.approx(135 / 270)  # torch's own pruning cannot deepcopy
     pc.make_permanent(model)
     assert set(model.state_dict()) == set(tiny().state_dict())
     assert pc.sparsity(model) == pytest.approx(135 / 270)
