@@ -214,15 +214,9 @@ def _fields_at(loc) -> list[str]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        if field is None:
+        model = _section(field.annotation)[0] if field is not None else None
+        if model is None:
             return []
-        annotation = field.annotation
-        inner = getattr(annotation, "__args__", None)
-        if inner:  # list[ScheduleConfig]
-            annotation = inner[0]
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
     return list(model.model_fields)
 
 

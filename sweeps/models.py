@@ -1,7 +1,6 @@
 """Models: the CIFAR ResNets of He et al. (2016) and a small CNN for the embedded dataset."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

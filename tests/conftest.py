@@ -1,7 +1,6 @@
 """Shared fixtures: one real local Ray per test session, shut down by process id."""
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import final_results, load_experiment, summarize
+from analysis import load_experiment, summarize
 from sweeps.cli import main
 from sweeps.runner import CHAOS_ENV
 from sweeps.trainable import CHAOS_MARKER

@@ -1,7 +1,6 @@
 """Exact behaviour of pruning_core: which weights, how many, and that they stay pruned."""
 import copy
 import io
-import math
 import os
 
 import pytest

@@ -1,6 +1,5 @@
 """Real Ray Tune sweeps on the embedded digits dataset."""
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
