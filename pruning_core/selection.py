@@ -1,6 +1,7 @@
 """Choosing which weights to prune: scores, exact global/layerwise selection, thresholds."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -68,28 +69,69 @@ def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) ->
     return torch.linalg.vector_norm(values.reshape(out_channels, -1), ord=norm, dim=1)
 
 
+SAMPLED_SELECTION_MIN = 1 << 16
+SAMPLE_SIZE = 1 << 14
+
+
+def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value of 1-D ``x`` (1-based), exactly; a 0-d tensor on ``x``'s device.
+
+    Large inputs are narrowed first: a strided sample brackets the answer, one pass counts what
+    lies below the bracket, and ``torch.kthvalue`` runs only on the few candidates inside it.
+    When the bracket misses (an unlucky sample) the whole input is ranked, so the answer is
+    always ``torch.kthvalue(x, k)``'s. No random numbers are drawn.
+    """
+    n = x.numel()
+    if n < SAMPLED_SELECTION_MIN:
+        return torch.kthvalue(x, k).values
+    sample = torch.sort(x[:: n // SAMPLE_SIZE]).values
+    m = sample.numel()
+    p = (k - 0.5) / n
+    rank = p * m
+    margin = 4 * math.sqrt(m * p * (1 - p)) + 16  # the sample rank's spread is sqrt(m p (1-p))
+    lo_i, hi_i = int(rank - margin), int(rank + margin)
+    if lo_i <= 0 and hi_i >= m - 1:
+        return torch.kthvalue(x, k).values
+    if lo_i <= 0:
+        inside, below = x <= sample[hi_i], 0
+    else:
+        inside = x >= sample[lo_i]
+        below = n - int(torch.count_nonzero(inside))
+        if hi_i < m - 1:
+            inside &= x <= sample[hi_i]
+    candidates = x[inside]
+    if below < k <= below + candidates.numel():
+        return torch.kthvalue(candidates, k - below).values
+    return torch.kthvalue(x, k).values
+
+
 def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
     """New keep-mask that prunes exactly ``k`` entries: all already pruned, then lowest scores.
 
     Ties at the threshold are broken by position (earlier first), so the count is exact.
     """
     n = scores.numel()
-    if k <= 0:
+    kept = int(torch.count_nonzero(keep))
+    need = k - (n - kept)  # how many of the kept entries go now
+    if need <= 0:
         return keep.clone()
-    if k >= n:
+    if need >= kept:
         return torch.zeros_like(keep)
-    scores = scores.masked_fill(~keep, float("-inf"))
-    threshold = torch.kthvalue(scores.cpu() if scores.device.type == "mps" else scores, k).values
-    pruned = scores < threshold
-    missing = k - int(pruned.sum())
+    kept_scores = scores if kept == n else scores[keep]
+    if kept_scores.device.type == "mps":  # no kthvalue on MPS
+        threshold = kth_smallest(kept_scores.cpu(), need).to(scores.device)
+    else:
+        threshold = kth_smallest(kept_scores, need)
+    new_keep = keep & (scores >= threshold)
+    missing = int(torch.count_nonzero(new_keep)) - (kept - need)
     if missing > 0:
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        pruned[ties] = True
-    return ~pruned
+        ties = torch.nonzero(new_keep & (scores == threshold)).flatten()[:missing]
+        new_keep[ties] = False
+    return new_keep
 
 
 def _current(keep: torch.Tensor) -> int:
-    return int(keep.numel() - keep.sum())
+    return keep.numel() - int(torch.count_nonzero(keep))
 
 
 def _too_low(sparsity: float, current: int, total: int, where: str) -> ValueError:

@@ -92,6 +92,48 @@ def test_ties_are_broken_by_position_and_count_is_exact():
     assert keep.tolist() == [False] * 3 + [True] * 7
 
 
+def reference_keep(scores, keep, k):
+    """The k lowest (already pruned first, ties by position) via a stable full sort."""
+    ranked = torch.sort(scores.masked_fill(~keep, float("-inf")), stable=True).indices
+    out = torch.ones_like(keep)
+    out[ranked[:k]] = False
+    return out
+
+
+@pytest.mark.parametrize("kind", ["normal", "few_values", "constant", "strided_trap"])
+def test_kth_smallest_is_exact_on_large_inputs(kind):
+    from pruning_core.selection import SAMPLED_SELECTION_MIN, kth_smallest
+
+    g = torch.Generator().manual_seed(3)
+    n = 3 * SAMPLED_SELECTION_MIN + 17
+    if kind == "normal":
+        x = torch.randn(n, generator=g).abs()
+    elif kind == "few_values":  # heavy ties everywhere
+        x = torch.randint(0, 5, (n,), generator=g).float()
+    elif kind == "constant":
+        x = torch.full((n,), 0.25)
+    else:  # the strided sample sees only huge values: its bracket must miss and fall back
+        x = torch.rand(n, generator=g)
+        x[:: n // (1 << 14)] += 100.0
+    ordered = torch.sort(x).values
+    for k in [1, 2, n // 100, n // 2, (9 * n) // 10, n - 1, n]:
+        assert kth_smallest(x, k).item() == ordered[k - 1].item(), k
+
+
+def test_global_prune_of_a_large_model_matches_a_full_sort():
+    model = build_model("resnet20")  # 270k prunable weights: the sampled selection path
+    modules = pc.prunable_modules(model)
+    keep = torch.ones(sum(m.weight.numel() for _, m in modules), dtype=torch.bool)
+    n = keep.numel()
+    for target in (0.5, 0.9, 0.95):
+        scores = torch.cat([m.weight.detach().abs().flatten() for _, m in modules])
+        expected = reference_keep(scores, keep, round(target * n))
+        masks = pc.prune(model, target)
+        keep = torch.cat([masks[name].flatten() for name, _ in modules])
+        assert torch.equal(keep, expected), target
+        assert n - int(keep.sum()) == round(target * n)
+
+
 def test_cumulative_and_monotone():
     model = tiny()
     n = set_weights(model)
