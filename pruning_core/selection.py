@@ -70,7 +70,7 @@ def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) ->
 
 
 SAMPLED_SELECTION_MIN = 1 << 16
-SAMPLE_SIZE = 1 << 14
+SAMPLE_SIZE = 1 << 12
 
 
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -105,13 +105,14 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(x, k).values
 
 
-def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int, pruned: int | None = None) -> torch.Tensor:
     """New keep-mask that prunes exactly ``k`` entries: all already pruned, then lowest scores.
 
     Ties at the threshold are broken by position (earlier first), so the count is exact.
+    ``pruned``: how many entries ``keep`` already prunes, when the caller knows.
     """
     n = scores.numel()
-    kept = int(torch.count_nonzero(keep))
+    kept = n - (_current(keep) if pruned is None else pruned)
     need = k - (n - kept)  # how many of the kept entries go now
     if need <= 0:
         return keep.clone()
@@ -125,8 +126,11 @@ def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
     new_keep = keep & (scores >= threshold)
     missing = int(torch.count_nonzero(new_keep)) - (kept - need)
     if missing > 0:
-        ties = torch.nonzero(new_keep & (scores == threshold)).flatten()[:missing]
-        new_keep[ties] = False
+        ties = new_keep & (scores == threshold)
+        if int(torch.count_nonzero(ties)) == missing:  # the usual case: no positions needed
+            new_keep &= ~ties
+        else:
+            new_keep[torch.nonzero(ties).flatten()[:missing]] = False
     return new_keep
 
 
@@ -179,13 +183,17 @@ def prune(
     keeps, scores = [], []
     for name, module in modules:
         mask = get_mask(module)
-        mask = torch.ones_like(module.weight, dtype=torch.bool) if mask is None else mask
         if structure == "filters":
-            keeps.append(mask.reshape(mask.shape[0], -1).any(dim=1))
+            out_channels = module.weight.shape[0]
+            keeps.append(torch.ones(out_channels, dtype=torch.bool, device=module.weight.device) if mask is None
+                         else mask.reshape(out_channels, -1).any(dim=1))
             scores.append(_filter_scores(name, module, criterion, norm))
         else:
-            keeps.append(mask.flatten())
+            keeps.append(None if mask is None else mask.flatten())
             scores.append(weight_scores(name, module, criterion).flatten())
+    if any(keep is None for keep in keeps):
+        keeps = [torch.ones_like(score, dtype=torch.bool) if keep is None else keep
+                 for keep, score in zip(keeps, scores)]
 
     for (name, _), score in zip(modules, scores):
         if criterion != "magnitude" and torch.isnan(score).any():
@@ -196,15 +204,15 @@ def prune(
         k = round(sparsity * total)
         if k < current:
             raise _too_low(sparsity, current, total, "the pruned scope")
-        new_all = lowest_k(torch.cat(scores), keep_all, k)
+        new_all = lowest_k(torch.cat(scores), keep_all, k, current)
         new_keeps = list(torch.split(new_all, [k_.numel() for k_ in keeps]))
     else:
         new_keeps = []
         for (name, _), keep, score in zip(modules, keeps, scores):
-            k = round(sparsity * keep.numel())
-            if k < _current(keep):
-                raise _too_low(sparsity, _current(keep), keep.numel(), f"layer {name!r}")
-            new_keeps.append(lowest_k(score, keep, k))
+            k, current = round(sparsity * keep.numel()), _current(keep)
+            if k < current:
+                raise _too_low(sparsity, current, keep.numel(), f"layer {name!r}")
+            new_keeps.append(lowest_k(score, keep, k, current))
 
     result = {}
     for (name, module), keep in zip(modules, new_keeps):

@@ -16,8 +16,8 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--quick", "--json", str(out), "--address", ray_session.address_info["address"]]) == 0
     figures = json.loads(out.read_text())
-    for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_fraction_of_epoch",
-                "tune_overhead_tiny", "parallel_efficiency"):
+    for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
+                "prune_fraction_of_epoch", "tune_overhead_tiny", "parallel_efficiency"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     table = capsys.readouterr().out
     assert "mask_overhead" in table and "GPU: none" in table

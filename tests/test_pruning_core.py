@@ -102,7 +102,7 @@ def reference_keep(scores, keep, k):
 
 @pytest.mark.parametrize("kind", ["normal", "few_values", "constant", "strided_trap"])
 def test_kth_smallest_is_exact_on_large_inputs(kind):
-    from pruning_core.selection import SAMPLED_SELECTION_MIN, kth_smallest
+    from pruning_core.selection import SAMPLE_SIZE, SAMPLED_SELECTION_MIN, kth_smallest
 
     g = torch.Generator().manual_seed(3)
     n = 3 * SAMPLED_SELECTION_MIN + 17
@@ -114,7 +114,7 @@ def test_kth_smallest_is_exact_on_large_inputs(kind):
         x = torch.full((n,), 0.25)
     else:  # the strided sample sees only huge values: its bracket must miss and fall back
         x = torch.rand(n, generator=g)
-        x[:: n // (1 << 14)] += 100.0
+        x[:: n // SAMPLE_SIZE] += 100.0
     ordered = torch.sort(x).values
     for k in [1, 2, n // 100, n // 2, (9 * n) // 10, n - 1, n]:
         assert kth_smallest(x, k).item() == ordered[k - 1].item(), k
@@ -132,6 +132,17 @@ def test_global_prune_of_a_large_model_matches_a_full_sort():
         keep = torch.cat([masks[name].flatten() for name, _ in modules])
         assert torch.equal(keep, expected), target
         assert n - int(keep.sum()) == round(target * n)
+
+
+def test_large_layer_with_heavy_ties_prunes_first_positions():
+    model = nn.Linear(400, 300, bias=False)  # 120k weights, 5 distinct magnitudes
+    with torch.no_grad():
+        model.weight.copy_(torch.randint(0, 5, (300, 400), generator=torch.Generator().manual_seed(4)).float())
+    keep = torch.ones(model.weight.numel(), dtype=torch.bool)
+    for target in (0.37, 0.61):
+        expected = reference_keep(model.weight.detach().abs().flatten(), keep, round(target * keep.numel()))
+        keep = pc.prune(model, target)[""].flatten()
+        assert torch.equal(keep, expected), target
 
 
 def test_cumulative_and_monotone():
