@@ -105,7 +105,7 @@ def plot_layer_sparsity(df: pd.DataFrame, path, target: float | None = None, see
     ax.set_xlabel("layer")
     ax.set_ylim(0, 100)
     ax.axhline(target * 100, color="grey", ls="--", lw=1, label=f"target {target:g}")
-    ax.set_title(f"Per-layer sparsity of the final model, target {target:g}, seed {seed} (n=1 per schedule)")
+    ax.set_title(f"Per-layer sparsity of the final model\ntarget {target:g}, seed {seed} (n=1 per schedule)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
