@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pruning_core import CRITERIA, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
 
+from .data import TRAIN_SIZES
 from .models import MODELS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -39,9 +40,14 @@ class DatasetConfig(_Strict):
     download: bool = False
     augment: Optional[bool] = None
     train_subset: Optional[int] = Field(None, ge=1)
+    validation: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _root_exists(self):
+        if self.validation >= TRAIN_SIZES[self.name]:
+            raise ValueError(f"dataset.validation must leave training images: {self.name} has "
+                             f"{TRAIN_SIZES[self.name]}, so the allowed range is 0..{TRAIN_SIZES[self.name] - 1} "
+                             f"(got {self.validation})")
         if self.name == "cifar10":
             if not self.root:
                 raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")

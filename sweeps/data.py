@@ -6,7 +6,9 @@
 - ``cifar10``: ``torchvision.datasets.CIFAR10`` (50,000 train / 10,000 test, the official
   split), read once into one uint8 tensor.
 
-Both are normalised per channel with the training set's mean and standard deviation.
+An optional validation split is the last ``validation`` images of the training set, held out
+of training; ``train_subset`` then takes the first images of what remains. Both datasets are
+normalised per channel with the (remaining) training set's mean and standard deviation.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 DIGITS_TEST = 360
+TRAIN_SIZES = {"digits": 1797 - DIGITS_TEST, "cifar10": 50000}
 
 
 @dataclass
@@ -34,6 +37,8 @@ class TensorData:
     mean: torch.Tensor  # (1, C, 1, 1), in the raw tensors' scale
     std: torch.Tensor
     channels_last: bool = False
+    x_val: torch.Tensor | None = None  # the held-out validation split, if any
+    y_val: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -47,10 +52,25 @@ class TensorData:
         out = (x.float() - self.mean) / self.std
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw images and labels of the ``test`` or ``val`` split."""
+        return (self.x_test, self.y_test) if name == "test" else (self.x_val, self.y_val)
+
     def to(self, device, channels_last: bool = False) -> "TensorData":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return TensorData(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
-                          self.num_classes, self.pad, move(self.mean), move(self.std), channels_last)
+                          self.num_classes, self.pad, move(self.mean), move(self.std), channels_last,
+                          move(self.x_val), move(self.y_val))
+
+
+def _split_train(x, y, x_test, y_test, num_classes, pad, train_subset, validation) -> TensorData:
+    """Hold the last ``validation`` training images out, keep the first ``train_subset`` of the
+    rest, and normalise with the statistics of what is trained on."""
+    n = x.shape[0] - validation
+    x_val, y_val = (x[n:], y[n:]) if validation else (None, None)
+    x_train, y_train = x[:n][:train_subset], y[:n][:train_subset]
+    mean, std = channel_stats(x_train)
+    return TensorData(x_train, y_train, x_test, y_test, num_classes, pad, mean, std, x_val=x_val, y_val=y_val)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +83,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).view(1, -1, 1, 1), torch.stack(stds).view(1, -1, 1, 1)
 
 
-def load_digits_data(train_subset: int | None = None) -> TensorData:
+def load_digits_data(train_subset: int | None = None, validation: int = 0) -> TensorData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -71,12 +91,12 @@ def load_digits_data(train_subset: int | None = None) -> TensorData:
     y = torch.tensor(digits.target, dtype=torch.long)
     order = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
     x, y = x[order], y[order]
-    x_train, y_train = x[:-DIGITS_TEST][:train_subset], y[:-DIGITS_TEST][:train_subset]
-    mean, std = channel_stats(x_train)
-    return TensorData(x_train, y_train, x[-DIGITS_TEST:], y[-DIGITS_TEST:], 10, 1, mean, std)
+    return _split_train(x[:-DIGITS_TEST], y[:-DIGITS_TEST], x[-DIGITS_TEST:], y[-DIGITS_TEST:], 10, 1,
+                        train_subset, validation)
 
 
-def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None) -> TensorData:
+def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None,
+                      validation: int = 0) -> TensorData:
     from torchvision.datasets import CIFAR10
 
     def as_tensors(train: bool):
@@ -86,19 +106,17 @@ def load_cifar10_data(root: str, download: bool = False, train_subset: int | Non
 
     x_train, y_train = as_tensors(True)
     x_test, y_test = as_tensors(False)
-    x_train, y_train = x_train[:train_subset], y_train[:train_subset]
-    mean, std = channel_stats(x_train)
-    return TensorData(x_train, y_train, x_test, y_test, 10, 4, mean, std)
+    return _split_train(x_train, y_train, x_test, y_test, 10, 4, train_subset, validation)
 
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(name: str, root: str | None = None, download: bool = False,
-                 train_subset: int | None = None) -> TensorData:
+                 train_subset: int | None = None, validation: int = 0) -> TensorData:
     """The named dataset as CPU tensors (cached per process)."""
     if name == "digits":
-        return load_digits_data(train_subset)
+        return load_digits_data(train_subset, validation)
     if name == "cifar10":
-        return load_cifar10_data(root, download, train_subset)
+        return load_cifar10_data(root, download, train_subset, validation)
     raise ValueError(f"dataset must be one of digits, cifar10; got {name!r}")
 
 

@@ -90,12 +90,13 @@ def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(model, data: TensorData, device, batch_size: int = 1000) -> tuple[float, float]:
-    """Test-set (mean loss, accuracy) in ``eval()`` mode: BatchNorm statistics are never touched."""
+def evaluate(model, data: TensorData, device, batch_size: int = 1000, split: str = "test") -> tuple[float, float]:
+    """(mean loss, accuracy) on the ``test`` or ``val`` split in ``eval()`` mode: BatchNorm
+    statistics are never touched."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
-    x, y = data.x_test, data.y_test
+    x, y = data.split(split)
     for i in range(0, x.shape[0], batch_size):
         xb, yb = data.normalise(x[i:i + batch_size]), y[i:i + batch_size]
         with _autocast(device):
@@ -108,7 +109,7 @@ def evaluate(model, data: TensorData, device, batch_size: int = 1000) -> tuple[f
 
 def dataset_for(sweep: SweepConfig) -> TensorData:
     d = sweep.dataset
-    return load_dataset(d.name, d.root, d.download, d.train_subset)
+    return load_dataset(d.name, d.root, d.download, d.train_subset, d.validation)
 
 
 def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None) -> dict:
@@ -209,6 +210,9 @@ class FinetuneRun:
         test_loss, test_acc = evaluate(self.model, self.data, self.device)
         self.epoch += 1
         measured = pc.sparsity(self.model)
+        validation = {}
+        if self.data.x_val is not None:
+            validation["val_loss"], validation["val_accuracy"] = evaluate(self.model, self.data, self.device, split="val")
         return {
             "schedule": self.trial["schedule"],
             "schedule_kind": self.trial["kind"],
@@ -224,6 +228,7 @@ class FinetuneRun:
             "train_accuracy": train_acc,
             "test_loss": test_loss,
             "test_accuracy": test_acc,
+            **validation,
             "dense_test_accuracy": self.dense_test_accuracy,
             "nonzero_params": pc.nonzero_params(self.model),
             "prunable_params": self.prunable,

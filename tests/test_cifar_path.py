@@ -70,3 +70,35 @@ def test_batch_augmentation_is_a_crop_and_flip():
         assert any(torch.equal(out[i], w) for w in candidates)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(random_crop_flip(x, 1, g1), random_crop_flip(x, 1, g2))
+
+
+def test_validation_split_is_held_out_of_training(cifar_root):
+    whole = load_dataset("cifar10", str(cifar_root), False)
+    data = load_dataset("cifar10", str(cifar_root), False, train_subset=30, validation=12)
+    # the last 12 training images are the validation split; training takes the first 30 of the rest
+    assert torch.equal(data.x_val, whole.x_train[-12:]) and torch.equal(data.y_val, whole.y_train[-12:])
+    assert torch.equal(data.x_train, whole.x_train[:30])
+    assert torch.equal(data.x_test, whole.x_test)
+    # normalised with the statistics of what is trained on
+    normal = data.normalise(data.x_train)
+    assert normal.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert whole.x_val is None
+
+
+def test_trial_reports_validation_metrics(tmp_path):
+    from sweeps.data import DIGITS_TEST
+
+    sweep = validate({"name": "v", "model": "small_cnn", "dataset": {"name": "digits", "validation": 200},
+                      "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 1, "batch_size": 64},
+                      "schedules": [{"name": "instant", "kind": "instant"}], "sparsities": [0.5]})
+    dense = train_dense(sweep, 0, torch.device("cpu"))
+    run = FinetuneRun(sweep, expand(sweep)[0], dense, torch.device("cpu"))
+    assert run.data.x_train.shape[0] == 1797 - DIGITS_TEST - 200 and run.data.x_val.shape[0] == 200
+    metrics = run.run_epoch()
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
+    # what is reported is this model's accuracy on exactly the held-out images, in eval mode
+    run.model.eval()
+    with torch.no_grad():
+        for split, x, y in (("val", run.data.x_val, run.data.y_val), ("test", run.data.x_test, run.data.y_test)):
+            correct = int((run.model(run.data.normalise(x)).argmax(1) == y).sum())
+            assert metrics[f"{split}_accuracy"] == correct / y.shape[0], split

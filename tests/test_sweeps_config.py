@@ -30,6 +30,8 @@ def run_cli(capsys, *argv):
     ({"resources__gpu": 1.5}, r"resources.gpu above 1 must be a whole number"),
     ({"pruning__criterion": "taylor"}, r"pruning.criterion: Input should be 'magnitude', 'gradient', 'magnitude_gradient' or 'random'"),
     ({"dense": {"epochs": 2, "checkpoint": "/x.pt"}}, r"give exactly one of dense.epochs"),
+    ({"dataset__validation": 1437}, r"dataset.validation must leave training images: digits has 1437, so the allowed range is 0..1436 \(got 1437\)"),
+    ({"dataset__validation": -1}, r"dataset.validation: Input should be greater than or equal to 0"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, pattern):
     cfg = write_config(tmp_path, **changes)
