@@ -69,7 +69,8 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> 
         n = len(pairs)
         if n == 0:
             continue
-        diff = (pairs[a] - pairs[b]).to_numpy(dtype=float)
+        # rounded far below any metric's precision, so that equal gains and losses cancel exactly
+        diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), 12)
         mean = float(diff.mean())
         sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
         _, low, high = _ci(mean, sd, n)
@@ -78,7 +79,7 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> 
         elif sd == 0:
             t, p = (float("nan"), 1.0) if mean == 0 else (math.copysign(float("inf"), mean), 0.0)
         else:
-            res = stats.ttest_rel(pairs[a].to_numpy(float), pairs[b].to_numpy(float))
+            res = stats.ttest_1samp(diff, 0.0)  # the paired t-test
             t, p = float(res.statistic), float(res.pvalue)
         wins_a = int((better * diff > 0).sum())
         wins_b = int((better * diff < 0).sum())

@@ -76,6 +76,12 @@ def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
     assert c.loc[0.5, "ties"] == 2
     assert c.loc[0.9, "p_value"] == 0.0 and c.loc[0.9, "a_wins"] == 2  # identical nonzero differences
     assert c.loc[0.95, "n_pairs"] == 1 and math.isnan(c.loc[0.95, "p_value"])
+    # accuracies over 360 images: a gain and a loss of one image cancel exactly, not to 1e-17
+    acc = frame({("gradual", 0.9): [355 / 360, 357 / 360, 0.5], ("instant", 0.9): [354 / 360, 358 / 360, 0.5]})
+    tie = compare(acc, "gradual", "instant").iloc[0]
+    assert tie["mean_diff"] == 0.0 and tie["p_value"] == 1.0 and (tie["a_wins"], tie["b_wins"], tie["ties"]) == (1, 1, 1)
+    from analysis.report import verdicts
+    assert verdicts(compare(acc, "gradual", "instant"))[0].startswith("- **sparsity 0.9**: gradual and instant tie")
     loss = frame({("gradual", 0.5): [0.2, 0.3], ("instant", 0.5): [0.4, 0.1]}).rename(columns={"test_accuracy": "test_loss"})
     cl = compare(loss, "gradual", "instant", metric="test_loss").iloc[0]
     assert (cl["a_wins"], cl["b_wins"]) == (1, 1)  # lower loss wins
