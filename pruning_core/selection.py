@@ -134,6 +134,31 @@ def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int, pruned: int | Non
     return new_keep
 
 
+def _filter_keep(module: nn.Module) -> torch.Tensor:
+    """Which output channels of ``module`` still have a weight (True = kept)."""
+    mask = get_mask(module)
+    out_channels = module.weight.shape[0]
+    if mask is None:
+        return torch.ones(out_channels, dtype=torch.bool, device=module.weight.device)
+    return mask.reshape(out_channels, -1).any(dim=1)
+
+
+def _weight_keep(modules, total: int) -> torch.Tensor:
+    """All modules' keep-masks as one flat bool tensor."""
+    masks = [get_mask(module) for _, module in modules]
+    if all(mask is None for mask in masks):
+        return torch.ones(total, dtype=torch.bool, device=modules[0][1].weight.device)
+    return torch.cat([torch.ones(module.weight.numel(), dtype=torch.bool, device=module.weight.device)
+                      if mask is None else mask.flatten() for (_, module), mask in zip(modules, masks)])
+
+
+def _flat_weight_scores(modules, criterion: str) -> torch.Tensor:
+    """All modules' per-weight scores as one flat float tensor."""
+    if criterion == "magnitude":  # one abs over the concatenation instead of one per layer
+        return torch.cat([effective_weight(module).flatten() for _, module in modules]).abs_().float()
+    return torch.cat([weight_scores(name, module, criterion).flatten() for name, module in modules])
+
+
 def _current(keep: torch.Tensor) -> int:
     return keep.numel() - int(torch.count_nonzero(keep))
 
@@ -180,39 +205,32 @@ def prune(
     for _, module in modules:
         adopt_torch_pruning(module)
 
-    keeps, scores = [], []
-    for name, module in modules:
-        mask = get_mask(module)
-        if structure == "filters":
-            out_channels = module.weight.shape[0]
-            keeps.append(torch.ones(out_channels, dtype=torch.bool, device=module.weight.device) if mask is None
-                         else mask.reshape(out_channels, -1).any(dim=1))
-            scores.append(_filter_scores(name, module, criterion, norm))
-        else:
-            keeps.append(None if mask is None else mask.flatten())
-            scores.append(weight_scores(name, module, criterion).flatten())
-    if any(keep is None for keep in keeps):
-        keeps = [torch.ones_like(score, dtype=torch.bool) if keep is None else keep
-                 for keep, score in zip(keeps, scores)]
-
-    for (name, _), score in zip(modules, scores):
-        if criterion != "magnitude" and torch.isnan(score).any():
-            raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
-    if scope == "global":
-        keep_all = torch.cat(keeps)
-        total, current = keep_all.numel(), _current(keep_all)
-        k = round(sparsity * total)
-        if k < current:
-            raise _too_low(sparsity, current, total, "the pruned scope")
-        new_all = lowest_k(torch.cat(scores), keep_all, k, current)
-        new_keeps = list(torch.split(new_all, [k_.numel() for k_ in keeps]))
+    if structure == "filters":
+        units = [module.weight.shape[0] for _, module in modules]
+        keep_all = torch.cat([_filter_keep(module) for _, module in modules])
+        score_all = torch.cat([_filter_scores(name, module, criterion, norm) for name, module in modules])
     else:
-        new_keeps = []
-        for (name, _), keep, score in zip(modules, keeps, scores):
-            k, current = round(sparsity * keep.numel()), _current(keep)
-            if k < current:
-                raise _too_low(sparsity, current, keep.numel(), f"layer {name!r}")
-            new_keeps.append(lowest_k(score, keep, k, current))
+        units = [module.weight.numel() for _, module in modules]
+        keep_all = _weight_keep(modules, sum(units))
+        score_all = _flat_weight_scores(modules, criterion)
+    if criterion != "magnitude" and torch.isnan(score_all).any():
+        for (name, _), score in zip(modules, torch.split(score_all, units)):
+            if torch.isnan(score).any():
+                raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
+
+    if scope == "global":
+        groups = [("the pruned scope", keep_all, score_all)]
+    else:
+        groups = [(f"layer {name!r}", keep, score) for (name, _), keep, score
+                  in zip(modules, torch.split(keep_all, units), torch.split(score_all, units))]
+    new_keeps = []
+    for where, keep, score in groups:
+        k, current = round(sparsity * keep.numel()), _current(keep)
+        if k < current:
+            raise _too_low(sparsity, current, keep.numel(), where)
+        new_keeps.append(lowest_k(score, keep, k, current))
+    if scope == "global":
+        new_keeps = torch.split(new_keeps[0], units)
 
     result = {}
     for (name, module), keep in zip(modules, new_keeps):
