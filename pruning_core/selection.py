@@ -213,10 +213,11 @@ def prune(
         units = [module.weight.numel() for _, module in modules]
         keep_all = _weight_keep(modules, sum(units))
         score_all = _flat_weight_scores(modules, criterion)
-    if criterion != "magnitude" and torch.isnan(score_all).any():
+    if torch.isnan(score_all).any():  # a diverged model, or NaN gradients: no ranking is exact
         for (name, _), score in zip(modules, torch.split(score_all, units)):
             if torch.isnan(score).any():
-                raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r})")
+                raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r}): "
+                                 "its weights or gradients are NaN")
 
     if scope == "global":
         groups = [("the pruned scope", keep_all, score_all)]

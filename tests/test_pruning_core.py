@@ -200,6 +200,18 @@ def test_gradient_criteria_order():
     assert mg2.weight_mask.flatten().tolist() == [True, False, True, True]
 
 
+@pytest.mark.parametrize("criterion,where", [("magnitude", "weight"), ("gradient", "grad")])
+def test_nan_scores_are_a_value_error_naming_the_layer(criterion, where):
+    model = tiny()
+    for _, m in pc.prunable_modules(model):
+        m.weight.grad = torch.ones_like(m.weight)
+    with torch.no_grad():
+        getattr(model[3].weight, "data" if where == "weight" else "grad")[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"scores of layer '3' contain NaN"):
+        pc.prune(model, 0.5, criterion=criterion)
+    assert pc.sparsity(model) == 0  # nothing pruned
+
+
 def test_accumulate_gradients_sums_batches():
     model = nn.Linear(3, 2)
     x = torch.randn(4, 3)
