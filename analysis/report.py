@@ -22,6 +22,7 @@ def _fmt(value: float, metric: str, diff: bool = False) -> str:
 def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     """One sentence per compared sparsity: which schedule wins and whether it is significant."""
     lines = []
+    tested = int(comparison["p_value"].notna().sum()) if "p_value" in comparison else 0
     for _, r in comparison.iterrows():
         metric = r["metric"]
         diff = r["mean_diff"]
@@ -31,13 +32,18 @@ def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         else:
             winner, loser = (r["a"], r["b"]) if good else (r["b"], r["a"])
             head = f"{winner} beats {loser}"
-        p = r["p_value"]
+        p, p_holm = r["p_value"], r.get("p_holm", float("nan"))
+        family = f"Holm's correction for the report's {tested} tests"
         if r["n_pairs"] < 2 or (isinstance(p, float) and math.isnan(p)):
             sig = "too few seeds to test (n < 2)"
-        elif p < alpha:
-            sig = f"significant (paired t-test p = {p:.3g} < {alpha})"
-        else:
+        elif p >= alpha:
             sig = f"not significant (p = {p:.3g})"
+        elif math.isnan(p_holm) or tested < 2:
+            sig = f"significant (paired t-test p = {p:.3g} < {alpha})"
+        elif p_holm < alpha:
+            sig = f"significant (paired t-test p = {p:.3g}; {p_holm:.3g} after {family})"
+        else:
+            sig = f"significant alone (p = {p:.3g}) but not after {family} ({p_holm:.3g})"
         lines.append(
             f"- **sparsity {r['target_sparsity']:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
             f"(95% CI {_fmt(r['ci95_low'], metric, True)} to {_fmt(r['ci95_high'], metric, True)}; "

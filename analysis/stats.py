@@ -99,10 +99,27 @@ def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
     return [(schedules[0], s) for s in schedules[1:]]
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN, not counted)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
 def compare_all(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Every default comparison (:func:`default_comparisons`) at every sparsity, with ``p_holm``:
+    the p-values adjusted by Holm's method over all these comparisons together."""
     frames = [compare(df, a, b, metric) for a, b in default_comparisons(df)]
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARE_COLUMNS)
+    if not frames:
+        return pd.DataFrame(columns=COMPARE_COLUMNS + ["p_holm"])
+    table = pd.concat(frames, ignore_index=True)
+    table["p_holm"] = holm(table["p_value"])
+    return table
 
 
 def error_bars(summary: pd.DataFrame, error: str = "ci95") -> tuple[np.ndarray, np.ndarray]:

@@ -87,6 +87,42 @@ def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
     assert (cl["a_wins"], cl["b_wins"]) == (1, 1)  # lower loss wins
 
 
+def test_holm_adjustment_by_hand():
+    from analysis.stats import holm
+
+    # sorted: 0.01*4 = 0.04, 0.02*3 = 0.06, 0.03*2 = 0.06 (kept monotone), 0.5*1 = 0.5; NaN untouched
+    adjusted = holm([0.03, float("nan"), 0.01, 0.5, 0.02])
+    assert adjusted[[0, 2, 3, 4]] == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert math.isnan(adjusted[1])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_compare_all_adds_holm_and_verdicts_name_it():
+    from analysis import compare_all
+    from analysis.report import verdicts
+
+    base = [0.90, 0.80, 0.85, 0.70, 0.75]
+    def with_gain(gains):
+        return [round(b + g, 3) for b, g in zip(base, gains)]
+    steady = [0.10, 0.11, 0.12, 0.10, 0.11]       # p ~ 1e-6: significant, also after Holm
+    noisy_a = [0.02, 0.01, 0.005, 0.03, 0.01]     # p ~ 0.028
+    noisy_b = [0.01, 0.03, 0.005, 0.02, 0.005]    # p ~ 0.045
+    df = frame({("gradual", 0.5): with_gain(noisy_a), ("instant", 0.5): base,
+                ("gradual", 0.8): with_gain(noisy_b), ("instant", 0.8): base,
+                ("gradual", 0.9): with_gain(steady), ("instant", 0.9): base})
+    table = compare_all(df).set_index("target_sparsity")
+    p = table["p_value"]
+    assert p[0.9] < p[0.5] < p[0.8] < 0.05
+    assert table.loc[0.9, "p_holm"] == pytest.approx(3 * p[0.9])
+    assert table.loc[0.5, "p_holm"] == pytest.approx(2 * p[0.5])
+    assert table.loc[0.8, "p_holm"] == pytest.approx(max(p[0.8], 2 * p[0.5]))
+    lines = dict(zip(table.index, verdicts(compare_all(df))))
+    family = "Holm's correction for the report's 3 tests"
+    assert "significant alone" in lines[0.5] and family in lines[0.5]
+    assert "significant alone" in lines[0.8]
+    assert f"significant (paired t-test p = {p[0.9]:.3g}; {3 * p[0.9]:.3g} after {family})" in lines[0.9]
+
+
 def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     out = tmp_path / "analysis"
     assert analyze_main([str(tiny_experiment), "--out", str(out), "--error", "std"]) == 0
