@@ -31,7 +31,7 @@ def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
             head = f"{r['a']} and {r['b']} tie"
         else:
             winner, loser = (r["a"], r["b"]) if good else (r["b"], r["a"])
-            head = f"{winner} beats {loser}"
+            head = f"{winner} is ahead of {loser}"
         p, p_holm = r["p_value"], r.get("p_holm", float("nan"))
         family = f"Holm's correction for the report's {tested} tests"
         if r["n_pairs"] < 2 or (isinstance(p, float) and math.isnan(p)):

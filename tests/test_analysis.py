@@ -118,6 +118,7 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
     assert table.loc[0.8, "p_holm"] == pytest.approx(max(p[0.8], 2 * p[0.5]))
     lines = dict(zip(table.index, verdicts(compare_all(df))))
     family = "Holm's correction for the report's 3 tests"
+    assert lines[0.5].startswith("- **sparsity 0.5**: gradual is ahead of instant: gradual − instant = +1.50 pts")
     assert "significant alone" in lines[0.5] and family in lines[0.5]
     assert "significant alone" in lines[0.8]
     assert f"significant (paired t-test p = {p[0.9]:.3g}; {3 * p[0.9]:.3g} after {family})" in lines[0.9]
