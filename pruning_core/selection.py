@@ -39,33 +39,20 @@ def _gradient(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
     return grad.detach()
 
 
-def weight_scores(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
-    """Per-weight importance of ``module.weight`` (float32, same shape); low is pruned first."""
-    weight = effective_weight(module)
+def _signed_score(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
+    """``w``, ``dL/dw`` or ``w * dL/dw`` of ``module.weight`` (float32): its magnitude is the score."""
+    weight = effective_weight(module).float()
     if criterion == "magnitude":
-        score = weight.abs()
-    elif criterion == "gradient":
-        score = _gradient(name, module, criterion).abs()
-    elif criterion == "magnitude_gradient":
-        score = (weight * _gradient(name, module, criterion)).abs()
-    elif criterion == "random":
-        score = torch.rand(weight.shape, device=weight.device)
-    else:
-        _choice(criterion, CRITERIA, "criterion")
-    return score.float()
+        return weight
+    grad = _gradient(name, module, criterion).float()
+    return grad if criterion == "gradient" else weight * grad
 
 
 def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) -> torch.Tensor:
     out_channels = module.weight.shape[0]
     if criterion == "random":
         return torch.rand(out_channels, device=module.weight.device)
-    weight = effective_weight(module).float()
-    if criterion == "magnitude":
-        values = weight
-    elif criterion == "gradient":
-        values = _gradient(name, module, criterion).float()
-    else:
-        values = weight * _gradient(name, module, criterion).float()
+    values = _signed_score(name, module, criterion)
     return torch.linalg.vector_norm(values.reshape(out_channels, -1), ord=norm, dim=1)
 
 
@@ -153,10 +140,10 @@ def _weight_keep(modules, total: int) -> torch.Tensor:
 
 
 def _flat_weight_scores(modules, criterion: str) -> torch.Tensor:
-    """All modules' per-weight scores as one flat float tensor."""
-    if criterion == "magnitude":  # one abs over the concatenation instead of one per layer
-        return torch.cat([effective_weight(module).flatten() for _, module in modules]).abs_().float()
-    return torch.cat([weight_scores(name, module, criterion).flatten() for name, module in modules])
+    """All modules' per-weight scores (float32) as one flat tensor; low is pruned first."""
+    if criterion == "random":
+        return torch.cat([torch.rand(module.weight.numel(), device=module.weight.device) for _, module in modules])
+    return torch.cat([_signed_score(name, module, criterion).flatten() for name, module in modules]).abs_()
 
 
 def _current(keep: torch.Tensor) -> int:

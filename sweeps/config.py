@@ -43,11 +43,15 @@ class DatasetConfig(_Strict):
     validation: int = Field(0, ge=0)
 
     @model_validator(mode="after")
+    def _validation_leaves_training(self):
+        size = TRAIN_SIZES[self.name]
+        if self.validation >= size:
+            raise ValueError(f"dataset.validation must leave training images: {self.name} has {size}, "
+                             f"so the allowed range is 0..{size - 1} (got {self.validation})")
+        return self
+
+    @model_validator(mode="after")
     def _root_exists(self):
-        if self.validation >= TRAIN_SIZES[self.name]:
-            raise ValueError(f"dataset.validation must leave training images: {self.name} has "
-                             f"{TRAIN_SIZES[self.name]}, so the allowed range is 0..{TRAIN_SIZES[self.name] - 1} "
-                             f"(got {self.validation})")
         if self.name == "cifar10":
             if not self.root:
                 raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")
