@@ -1,12 +1,27 @@
 """analysis: experiment directories into tidy pandas, statistics, plots and reports.
 
-Needs pandas, numpy, scipy and matplotlib only: never torch, never a running Ray.
+Needs pandas, numpy, scipy and matplotlib only: never torch, never a running Ray. Names are
+imported on first use, so ``sweeps`` can import :mod:`analysis.schema` (the contract between
+the two) without loading pandas or matplotlib into every trial.
 """
-from .load import NotAnExperiment, completion, final_results, load_experiment
-from .stats import compare, compare_all, summarize
-from .plots import plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
-from .report import write_report
+import importlib
 
-__all__ = ["load_experiment", "final_results", "completion", "summarize", "compare", "compare_all",
-           "plot_metric_vs_sparsity", "plot_metric_vs_epoch", "plot_layer_sparsity", "write_report",
-           "NotAnExperiment"]
+_EXPORTS = {
+    "load_experiment": "load", "final_results": "load", "completion": "load", "NotAnExperiment": "load",
+    "summarize": "stats", "compare": "stats", "compare_all": "stats",
+    "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
+    "write_report": "report",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -5,7 +5,9 @@ import argparse
 import sys
 
 from .load import NotAnExperiment
+from .schema import TEST_ACCURACY
 from .report import write_report
+from .stats import ERROR_BARS
 
 
 def main(argv=None) -> int:
@@ -13,8 +15,8 @@ def main(argv=None) -> int:
                                 description="Summaries, paired tests, plots and report.md of an experiment.")
     p.add_argument("experiment", help="the experiment directory (<storage>/<name>)")
     p.add_argument("--out", help="output folder (default: <experiment>/analysis)")
-    p.add_argument("--metric", default="test_accuracy", help="metric to compare (default: test_accuracy)")
-    p.add_argument("--error", default="ci95", choices=["ci95", "std", "minmax"], help="error bars (default: ci95)")
+    p.add_argument("--metric", default=TEST_ACCURACY, help="metric to compare (default: test_accuracy)")
+    p.add_argument("--error", default="ci95", choices=list(ERROR_BARS), help="error bars (default: ci95)")
     args = p.parse_args(argv)
     try:
         files = write_report(args.experiment, args.out, args.metric, args.error)

@@ -7,7 +7,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-KEYS = ["trial_id", "schedule", "target_sparsity", "seed"]
+from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, RESULT_FILE, SCHEDULE, SEED, TARGET_SPARSITY,
+                     TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_finished, trial_points)
+
+KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 
 
 class NotAnExperiment(ValueError):
@@ -15,11 +18,12 @@ class NotAnExperiment(ValueError):
 
 
 def _trial_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("*/result.json"))
+    return sorted(p.parent for p in root.glob(f"*/{RESULT_FILE}"))
 
 
 def load_experiment(path) -> pd.DataFrame:
-    """One row per report of every trial: ``trial_id``, metrics, and ``config.*`` fields flattened.
+    """One row per report of every trial: ``trial_id``, metrics, and the trial point as
+    ``config.trial.*``.
 
     Reads Ray Tune's ``result.json`` files; works on a copied directory with Ray neither
     running nor imported. Reports repeated by a restarted trial are kept once (the last).
@@ -27,13 +31,14 @@ def load_experiment(path) -> pd.DataFrame:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise NotAnExperiment(f"{root}: no such directory")
-    has_state = any(root.glob("experiment_state-*.json")) or (root / "tuner.pkl").exists()
+    has_state = any(root.glob(EXPERIMENT_STATE_GLOB)) or (root / TUNER_FILE).exists()
     trials = _trial_dirs(root)
     if not has_state and not trials:
-        raise NotAnExperiment(f"{root}: not a Ray Tune experiment (no experiment_state-*.json, tuner.pkl or trial result.json)")
+        raise NotAnExperiment(f"{root}: not a Ray Tune experiment (no {EXPERIMENT_STATE_GLOB}, {TUNER_FILE} "
+                              f"or trial {RESULT_FILE})")
     rows = []
     for folder in trials:
-        with open(folder / "result.json") as f:
+        with open(folder / RESULT_FILE) as f:
             for line in f:
                 line = line.strip()
                 if line:
@@ -42,39 +47,34 @@ def load_experiment(path) -> pd.DataFrame:
                     except json.JSONDecodeError:
                         continue  # a line cut off by a killed process
     if not rows:
-        return pd.DataFrame(columns=KEYS + ["epoch"])
+        return pd.DataFrame(columns=KEYS + [EPOCH])
     df = pd.json_normalize(rows, sep=".")
-    if "epoch" in df:
-        df = df.drop_duplicates(subset=["trial_id", "target_sparsity", "epoch"], keep="last")
-    return df.sort_values(["trial_id", "training_iteration"]).reset_index(drop=True)
+    if EPOCH in df:
+        df = df.drop_duplicates(subset=[TRIAL_ID, TARGET_SPARSITY, EPOCH], keep="last")
+    return df.sort_values([TRIAL_ID, TRAINING_ITERATION]).reset_index(drop=True)
 
 
 def final_results(df: pd.DataFrame) -> pd.DataFrame:
     """The last report of each trial at each target sparsity (one row per rung for a ladder)."""
     if df.empty:
         return df
-    order = df.sort_values(["trial_id", "target_sparsity", "epoch"])
-    return order.groupby(["trial_id", "target_sparsity"], as_index=False, sort=True).tail(1).reset_index(drop=True)
+    order = df.sort_values([TRIAL_ID, TARGET_SPARSITY, EPOCH])
+    return order.groupby([TRIAL_ID, TARGET_SPARSITY], as_index=False, sort=True).tail(1).reset_index(drop=True)
 
 
-def expected_trials(path) -> int | None:
-    """How many trials the experiment's ``prunesweep.yaml`` asks for (None if it has none)."""
-    file = Path(path) / "prunesweep.yaml"
-    if not file.exists():
-        return None
-    cfg = yaml.safe_load(file.read_text())
-    seeds = cfg["seeds"] if isinstance(cfg["seeds"], int) else len(cfg["seeds"])
-    per_seed = sum(1 if s["kind"] == "ladder" else len(cfg["sparsities"]) for s in cfg["schedules"])
-    return per_seed * seeds
+def read_config(path) -> dict | None:
+    """The sweep config an experiment was started with (its ``prunesweep.yaml``), or None."""
+    file = Path(path) / CONFIG_FILE
+    return yaml.safe_load(file.read_text()) if file.exists() else None
 
 
 def completion(df: pd.DataFrame, path=None) -> dict:
-    """Counts of trials expected, started and finished (reached their full epoch budget)."""
-    started = df["trial_id"].nunique() if not df.empty else 0
+    """Counts of trials expected (by the experiment's config), started and finished."""
+    started = df[TRIAL_ID].nunique() if not df.empty else 0
     finished = 0
-    if not df.empty and "budget_epochs" in df:
-        last = df.groupby("trial_id")[["epoch", "budget_epochs"]].max()
-        finished = int((last["epoch"] >= last["budget_epochs"]).sum())
-    expected = expected_trials(path) if path is not None else None
-    expected = expected if expected is not None else started
+    if not df.empty and BUDGET_EPOCHS in df:
+        last = df.groupby(TRIAL_ID)[[EPOCH, BUDGET_EPOCHS]].max()
+        finished = int(is_finished(last).sum())
+    config = read_config(path) if path is not None else None
+    expected = len(trial_points(config)) if config is not None else started
     return {"expected": expected, "started": started, "finished": finished, "missing": expected - finished}

@@ -1,27 +1,33 @@
-"""The plots people want to look at (matplotlib, Agg backend, PNG)."""
+"""The plots people want to look at, as matplotlib figures.
+
+Each function draws into the ``Axes`` (or ``Figure``) it is given, or into a new ``Figure``,
+and returns the figure; it never saves, shows or touches pyplot's state or backend, so a
+notebook keeps its own (``report`` saves the figures it writes).
+"""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from .load import final_results  # noqa: E402
-from .stats import error_bars, summarize  # noqa: E402
-
-ERROR_LABEL = {"ci95": "95% CI (Student t)", "std": "±1 std", "minmax": "min–max"}
+from .load import final_results
+from .schema import EPOCH, LAYER_SPARSITY, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, is_percent
+from .stats import ERROR_BARS, describe, error_bars, summarize
 
 
 def _label(metric: str) -> tuple[str, float]:
-    if metric.endswith("accuracy"):
+    if is_percent(metric):
         return metric.replace("_", " ") + " (%)", 100.0
     return metric.replace("_", " "), 1.0
 
 
-def plot_metric_vs_sparsity(df: pd.DataFrame, path, metric: str = "test_accuracy", error: str = "ci95") -> pd.DataFrame:
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    return ax if ax is not None else Figure(figsize=figsize).subplots()
+
+
+def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error: str = "ci95",
+                            ax: Axes | None = None) -> Figure:
     """Final ``metric`` vs target sparsity, one line per schedule, with error bars.
 
     The x axis is the compression ratio 1/(1-sparsity) on a log scale, labelled in sparsity,
@@ -29,47 +35,45 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, path, metric: str = "test_accuracy
     """
     summary = summarize(df, metric)
     ylabel, scale = _label(metric)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    schedules = list(summary["schedule"].unique())
+    ax = _axes(ax, (7.5, 4.8))
+    schedules = list(summary[SCHEDULE].unique())
     offsets = np.linspace(-0.02, 0.02, len(schedules)) if len(schedules) > 1 else [0.0]
     for schedule, off in zip(schedules, offsets):
-        s = summary[summary["schedule"] == schedule].sort_values("target_sparsity")
-        x = 1.0 / (1.0 - s["target_sparsity"].to_numpy(float)) * (1 + off)
+        s = summary[summary[SCHEDULE] == schedule].sort_values(TARGET_SPARSITY)
+        x = 1.0 / (1.0 - s[TARGET_SPARSITY].to_numpy(float)) * (1 + off)
         lo, hi = error_bars(s, error)
         n = ",".join(str(v) for v in sorted(s["n"].unique()))
         ax.errorbar(x, s["mean"] * scale, yerr=[lo * scale, hi * scale], marker="o", capsize=3,
                     label=f"{schedule} (n={n})")
-    ticks = sorted(summary["target_sparsity"].unique())
+    ticks = sorted(summary[TARGET_SPARSITY].unique())
     ax.set_xscale("log")
     ax.set_xticks([1 / (1 - t) for t in ticks])
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("target sparsity (fraction of prunable weights removed; log compression scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"Final {metric.replace('_', ' ')} vs sparsity, mean and {ERROR_LABEL[error]} over seeds")
+    ax.set_title(f"Final {metric.replace('_', ' ')} vs sparsity, mean and {ERROR_BARS[error]} over seeds")
     ax.grid(alpha=0.3)
     ax.legend(title="schedule")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return summary
+    ax.figure.tight_layout()
+    return ax.figure
 
 
-def plot_metric_vs_epoch(df: pd.DataFrame, path, metric: str = "test_accuracy") -> None:
+def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Figure | None = None) -> Figure:
     """``metric`` after every fine-tuning epoch, per schedule (mean and 95% CI band), one panel per target."""
-    targets = sorted(df["target_sparsity"].dropna().unique())
+    targets = sorted(df[TARGET_SPARSITY].dropna().unique())
     cols = min(3, len(targets))
     rows = -(-len(targets) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig = fig if fig is not None else Figure(figsize=(5 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     ylabel, scale = _label(metric)
     for ax, target in zip(axes.flat, targets):
-        part = df[df["target_sparsity"] == target]
-        for schedule, group in part.groupby("schedule", sort=True):
-            g = group.groupby("epoch")[metric].agg(["mean", "std", "count"]).sort_index()
-            half = stats.t.ppf(0.975, np.maximum(g["count"] - 1, 1)) * g["std"] / np.sqrt(g["count"])
-            x = g.index.to_numpy()
-            ax.plot(x, g["mean"] * scale, marker=".", label=f"{schedule} (n={int(g['count'].max())})")
-            ax.fill_between(x, (g["mean"] - half.fillna(0)) * scale, (g["mean"] + half.fillna(0)) * scale, alpha=0.2)
+        curves = describe(df[df[TARGET_SPARSITY] == target], [SCHEDULE, EPOCH], metric)
+        for schedule, g in curves.groupby(SCHEDULE, sort=True):
+            x = g[EPOCH].to_numpy()
+            low, high = g["ci95_low"].fillna(g["mean"]), g["ci95_high"].fillna(g["mean"])
+            ax.plot(x, g["mean"] * scale, marker=".", label=f"{schedule} (n={int(g['n'].max())})")
+            ax.fill_between(x, low * scale, high * scale, alpha=0.2)
         ax.set_title(f"target sparsity {target:g}")
         ax.set_xlabel("fine-tuning epoch")
         ax.set_ylabel(ylabel)
@@ -79,26 +83,30 @@ def plot_metric_vs_epoch(df: pd.DataFrame, path, metric: str = "test_accuracy") 
         ax.set_visible(False)
     fig.suptitle(f"{metric.replace('_', ' ')} during fine-tuning (mean, 95% CI band)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_layer_sparsity(df: pd.DataFrame, path, target: float | None = None, seed=None) -> None:
+def layer_columns(df: pd.DataFrame) -> list[str]:
+    """The per-layer sparsity columns of an experiment's reports (empty if it has none)."""
+    return [c for c in df.columns if c.startswith(f"{LAYER_SPARSITY}.")]
+
+
+def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None, ax: Axes | None = None) -> Figure:
     """Per-layer sparsity of the final model of each schedule's trial at ``target`` (default: the highest)."""
     finals = final_results(df)
-    columns = [c for c in finals.columns if c.startswith("layer_sparsity.")]
+    columns = layer_columns(finals)
     if not columns:
-        raise ValueError("the experiment has no layer_sparsity reports")
-    target = finals["target_sparsity"].max() if target is None else target
-    part = finals[finals["target_sparsity"] == target]
-    seed = part["seed"].min() if seed is None else seed
-    part = part[part["seed"] == seed].sort_values("schedule")
-    layers = [c.removeprefix("layer_sparsity.") for c in columns]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.5))
+        raise ValueError(f"the experiment has no {LAYER_SPARSITY} reports")
+    target = finals[TARGET_SPARSITY].max() if target is None else target
+    part = finals[finals[TARGET_SPARSITY] == target]
+    seed = part[SEED].min() if seed is None else seed
+    part = part[part[SEED] == seed].sort_values(SCHEDULE)
+    layers = [c.removeprefix(f"{LAYER_SPARSITY}.") for c in columns]
+    ax = _axes(ax, (max(6.0, 0.35 * len(layers) + 2), 4.5))
     width = 0.8 / max(len(part), 1)
     x = np.arange(len(layers))
     for i, (_, row) in enumerate(part.iterrows()):
-        ax.bar(x + i * width, row[columns].to_numpy(float) * 100, width, label=row["schedule"])
+        ax.bar(x + i * width, row[columns].to_numpy(float) * 100, width, label=row[SCHEDULE])
     ax.set_xticks(x + width * (len(part) - 1) / 2)
     ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("layer sparsity (% of weights pruned)")
@@ -107,6 +115,5 @@ def plot_layer_sparsity(df: pd.DataFrame, path, target: float | None = None, see
     ax.axhline(target * 100, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.set_title(f"Per-layer sparsity of the final model\ntarget {target:g}, seed {seed} (n=1 per schedule)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .load import completion, load_experiment
-from .plots import ERROR_LABEL, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
-from .stats import compare_all, higher_is_better, summarize
+from .load import completion, load_experiment, read_config
+from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
+from .schema import ANALYSIS_DIR, TARGET_SPARSITY, TEST_ACCURACY, higher_is_better, is_percent
+from .stats import ERROR_BARS, compare_all, summarize
 
 
 def _fmt(value: float, metric: str, diff: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    if metric.endswith("accuracy"):
+    if is_percent(metric):
         return f"{value * 100:+.2f} pts" if diff else f"{value * 100:.2f}%"
     return f"{value:+.4g}" if diff else f"{value:.4g}"
 
@@ -45,7 +46,7 @@ def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         else:
             sig = f"significant alone (p = {p:.3g}) but not after {family} ({p_holm:.3g})"
         lines.append(
-            f"- **sparsity {r['target_sparsity']:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
+            f"- **sparsity {r[TARGET_SPARSITY]:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
             f"(95% CI {_fmt(r['ci95_low'], metric, True)} to {_fmt(r['ci95_high'], metric, True)}; "
             f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}); {sig}."
         )
@@ -62,18 +63,19 @@ def _table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def write_report(experiment, out=None, metric: str = "test_accuracy", error: str = "ci95") -> dict:
+def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95") -> dict:
     """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths."""
-    if error not in ERROR_LABEL:
-        raise ValueError(f"--error must be one of {', '.join(ERROR_LABEL)}; got {error!r}")
+    if error not in ERROR_BARS:
+        raise ValueError(f"--error must be one of {', '.join(ERROR_BARS)}; got {error!r}")
     experiment = Path(experiment)
     df = load_experiment(experiment)
     if df.empty:
         raise ValueError(f"{experiment}: no trial has reported yet")
     if metric not in df:
-        allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith(("config.", "layer_sparsity.")))
+        allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith("config.")
+                         and c not in layer_columns(df))
         raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
-    out = Path(out) if out else experiment / "analysis"
+    out = Path(out) if out else experiment / ANALYSIS_DIR
     out.mkdir(parents=True, exist_ok=True)
     done = completion(df, experiment)
     summary = summarize(df, metric)
@@ -83,17 +85,17 @@ def write_report(experiment, out=None, metric: str = "test_accuracy", error: str
              "layers": out / "layer_sparsity.png", "report": out / "report.md"}
     summary.to_csv(files["summary"], index=False)
     comparison.to_csv(files["comparison"], index=False)
-    plot_metric_vs_sparsity(df, files["vs_sparsity"], metric, error)
-    plot_metric_vs_epoch(df, files["vs_epoch"], metric)
-    has_layers = any(c.startswith("layer_sparsity.") for c in df.columns)
+    plot_metric_vs_sparsity(df, metric, error).savefig(files["vs_sparsity"], dpi=120)
+    plot_metric_vs_epoch(df, metric).savefig(files["vs_epoch"], dpi=110)
+    has_layers = bool(layer_columns(df))
     if has_layers:
-        plot_layer_sparsity(df, files["layers"])
+        plot_layer_sparsity(df).savefig(files["layers"], dpi=110)
     else:
         files.pop("layers")
 
-    first = df.iloc[0]
-    model = first.get("config.sweep.model", "?")
-    dataset = first.get("config.sweep.dataset.name", "?")
+    config = read_config(experiment) or {}
+    model = config.get("model", "?")
+    dataset = (config.get("dataset") or {}).get("name", "?")
     lines = [f"# {experiment.name}: {metric.replace('_', ' ')} by pruning schedule", ""]
     lines.append(f"Model `{model}` on `{dataset}`. Trials: {done['finished']} finished of {done['expected']} "
                  f"expected ({done['started']} started).")
@@ -101,7 +103,7 @@ def write_report(experiment, out=None, metric: str = "test_accuracy", error: str
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the reports that exist (`prunesweep resume` finishes the rest).")
     lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
-              f"error bars are the {ERROR_LABEL[error]} across seeds, comparisons are paired by seed.", ""]
+              f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
     lines += ["## Verdict", ""]
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
     lines += ["", f"![{metric} vs sparsity]({files['vs_sparsity'].name})", "",

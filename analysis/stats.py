@@ -8,20 +8,19 @@ import pandas as pd
 from scipy import stats
 
 from .load import final_results
+from .schema import EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, \
+    higher_is_better
 
-SUMMARY_COLUMNS = ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
-                   "ci95_low", "ci95_high", "min", "max"]
-
-
-def higher_is_better(metric: str) -> bool:
-    return "loss" not in metric
+STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
+SUMMARY_COLUMNS = [SCHEDULE, TARGET_SPARSITY, "metric", *STAT_COLUMNS]
 
 
 def _finals(df: pd.DataFrame) -> pd.DataFrame:
-    return final_results(df) if "epoch" in df and df.duplicated(["trial_id", "target_sparsity"]).any() else df
+    return final_results(df) if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any() else df
 
 
-def _ci(mean: float, sd: float, n: int) -> tuple[float, float, float]:
+def t_interval(mean: float, sd: float, n: int) -> tuple[float, float, float]:
+    """The standard error and Student-t 95% interval of a mean of ``n`` values (NaN for n < 2)."""
     if n < 2:
         return float("nan"), float("nan"), float("nan")
     sem = sd / math.sqrt(n)
@@ -29,28 +28,32 @@ def _ci(mean: float, sd: float, n: int) -> tuple[float, float, float]:
     return sem, mean - half, mean + half
 
 
-def summarize(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max.
-
-    ``std`` uses n-1; with n = 1 the spread columns are NaN.
-    """
-    finals = _finals(df)
+def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd.DataFrame:
+    """Per group of ``by``: n, mean, std (n-1), sem, 95% CI (t), min and max of ``metric``."""
     rows = []
-    for (schedule, target), group in finals.groupby(["schedule", "target_sparsity"], sort=True):
+    for key, group in df.groupby(by, sort=True):
         values = group[metric].astype(float).to_numpy()
         n = len(values)
         mean = float(values.mean())
         sd = float(values.std(ddof=1)) if n > 1 else float("nan")
-        sem, low, high = _ci(mean, sd, n)
-        rows.append([schedule, target, metric, n, mean, sd, sem, low, high, float(values.min()), float(values.max())])
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        sem, low, high = t_interval(mean, sd, n)
+        rows.append([*key, metric, n, mean, sd, sem, low, high, float(values.min()), float(values.max())])
+    return pd.DataFrame(rows, columns=[*by, "metric", *STAT_COLUMNS])
 
 
-COMPARE_COLUMNS = ["a", "b", "target_sparsity", "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
+def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
+    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max.
+
+    ``std`` uses n-1; with n = 1 the spread columns are NaN.
+    """
+    return describe(_finals(df), [SCHEDULE, TARGET_SPARSITY], metric)
+
+
+COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
                    "ci95_low", "ci95_high", "t_statistic", "p_value", "a_wins", "b_wins", "ties"]
 
 
-def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> pd.DataFrame:
+def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """Schedule ``a`` vs ``b`` per target sparsity, paired by seed: mean difference a-b, its 95% CI,
     the paired t-test's p-value and how many seeds each won (by ``metric``'s direction).
 
@@ -58,8 +61,8 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> 
     else 0.0 (every seed agrees exactly).
     """
     finals = _finals(df)
-    table = finals[finals["schedule"].isin([a, b])].pivot_table(
-        index=["target_sparsity", "seed"], columns="schedule", values=metric, aggfunc="last")
+    table = finals[finals[SCHEDULE].isin([a, b])].pivot_table(
+        index=[TARGET_SPARSITY, SEED], columns=SCHEDULE, values=metric, aggfunc="last")
     rows = []
     better = 1 if higher_is_better(metric) else -1
     for target, group in table.groupby(level=0, sort=True):
@@ -73,7 +76,7 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> 
         diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), 12)
         mean = float(diff.mean())
         sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
-        _, low, high = _ci(mean, sd, n)
+        _, low, high = t_interval(mean, sd, n)
         if n < 2:
             t, p = float("nan"), float("nan")
         elif sd == 0:
@@ -91,9 +94,9 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = "test_accuracy") -> 
 def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
     """Each schedule against each instant schedule; without one, the first against the rest."""
     finals = _finals(df)
-    schedules = sorted(finals["schedule"].unique())
-    kinds = finals.groupby("schedule")["schedule_kind"].first().to_dict() if "schedule_kind" in finals else {}
-    instants = [s for s in schedules if kinds.get(s) == "instant"]
+    schedules = sorted(finals[SCHEDULE].unique())
+    kinds = finals.groupby(SCHEDULE)[SCHEDULE_KIND].first().to_dict() if SCHEDULE_KIND in finals else {}
+    instants = [s for s in schedules if kinds.get(s) == INSTANT]
     if instants:
         return [(s, i) for i in instants for s in schedules if s not in instants]
     return [(schedules[0], s) for s in schedules[1:]]
@@ -110,7 +113,7 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def compare_all(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """Every default comparison (:func:`default_comparisons`) at every sparsity, with ``p_holm``:
     the p-values adjusted by Holm's method over all these comparisons together."""
     frames = [compare(df, a, b, metric) for a, b in default_comparisons(df)]
@@ -122,8 +125,11 @@ def compare_all(df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame
     return table
 
 
+ERROR_BARS = {"ci95": "95% CI (Student t)", "std": "±1 std", "minmax": "min–max"}
+
+
 def error_bars(summary: pd.DataFrame, error: str = "ci95") -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper error-bar lengths for ``ci95``, ``std`` or ``minmax``."""
+    """Lower and upper error-bar lengths (one of :data:`ERROR_BARS`) around a summary's means."""
     mean = summary["mean"].to_numpy(float)
     if error == "ci95":
         low, high = summary["ci95_low"].to_numpy(float), summary["ci95_high"].to_numpy(float)
@@ -133,5 +139,5 @@ def error_bars(summary: pd.DataFrame, error: str = "ci95") -> tuple[np.ndarray, 
     elif error == "minmax":
         low, high = summary["min"].to_numpy(float), summary["max"].to_numpy(float)
     else:
-        raise ValueError(f"error must be one of ci95, std, minmax; got {error!r}")
+        raise ValueError(f"error must be one of {', '.join(ERROR_BARS)}; got {error!r}")
     return np.nan_to_num(mean - low), np.nan_to_num(high - mean)

@@ -23,7 +23,9 @@ import yaml
 
 import pruning_core as pc
 from sweeps.config import expand, validate
-from sweeps.data import DeviceLoader, load_dataset, write_cifar10_format
+from sweeps.data import DeviceLoader, load_dataset
+
+from .synthetic import without_md5_check, write_cifar10_format
 from sweeps.models import build_model
 from sweeps.train import FinetuneRun, train_dense
 
@@ -48,9 +50,7 @@ def loader_speedup(quick: bool, device: torch.device) -> dict:
     n = 1024 if quick else 10000
     with tempfile.TemporaryDirectory() as root:
         write_cifar10_format(root, n_train=n, n_test=100)
-        original = tv_cifar.check_integrity
-        tv_cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)  # generated files: no md5
-        try:
+        with without_md5_check():
             tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                      transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
             ds = tv_cifar.CIFAR10(root, train=True, download=False, transform=tf)
@@ -62,8 +62,6 @@ def loader_speedup(quick: bool, device: torch.device) -> dict:
             tv = n / _median_time(torchvision_epoch, 1 if quick else 2)
             load_dataset.cache_clear()
             data = load_dataset("cifar10", root, False).to(device)
-        finally:
-            tv_cifar.check_integrity = original
             load_dataset.cache_clear()
     ours_loader = DeviceLoader(data, 128, torch.Generator(device=device).manual_seed(0), augment=True)
 

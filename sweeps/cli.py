@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analysis.schema import is_finished
+
 from .config import ConfigError, expand, load_config
 
 
@@ -43,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def _summarise(results, path: str) -> int:
     total = len(results)
     errors = [r for r in results if r.error is not None]
-    finished = [r for r in results if r.error is None and r.metrics
-                and r.metrics.get("epoch", -1) >= r.metrics.get("budget_epochs", 0)]
+    finished = [r for r in results if r.error is None and r.metrics and is_finished(r.metrics)]
     print(f"\n{len(finished)} of {total} trials finished; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     if errors:
@@ -71,14 +72,14 @@ def main(argv=None) -> int:
             return 0
         from . import runner, storage
 
+        options = runner.RayOptions(address=args.address, dashboard=not args.no_dashboard,
+                                    dashboard_host=args.dashboard_host, autoscale=args.autoscale)
         if args.command == "run":
             config = load_config(args.config, args.overrides)
-            results = runner.run(config, args.storage, args.name, args.address, not args.no_dashboard,
-                                 args.autoscale, args.dashboard_host)
+            results = runner.run(config, args.storage, args.name, options)
             path = storage.join(storage.normalise(args.storage), args.name or config.name)
         else:
-            results = runner.resume(args.experiment, args.address, not args.no_dashboard, args.autoscale,
-                                    args.dashboard_host)
+            results = runner.resume(args.experiment, options)
             path = storage.normalise(args.experiment)
         return _summarise(results, path)
     except ConfigError as exc:

@@ -9,7 +9,9 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pruning_core import CRITERIA, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
+from analysis import schema
+from analysis.schema import INSTANT, LADDER, TrialPoint
+from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
 
 from .data import TRAIN_SIZES
 from .models import MODELS
@@ -102,12 +104,12 @@ class FinetuneConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["instant", "gradual", "cubic", "ladder"]
+    kind: Literal[(*SCHEDULE_KINDS, LADDER)]  # type: ignore[valid-type]
     steps: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _steps_fit_kind(self):
-        if self.kind in ("instant", "ladder") and self.steps != 1:
+        if self.kind in (INSTANT, LADDER) and self.steps != 1:
             raise ValueError(f"steps is only for gradual and cubic schedules; {self.kind} prunes once per target")
         return self
 
@@ -153,7 +155,7 @@ class SweepConfig(_Strict):
         if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: duplicate seed values")
         for i, s in enumerate(self.schedules):
-            if s.kind in ("gradual", "cubic") and self.finetune.epochs % s.steps:
+            if s.kind not in (INSTANT, LADDER) and self.finetune.epochs % s.steps:
                 raise ValueError(
                     f"schedules.{i}.steps: {s.steps} does not divide finetune.epochs={self.finetune.epochs}; "
                     "every schedule must spend the same budget, split evenly after each prune"
@@ -162,11 +164,11 @@ class SweepConfig(_Strict):
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        return schema.seed_list(self.seeds)
 
     @property
     def has_ladder(self) -> bool:
-        return any(s.kind == "ladder" for s in self.schedules)
+        return any(s.kind == LADDER for s in self.schedules)
 
 
 @dataclass(frozen=True)
@@ -190,28 +192,18 @@ def budget(config: SweepConfig, target: float) -> int:
     return (rung + 1) * config.finetune.epochs
 
 
-def expand(config: SweepConfig) -> list[dict]:
-    """Every trial of the sweep: one per (schedule, sparsity, seed); one per seed for a ladder."""
-    trials = []
-    for schedule in config.schedules:
-        for seed in config.seed_list:
-            if schedule.kind == "ladder":
-                trials.append({"schedule": schedule.name, "kind": "ladder", "steps": len(config.sparsities),
-                               "target_sparsity": None, "seed": seed})
-                continue
-            for target in config.sparsities:
-                trials.append({"schedule": schedule.name, "kind": schedule.kind, "steps": schedule.steps,
-                               "target_sparsity": target, "seed": seed})
-    return trials
+def expand(config: SweepConfig) -> list[TrialPoint]:
+    """Every trial of the sweep (:func:`analysis.schema.trial_points`)."""
+    return schema.trial_points(config.model_dump(mode="json"))
 
 
-def plan(config: SweepConfig, trial: dict) -> list[Phase]:
+def plan(config: SweepConfig, point: TrialPoint) -> list[Phase]:
     """The prune/train phases of one trial."""
-    if trial["kind"] == "ladder":
+    if point.schedule_kind == LADDER:
         return [Phase(s, config.finetune.epochs, s) for s in sorted(config.sparsities)]
-    target = trial["target_sparsity"]
+    target = point.target_sparsity
     total = budget(config, target)
-    steps = sparsity_schedule(trial["kind"], target, trial["steps"])
+    steps = sparsity_schedule(point.schedule_kind, target, point.steps)
     return [Phase(s, total // len(steps), target) for s in steps]
 
 
@@ -242,10 +234,6 @@ def _format_validation_error(err: ValidationError) -> str:
         got = "" if quiet else f" (got {shown!r})"
         lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
     return "config error: " + "; ".join(lines)
-
-
-def _field_names(model_cls) -> list[str]:
-    return list(model_cls.model_fields)
 
 
 def _section(annotation):

@@ -44,10 +44,6 @@ class TensorData:
     def in_channels(self) -> int:
         return self.x_train.shape[1]
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         out = (x.float() - self.mean) / self.std
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
@@ -141,14 +137,12 @@ class DeviceLoader:
     checkpoint of the generator's state resumes the exact data stream.
     """
 
-    def __init__(self, data: TensorData, batch_size: int, generator: torch.Generator, augment: bool = False,
-                 drop_last: bool = False):
+    def __init__(self, data: TensorData, batch_size: int, generator: torch.Generator, augment: bool = False):
         self.data, self.batch_size = data, batch_size
-        self.generator, self.augment, self.drop_last = generator, augment, drop_last
+        self.generator, self.augment = generator, augment
 
     def __len__(self):
-        n = self.data.x_train.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-self.data.x_train.shape[0] // self.batch_size)
 
     def __iter__(self):
         x, y = self.data.x_train, self.data.y_train
@@ -161,36 +155,3 @@ class DeviceLoader:
             if self.augment:
                 xb = random_crop_flip(xb, self.data.pad, self.generator)
             yield self.data.normalise(xb), y[idx]
-
-
-def write_cifar10_format(root, n_train: int = 100, n_test: int = 50, seed: int = 0) -> str:
-    """Write random images in torchvision's on-disk CIFAR-10 format (``cifar-10-batches-py``).
-
-    Five pickled training batches, one test batch and ``batches.meta``, exactly as the real
-    archive lays them out. For tests and benchmarks; torchvision's md5 check does not know
-    these files, so they load only where that check is bypassed.
-    """
-    import os
-    import pickle
-
-    rng = np.random.RandomState(seed)
-    folder = os.path.join(str(root), "cifar-10-batches-py")
-    os.makedirs(folder, exist_ok=True)
-
-    def batch(n, label):
-        data = rng.randint(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.randint(0, 10, size=n).tolist()
-        # the real files are Python 2 pickles whose str keys torchvision reads with latin1
-        return {"batch_label": label, "labels": labels, "data": data,
-                "filenames": [f"img_{i}.png" for i in range(n)]}
-
-    sizes = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
-    for i, n in enumerate(sizes, start=1):
-        with open(os.path.join(folder, f"data_batch_{i}"), "wb") as f:
-            pickle.dump(batch(n, f"training batch {i} of 5"), f)
-    with open(os.path.join(folder, "test_batch"), "wb") as f:
-        pickle.dump(batch(n_test, "testing batch 1 of 1"), f)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": names, "num_cases_per_batch": 10000, "num_vis": 3072}, f)
-    return folder

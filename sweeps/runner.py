@@ -1,25 +1,37 @@
 """Running a sweep: connect to Ray, share dense models, drive Ray Tune's Tuner, resume."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import yaml
+
+from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, PARAM, SCHEDULE, SEED, TARGET_SPARSITY, TrialPoint, \
+    dense_file
 
 from . import storage
 from .config import ConfigError, SweepConfig, expand, validate
 
-CONFIG_FILE = "prunesweep.yaml"
-DENSE_DIR = "dense"
-DENSE_LOG = "trainings.jsonl"
-CHAOS_ENV = "PRUNESWEEP_CHAOS_KILL_AT_EPOCH"
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how a sweep gets its Ray: ``address`` (None starts a local Ray, with a dashboard
+    on ``dashboard_host`` unless ``dashboard`` is off); ``autoscale``: the cluster adds nodes on
+    demand, so resources it lacks now are requested rather than refused."""
+
+    address: str | None = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    autoscale: bool = False
 
 
-def connect(address: str | None = None, dashboard: bool = True, dashboard_host: str = "127.0.0.1") -> bool:
-    """Use the Ray already initialised here, connect to ``address``, or start a local one.
+def connect(options: RayOptions) -> bool:
+    """Use the Ray already initialised here, connect to ``options.address``, or start a local one.
 
     Returns True if this call started (and so must shut down) the connection.
     """
@@ -27,18 +39,33 @@ def connect(address: str | None = None, dashboard: bool = True, dashboard_host: 
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
+    if options.address:
+        ray.init(address=options.address, log_to_driver=True)
     else:
-        ctx = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host)
+        ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host)
         url = getattr(ctx, "dashboard_url", None)
-        if dashboard and url:
+        if options.dashboard and url:
             print(f"Ray dashboard: http://{url}", flush=True)
             auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
-            if auth != "token" and dashboard_host not in ("127.0.0.1", "localhost"):
-                print(f"warning: the dashboard listens on {dashboard_host} with RAY_AUTH_MODE={auth}: "
+            if auth != "token" and options.dashboard_host not in ("127.0.0.1", "localhost"):
+                print(f"warning: the dashboard listens on {options.dashboard_host} with RAY_AUTH_MODE={auth}: "
                       "anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(config: SweepConfig, options: RayOptions):
+    """Connect (:func:`connect`), refuse what the cluster cannot run (:func:`check_resources`),
+    and shut down on the way out whatever this session started."""
+    started = connect(options)
+    try:
+        check_resources(config, options.autoscale)
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
@@ -62,13 +89,12 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
         request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
 
 
-def _train_dense_task(config_json: dict, seed: int) -> dict:
+def _train_dense_task(sweep: SweepConfig, seed: int) -> dict:
     import ray
     import torch
 
     from .train import device_for, train_dense
 
-    sweep = validate(config_json)
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
     return train_dense(sweep, seed, device_for(ray.get_gpu_ids()))
 
@@ -84,7 +110,7 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
 
     refs, missing = {}, []
     for seed in config.seed_list:
-        file = storage.join(path, DENSE_DIR, f"seed_{seed}.pt")
+        file = storage.join(path, DENSE_DIR, dense_file(seed))
         if storage.exists(file):
             refs[seed] = ray.put(torch.load(io.BytesIO(storage.read_bytes(file)), weights_only=False))
         else:
@@ -94,7 +120,7 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
     task = ray.remote(_train_dense_task).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
     what = "load" if config.dense.checkpoint else f"train ({config.dense.epochs} epochs)"
     print(f"dense models: {what} for seeds {missing}", flush=True)
-    pending = {task.remote(config.model_dump(mode="json"), seed): seed for seed in missing}
+    pending = {task.remote(config, seed): seed for seed in missing}
     log_file = storage.join(path, DENSE_DIR, DENSE_LOG)
     log = storage.read_bytes(log_file) if storage.exists(log_file) else b""
     while pending:
@@ -103,7 +129,7 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
         dense = ray.get(done[0])
         buf = io.BytesIO()
         torch.save(dense, buf)
-        storage.write_bytes(storage.join(path, DENSE_DIR, f"seed_{seed}.pt"), buf.getvalue())
+        storage.write_bytes(storage.join(path, DENSE_DIR, dense_file(seed)), buf.getvalue())
         entry = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
         entry["finished_at"] = time.time()
         log += (json.dumps(entry) + "\n").encode()
@@ -115,28 +141,27 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
 
 def trial_dirname(trial) -> str:
     """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``."""
-    point = trial.config["trial"]
-    target = "ladder" if point["target_sparsity"] is None else f"s{point['target_sparsity']:g}"
-    return f"{trial.trial_id}_{point['schedule']}_{target}_seed{point['seed']}"
+    return f"{trial.trial_id}_{TrialPoint.from_dict(trial.config[PARAM]).label}"
 
 
 def _trainable(config: SweepConfig, dense_refs: dict):
+    """The trial function with the validated config and the dense models bound once
+    (``tune.with_parameters``), and the trial's resources."""
     from ray import tune
 
-    from .trainable import train_prune_train
+    from .trainable import chaos_from_env, train_prune_train
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_prune_train, dense_refs=dense_refs), resources)
+    bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs,
+                                 kill_at_epoch=chaos_from_env())
+    return tune.with_resources(bound, resources)
 
 
 def param_space(config: SweepConfig) -> dict:
+    """Only the trial point varies between trials (and is recorded in each trial's config)."""
     from ray import tune
 
-    space = {"sweep": config.model_dump(mode="json"), "trial": tune.grid_search(expand(config))}
-    kill_at = os.environ.get(CHAOS_ENV)
-    if kill_at:
-        space["chaos"] = {"kill_at_epoch": int(kill_at)}
-    return space
+    return {PARAM: tune.grid_search([p.to_dict() for p in expand(config)])}
 
 
 def _reporter():
@@ -144,7 +169,8 @@ def _reporter():
     from ray import tune
 
     return tune.CLIReporter(
-        parameter_columns={"trial/schedule": "schedule", "trial/target_sparsity": "target", "trial/seed": "seed"},
+        parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{TARGET_SPARSITY}": "target",
+                           f"{PARAM}/{SEED}": "seed"},
         metric_columns={"epoch": "epoch", "sparsity": "sparsity", "test_accuracy": "test_acc"},
         max_report_frequency=20,
     )
@@ -171,8 +197,7 @@ def experiment_config(path: str) -> SweepConfig:
     return validate(yaml.safe_load(storage.read_bytes(file)))
 
 
-def run(config: SweepConfig, storage_path: str, name: str | None = None, address: str | None = None,
-        dashboard: bool = True, autoscale: bool = False, dashboard_host: str = "127.0.0.1"):
+def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions()):
     """Run the sweep into ``<storage>/<name>``; returns Ray Tune's ResultGrid."""
     storage_path = storage.normalise(storage_path)
     name = name or config.name
@@ -185,30 +210,19 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, address
             f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
             "or choose another --name"
         )
-    started = connect(address, dashboard, dashboard_host)
-    try:
-        check_resources(config, autoscale)
+    with ray_session(config, options):
         storage.write_bytes(storage.join(path, CONFIG_FILE),
                             yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
         return _fit(config, path, storage_path, name, restore=False)
-    finally:
-        if started:
-            _shutdown()
 
 
-def resume(path: str, address: str | None = None, dashboard: bool = True, autoscale: bool = False,
-           dashboard_host: str = "127.0.0.1"):
+def resume(path: str, options: RayOptions = RayOptions()):
     """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints."""
     path = storage.normalise(path)
     config = experiment_config(path)
     storage_path, name = (path.rsplit("/", 1) if storage.is_uri(path) else os.path.split(path))
-    started = connect(address, dashboard, dashboard_host)
-    try:
-        check_resources(config, autoscale)
+    with ray_session(config, options):
         return _fit(config, path, storage_path, name, restore=True)
-    finally:
-        if started:
-            _shutdown()
 
 
 def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool):
@@ -229,9 +243,3 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
             run_config=_run_config(config, storage_path, name),
         )
     return tuner.fit()
-
-
-def _shutdown() -> None:
-    import ray
-
-    ray.shutdown()

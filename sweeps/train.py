@@ -6,7 +6,6 @@ plain loop drive the same :class:`FinetuneRun`.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruning_core as pc
+
+from analysis.schema import TrialPoint
 
 from .config import OptimizerConfig, SweepConfig, plan
 from .data import DeviceLoader, TensorData, load_dataset
@@ -33,15 +34,15 @@ def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
 
 
 def make_scheduler(kind: str, optimizer, epochs: int):
-    """Per-epoch learning-rate schedule: constant, cosine to zero, or step (x0.1 at 50% and 75%)."""
+    """Per-epoch learning-rate schedule (torch's own): constant, cosine to zero over ``epochs``,
+    or step (x0.1 at 50% and at 75% of ``epochs``)."""
+    schedulers = torch.optim.lr_scheduler
     epochs = max(epochs, 1)
     if kind == "cosine":
-        factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))  # noqa: E731
-    elif kind == "step":
-        factor = lambda e: 0.1 ** ((e >= epochs // 2) + (e >= (3 * epochs) // 4))  # noqa: E731
-    else:
-        factor = lambda e: 1.0  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return schedulers.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "step":
+        return schedulers.MultiStepLR(optimizer, milestones=[epochs // 2, (3 * epochs) // 4], gamma=0.1)
+    return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def device_for(gpu_ids) -> torch.device:
@@ -148,9 +149,9 @@ class FinetuneRun:
     the data generator, torch's RNG, the epoch and the prunes done.
     """
 
-    def __init__(self, sweep: SweepConfig, trial: dict, dense: dict, device: torch.device):
-        self.sweep, self.trial, self.device = sweep, trial, device
-        self.phases = plan(sweep, trial)
+    def __init__(self, sweep: SweepConfig, point: TrialPoint, dense: dict, device: torch.device):
+        self.sweep, self.point, self.device = sweep, point, device
+        self.phases = plan(sweep, point)
         self.total_epochs = sum(p.epochs for p in self.phases)
         data = dataset_for(sweep)
         model = build_model(sweep.model, data.num_classes, data.in_channels)
@@ -160,7 +161,7 @@ class FinetuneRun:
         ft = sweep.finetune
         self.optimizer = pc.attach_optimizer(self.model, make_optimizer(ft.optimizer, self.model.parameters()))
         self.scheduler = make_scheduler(ft.lr_schedule, self.optimizer, self.total_epochs)
-        seed = trial["seed"]
+        seed = point.seed
         torch.manual_seed(seed + FINETUNE_SEED_OFFSET)
         self.generator = torch.Generator(device=device).manual_seed(seed + FINETUNE_SEED_OFFSET)
         self.loader = DeviceLoader(self.data, ft.batch_size, self.generator, sweep.dataset.augments)
@@ -194,7 +195,7 @@ class FinetuneRun:
                  include=p.include, exclude=p.exclude, optimizer=self.optimizer)
         self.model.zero_grad(set_to_none=True)
 
-    def run_epoch(self, on_batch=None) -> dict:
+    def run_epoch(self) -> dict:
         """Prune if a phase starts now, train one epoch, evaluate; returns the epoch's metrics."""
         index = self._phase_index(self.epoch)
         phase = self.phases[index]
@@ -202,8 +203,7 @@ class FinetuneRun:
             self._prune(phase)
             self.prunes_done = index + 1
         start = time.perf_counter()
-        loader = self.loader if on_batch is None else _Tap(self.loader, on_batch)
-        train_loss, train_acc = train_epoch(self.model, loader, self.optimizer, self.device)
+        train_loss, train_acc = train_epoch(self.model, self.loader, self.optimizer, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - start
@@ -214,10 +214,7 @@ class FinetuneRun:
         if self.data.x_val is not None:
             validation["val_loss"], validation["val_accuracy"] = evaluate(self.model, self.data, self.device, split="val")
         return {
-            "schedule": self.trial["schedule"],
-            "schedule_kind": self.trial["kind"],
-            "target_sparsity": phase.target,
-            "seed": self.trial["seed"],
+            **self.point.report_fields(phase.target),
             "sparsity": measured,
             "compression_ratio": 1.0 / (1.0 - measured) if measured < 1 else float("inf"),
             "step": index + 1,
@@ -262,15 +259,3 @@ class FinetuneRun:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch = state["epoch"]
         self.prunes_done = state["prunes_done"]
-
-
-class _Tap:
-    """Wrap a loader and call ``hook(batch_index)`` before yielding each batch."""
-
-    def __init__(self, loader, hook):
-        self.loader, self.hook = loader, hook
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            self.hook(i)
-            yield batch

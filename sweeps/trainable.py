@@ -9,25 +9,48 @@ import ray
 import torch
 from ray import tune
 
-from .config import validate
+from analysis import schema
+
+from .config import SweepConfig
 from .train import FinetuneRun, device_for
 
 STATE_FILE = "state.pt"
+CHAOS_ENV = "PRUNESWEEP_CHAOS_KILL_AT_EPOCH"
 CHAOS_MARKER = ".chaos_killed"
 
 
-def train_prune_train(config: dict, dense_refs: dict) -> None:
-    """Tune function trainable. ``config``: ``sweep`` (the validated config), ``trial`` (the point).
+def chaos_from_env() -> int | None:
+    """The epoch after which fault injection kills each trial's worker once (``CHAOS_ENV``), or None."""
+    value = os.environ.get(CHAOS_ENV)
+    return int(value) if value else None
 
-    Resumes from ``tune.get_checkpoint()`` when Tune restarts a failed or interrupted trial.
+
+def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> None:
+    """Fault injection: SIGKILL this worker at the second training batch after ``kill_at_epoch``
+    epochs, once per trial (``marker`` remembers it), as a real worker death mid-epoch would."""
+    batches = 0
+
+    def hook(module, inputs):
+        nonlocal batches
+        if module.training and run.epoch == kill_at_epoch and not os.path.exists(marker):
+            batches += 1
+            if batches == 2:
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    run.model.register_forward_pre_hook(hook)
+
+
+def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, kill_at_epoch: int | None = None) -> None:
+    """Tune function trainable. ``config`` holds only the trial point (``config["trial"]``);
+    ``sweep``, the config validated on the driver, and the dense models arrive once through
+    ``tune.with_parameters``. Resumes from ``tune.get_checkpoint()`` when Tune restarts a trial.
     """
-    sweep = validate(config["sweep"])
-    trial = config["trial"]
+    point = schema.TrialPoint.from_dict(config[schema.PARAM])
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
-    dense = ray.get(dense_refs[trial["seed"]])
-    run = FinetuneRun(sweep, trial, dense, device)
+    run = FinetuneRun(sweep, point, ray.get(dense_refs[point.seed]), device)
     last_metrics = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -36,25 +59,25 @@ def train_prune_train(config: dict, dense_refs: dict) -> None:
         run.load_state(state)
         last_metrics = state.get("metrics")
     context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
-
-    kill_at = (config.get("chaos") or {}).get("kill_at_epoch")
-    on_batch = None
-    if kill_at is not None:
-        marker = os.path.join(tune.get_context().get_trial_dir(), CHAOS_MARKER)
-
-        def on_batch(i):
-            if run.epoch == kill_at and i == 1 and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, mid-epoch
+    if kill_at_epoch is not None:
+        kill_once_mid_epoch(run, kill_at_epoch, os.path.join(tune.get_context().get_trial_dir(), CHAOS_MARKER))
 
     if run.done and last_metrics is not None:
         # finished before the driver recorded it: announce the final result again, train nothing
-        tune.report({**last_metrics, **context})
+        tune.report(_checked({**last_metrics, **context}))
         return
     while not run.done:
-        metrics = run.run_epoch(on_batch)
+        metrics = run.run_epoch()
         state = run.state()
         state["metrics"] = metrics
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, os.path.join(folder, STATE_FILE))
-            tune.report({**metrics, **context}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(_checked({**metrics, **context}), checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _checked(report: dict) -> dict:
+    """``report`` if every name in it is a declared metric (:data:`analysis.schema.METRICS`)."""
+    unknown = schema.undeclared(report)
+    if unknown:
+        raise ValueError(f"reported metric(s) {', '.join(unknown)} are not declared in analysis.schema.METRICS")
+    return report

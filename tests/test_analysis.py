@@ -1,5 +1,6 @@
 """analysis: numbers pinned against independent computations, plots and the report."""
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     assert set(zip(comparison["a"], comparison["b"])) == {("gradual2", "instant"), ("ladder", "instant")}
     report = (out / "report.md").read_text()
     assert "10 finished of 10 expected" in report and "## Verdict" in report and "sparsity 0.9" in report
+    assert "Model `small_cnn` on `digits`" in report  # from the experiment's prunesweep.yaml
     import matplotlib.image as mpimg
     for png in ("test_accuracy_vs_sparsity.png", "test_accuracy_vs_epoch.png", "layer_sparsity.png"):
         assert (out / png).name in report
@@ -152,16 +154,23 @@ def test_partial_experiment_says_what_is_missing(tiny_experiment, tmp_path):
     assert "9 finished of 10 expected" in text and "1 trial(s) missing" in text
 
 
-def test_load_works_without_ray_or_torch(tiny_experiment, tmp_path):
+def test_load_and_report_without_ray_torch_or_pyplot(tiny_experiment, tmp_path):
     copy = tmp_path / "copied"
     shutil.copytree(tiny_experiment, copy)
-    code = ("import sys, analysis; df = analysis.load_experiment(sys.argv[1]); "
-            "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
-            "print(len(df), bad); sys.exit(1 if bad or df.empty else 0)")
-    proc = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True)
+    # the whole report, in a process whose matplotlib backend is set (as a notebook's is):
+    # analysis neither imports torch or Ray nor switches the backend or touches pyplot
+    code = ("import sys, matplotlib, analysis; df = analysis.load_experiment(sys.argv[1]); "
+            "analysis.write_report(sys.argv[1], sys.argv[2]); "
+            "bad = [m for m in ('ray', 'torch', 'matplotlib.pyplot') if m in sys.modules]; "
+            "backend = matplotlib.rcParams._get_backend_or_none(); "
+            "print(len(df), bad, backend); sys.exit(1 if bad or df.empty or backend != 'svg' else 0)")
+    proc = subprocess.run([sys.executable, "-c", code, str(copy), str(tmp_path / "out")], capture_output=True,
+                          text=True, env={**os.environ, "MPLBACKEND": "svg"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "out" / "layer_sparsity.png").stat().st_size > 10_000
     df = load_experiment(copy)
-    assert {"trial_id", "config.sweep.model", "config.trial.schedule", "test_accuracy"} <= set(df.columns)
+    assert {"trial_id", "config.trial.schedule", "config.trial.schedule_kind", "test_accuracy"} <= set(df.columns)
+    assert not [c for c in df.columns if c.startswith("config.sweep")]  # the sweep config is not in every row
     assert len(final_results(df)) == 12
 
 
@@ -193,3 +202,35 @@ def test_notebook_executes(tiny_experiment, monkeypatch):
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "gradual2" in text and "instant" in text and "ci95_low" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_plots_return_figures_drawn_from_the_statistics():
+    from matplotlib.figure import Figure
+
+    from analysis import plot_metric_vs_epoch, plot_metric_vs_sparsity
+    from analysis.stats import describe
+
+    values = {("gradual", 0.5): [0.90, 0.85, 0.93], ("instant", 0.5): [0.89, 0.86, 0.90],
+              ("gradual", 0.9): [0.80, 0.70, 0.75], ("instant", 0.9): [0.60, 0.65, 0.61]}
+    early = frame({k: [v - 0.1 for v in vs] for k, vs in values.items()}).assign(epoch=1)
+    df = pd.concat([early, frame(values).assign(epoch=2)], ignore_index=True)
+    fig = plot_metric_vs_sparsity(df)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    summary = summarize(df).set_index(["schedule", "target_sparsity"])
+    for line in fig.axes[0].lines:
+        if line.get_label().startswith("gradual"):
+            assert line.get_ydata() == pytest.approx(100 * summary.loc["gradual", "mean"].to_numpy())
+    # draws into the axes it is given, and returns that axes' figure
+    own = Figure()
+    ax = own.subplots()
+    assert plot_metric_vs_sparsity(df, error="std", ax=ax) is own and ax.lines
+    # the epoch bands are the same t-intervals as the summary's
+    curves = plot_metric_vs_epoch(df)
+    panel = curves.axes[1]  # target 0.9
+    band = describe(df[df["target_sparsity"] == 0.9], ["schedule", "epoch"])
+    g = band[band["schedule"] == "gradual"]
+    vertices = panel.collections[0].get_paths()[0].vertices
+    for x, low, high in zip(g["epoch"], g["ci95_low"], g["ci95_high"]):
+        ys = vertices[vertices[:, 0] == x][:, 1]
+        assert min(ys) == pytest.approx(100 * low) and max(ys) == pytest.approx(100 * high)
+    assert panel.lines[0].get_ydata() == pytest.approx(100 * g["mean"].to_numpy())

@@ -1,23 +1,22 @@
 """The CIFAR-10 path through torchvision, on small data written in the real on-disk format."""
-import os
 import pickle
 
 import pytest
 import torch
-import torchvision.datasets.cifar
 
+from benchmarks.synthetic import without_md5_check, write_cifar10_format
 from sweeps.config import expand, validate
-from sweeps.data import load_dataset, random_crop_flip, write_cifar10_format
+from sweeps.data import load_dataset, random_crop_flip
 from sweeps.train import FinetuneRun, train_dense
 
 
 @pytest.fixture
-def cifar_root(tmp_path, monkeypatch):
+def cifar_root(tmp_path):
     write_cifar10_format(tmp_path, n_train=60, n_test=20, seed=1)
     # the files are real CIFAR-10 format but not the real images: skip only the md5 comparison
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
     load_dataset.cache_clear()
-    yield tmp_path
+    with without_md5_check():
+        yield tmp_path
     load_dataset.cache_clear()
 
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from analysis import load_experiment, summarize
+from analysis.schema import RESULT_FILE, is_finished
 from sweeps.cli import main
-from sweeps.runner import CHAOS_ENV
-from sweeps.trainable import CHAOS_MARKER
+from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER
 
 from .conftest import ROOT, record_fault, write_config
 
@@ -55,9 +55,9 @@ def _wait_for(predicate, timeout, what):
 
 def _finished_trials(path: Path) -> dict:
     done = {}
-    for result in path.glob("*/result.json"):
+    for result in path.glob(f"*/{RESULT_FILE}"):
         lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines and lines[-1]["epoch"] >= lines[-1]["budget_epochs"]:
+        if lines and is_finished(lines[-1]):
             done[result.parent.name] = lines
     return done
 

@@ -111,14 +111,14 @@ def test_ladder_budget_rule():
                     "sparsities": [0.9, 0.5, 0.7], "seeds": 1})
     trials = expand(cfg)
     assert len(trials) == 3 + 3 + 1
-    ladder = [t for t in trials if t["kind"] == "ladder"][0]
+    ladder = [t for t in trials if t.schedule_kind == "ladder"][0]
     rungs = plan(cfg, ladder)
     assert [(p.prune_to, p.epochs, p.target) for p in rungs] == [(0.5, 3, 0.5), (0.7, 3, 0.7), (0.9, 3, 0.9)]
     # instant and cubic trials get the ladder's cumulative budget at their rung
     assert [budget(cfg, s) for s in (0.5, 0.7, 0.9)] == [3, 6, 9]
     for t in trials:
-        if t["kind"] != "ladder":
-            assert sum(p.epochs for p in plan(cfg, t)) == budget(cfg, t["target_sparsity"])
+        if t.schedule_kind != "ladder":
+            assert sum(p.epochs for p in plan(cfg, t)) == budget(cfg, t.target_sparsity)
     no_ladder = validate({**TINY, "finetune": {"epochs": 3}, "schedules": [{"name": "i", "kind": "instant"}]})
     assert budget(no_ladder, 0.9) == 3
 
@@ -131,3 +131,27 @@ def test_config_error_type():
 def test_resume_of_a_folder_that_is_no_experiment(tmp_path, capsys):
     rc, err = run_cli(capsys, "resume", str(tmp_path))
     assert rc == 2 and "not a prunesweep experiment (no prunesweep.yaml)" in err and err.count("\n") == 1
+
+
+def test_lr_schedules_epoch_by_epoch():
+    import math
+
+    import torch
+
+    from sweeps.train import make_scheduler
+
+    def lrs(kind, epochs, lr=0.1):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        scheduler = make_scheduler(kind, opt, epochs)
+        seen = []
+        for _ in range(epochs):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        return seen
+
+    assert lrs("constant", 3) == [0.1, 0.1, 0.1]
+    assert lrs("step", 8) == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2, rel=1e-12)
+    assert lrs("step", 2) == pytest.approx([0.1, 0.001], rel=1e-12)  # both milestones at epoch 1
+    cosine = [0.05 * (1 + math.cos(math.pi * e / 15)) for e in range(15)]
+    assert lrs("cosine", 15) == pytest.approx(cosine, rel=1e-12)

@@ -1,0 +1,178 @@
+"""The contract between ``sweeps`` (which writes experiments) and ``analysis`` (which reads them).
+
+One place for: the files of an experiment, the trial point (what one trial is), the trial grid
+and how many trials a config asks for, the name and meaning of every reported metric, and the
+rule for a finished trial. Plain Python (no torch, no Ray, no pandas), so both sides import it;
+``sweeps`` may import ``analysis``, never the other way round.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Optional
+
+# ------------------------------------------------------------------ files of an experiment
+CONFIG_FILE = "prunesweep.yaml"   # the validated sweep config, as the run started it
+DENSE_DIR = "dense"               # the shared dense models, one file per seed
+DENSE_LOG = "trainings.jsonl"     # in DENSE_DIR: one line per dense training actually run
+ANALYSIS_DIR = "analysis"         # where ``prunesweep analyze`` writes by default
+# Ray Tune's own files
+RESULT_FILE = "result.json"       # in each trial folder: one JSON report per line
+TUNER_FILE = "tuner.pkl"
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+def dense_file(seed: int) -> str:
+    """The dense model of ``seed``, inside :data:`DENSE_DIR`."""
+    return f"seed_{seed}.pt"
+
+
+# ------------------------------------------------------------------ the trial point
+PARAM = "trial"                   # the trial point's key in each trial's Tune config
+INSTANT = "instant"               # the schedule kind the other schedules are compared against
+LADDER = "ladder"                 # one trial per seed that walks up every sparsity in order
+# Ray Tune's own columns
+TRIAL_ID = "trial_id"
+TRAINING_ITERATION = "training_iteration"
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """What one trial is: which schedule, at which target sparsity, from which seed.
+
+    ``target_sparsity`` is None for a ladder, which reports at every rung.
+    """
+
+    schedule: str
+    schedule_kind: str
+    steps: int
+    target_sparsity: Optional[float]
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrialPoint":
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    @property
+    def label(self) -> str:
+        """Readable and unique within a sweep: ``gradual4_s0.9_seed3``, ``ladder_ladder_seed0``."""
+        target = LADDER if self.target_sparsity is None else f"s{self.target_sparsity:g}"
+        return f"{self.schedule}_{target}_seed{self.seed}"
+
+    def report_fields(self, target_sparsity: float) -> dict:
+        """The point's fields every report carries; ``target_sparsity`` is the one reported at
+        (a ladder's current rung, else the point's own)."""
+        return {SCHEDULE: self.schedule, SCHEDULE_KIND: self.schedule_kind,
+                TARGET_SPARSITY: target_sparsity, SEED: self.seed}
+
+
+def seed_list(seeds) -> list[int]:
+    """A config's ``seeds``: a count N (seeds 0..N-1) or an explicit list."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
+def trial_points(config: Mapping[str, Any]) -> list[TrialPoint]:
+    """Every trial of a sweep config (the validated config as plain data, as in
+    :data:`CONFIG_FILE`): one per (schedule, sparsity, seed), one per seed for a ladder."""
+    points = []
+    for schedule in config["schedules"]:
+        kind = schedule["kind"]
+        for seed in seed_list(config["seeds"]):
+            if kind == LADDER:
+                points.append(TrialPoint(schedule["name"], kind, len(config["sparsities"]), None, seed))
+                continue
+            for target in config["sparsities"]:
+                points.append(TrialPoint(schedule["name"], kind, schedule.get("steps", 1), target, seed))
+    return points
+
+
+# ------------------------------------------------------------------ metrics
+@dataclass(frozen=True)
+class Metric:
+    """A reported name: what it means, and for quality measures which way is better."""
+
+    name: str
+    meaning: str
+    better: Optional[str] = None  # "higher", "lower", or None where neither is a goal
+    percent: bool = False         # a fraction shown in percent
+    per_layer: bool = False       # reported as {layer: value}; columns ``<name>.<layer>``
+
+
+SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED = "schedule", "schedule_kind", "target_sparsity", "seed"
+EPOCH, BUDGET_EPOCHS, TEST_ACCURACY, LAYER_SPARSITY = "epoch", "budget_epochs", "test_accuracy", "layer_sparsity"
+
+METRICS: tuple[Metric, ...] = (
+    Metric(SCHEDULE, "the schedule's name from the config"),
+    Metric(SCHEDULE_KIND, "`instant`, `gradual`, `cubic` or `ladder`"),
+    Metric(TARGET_SPARSITY, "the point this trial is compared at: the final target (a gradual trial's too, "
+                            "during its early steps), or a ladder's current rung"),
+    Metric(SEED, "the trial's seed"),
+    Metric("sparsity", "measured: fraction of all prunable weights (every conv/linear `weight`, also those a "
+                       "config's `pruning.exclude` keeps dense) that are exactly zero; equals `target_sparsity` "
+                       "to the weight when nothing is excluded"),
+    Metric("compression_ratio", "1 / (1 − `sparsity`)"),
+    Metric("step", "which prune step (1..k) the epoch belongs to; a ladder's rung number"),
+    Metric(EPOCH, "fine-tuning epochs done so far in this trial (1..`budget_epochs`)"),
+    Metric(BUDGET_EPOCHS, "the trial's whole fine-tuning budget"),
+    Metric("lr", "learning rate used in this epoch"),
+    Metric("train_loss", "mean cross-entropy over the epoch's training batches", better="lower"),
+    Metric("train_accuracy", "accuracy over the epoch's training batches", better="higher", percent=True),
+    Metric("test_loss", "mean cross-entropy on the test split, in eval mode", better="lower"),
+    Metric(TEST_ACCURACY, "accuracy on the test split, in eval mode", better="higher", percent=True),
+    Metric("val_loss", "mean cross-entropy on the held-out validation split, in eval mode (only with "
+                       "`dataset.validation` > 0)", better="lower"),
+    Metric("val_accuracy", "accuracy on the held-out validation split, in eval mode (only with "
+                           "`dataset.validation` > 0)", better="higher", percent=True),
+    Metric("dense_test_accuracy", "the seed's dense model before pruning", better="higher", percent=True),
+    Metric("nonzero_params", "nonzero entries over all parameters (weights, biases, norm layers)"),
+    Metric("prunable_params", "number of prunable weights"),
+    Metric("epoch_time_s", "training time of the epoch", better="lower"),
+    Metric("samples_per_s", "training throughput of the epoch (images per second)", better="higher"),
+    Metric(LAYER_SPARSITY, "sparsity of each prunable layer", per_layer=True),
+    Metric("node_id", "the Ray node the trial ran on"),
+    Metric("device", "the torch device it trained on"),
+    Metric("gpu_ids", "the GPUs Ray assigned it"),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def undeclared(report: Mapping[str, Any]) -> list[str]:
+    """Names in ``report`` that :data:`METRICS` does not declare (an empty list if none)."""
+    return sorted(k for k in report if k not in BY_NAME)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Which way a metric improves; names not declared here (Tune's own) by their name."""
+    known = BY_NAME.get(metric)
+    if known is not None and known.better is not None:
+        return known.better == "higher"
+    return "loss" not in metric and not metric.endswith("_s")
+
+
+def is_percent(metric: str) -> bool:
+    """Whether ``metric`` is a fraction best shown in percent (the accuracies)."""
+    known = BY_NAME.get(metric)
+    return known.percent if known is not None else metric.endswith("accuracy")
+
+
+def is_finished(report):
+    """The one rule for a finished trial: its last report has used the whole epoch budget.
+
+    ``report`` is one report (a mapping) or a pandas frame of last reports (then one bool per row).
+    """
+    return report[EPOCH] >= report[BUDGET_EPOCHS]
+
+
+def metrics_table() -> str:
+    """The README's metrics reference, as a Markdown table."""
+    rows = ["| metric | meaning |", "| --- | --- |"]
+    for m in METRICS:
+        name = f"`{m.name}.<layer>`" if m.per_layer else f"`{m.name}`"
+        rows.append(f"| {name} | {m.meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(metrics_table())
