@@ -12,16 +12,20 @@ _EXPORTS = {
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
     "write_report": "report",
 }
+_MODULES = ("schema", "load", "stats", "plots", "report", "cli")
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_MODULES))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, RESULT_FILE, SCHEDULE, SEED, TARGET_SPARSITY,
-                     TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_finished, trial_points)
+from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, RESULT_FILE, SCHEDULE, SEED,
+                     TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_finished, trial_points)
 
 KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 

@@ -22,8 +22,9 @@ def _label(metric: str) -> tuple[str, float]:
     return metric.replace("_", " "), 1.0
 
 
-def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    return ax if ax is not None else Figure(figsize=figsize).subplots()
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Axes, bool]:
+    """The axes to draw into, and whether they are on a new figure of ours (which we lay out)."""
+    return (ax, False) if ax is not None else (Figure(figsize=figsize).subplots(), True)
 
 
 def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error: str = "ci95",
@@ -35,7 +36,7 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     """
     summary = summarize(df, metric)
     ylabel, scale = _label(metric)
-    ax = _axes(ax, (7.5, 4.8))
+    ax, ours = _axes(ax, (7.5, 4.8))
     schedules = list(summary[SCHEDULE].unique())
     offsets = np.linspace(-0.02, 0.02, len(schedules)) if len(schedules) > 1 else [0.0]
     for schedule, off in zip(schedules, offsets):
@@ -55,7 +56,8 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     ax.set_title(f"Final {metric.replace('_', ' ')} vs sparsity, mean and {ERROR_BARS[error]} over seeds")
     ax.grid(alpha=0.3)
     ax.legend(title="schedule")
-    ax.figure.tight_layout()
+    if ours:
+        ax.figure.tight_layout()
     return ax.figure
 
 
@@ -64,7 +66,8 @@ def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Fig
     targets = sorted(df[TARGET_SPARSITY].dropna().unique())
     cols = min(3, len(targets))
     rows = -(-len(targets) // cols)
-    fig = fig if fig is not None else Figure(figsize=(5 * cols, 3.6 * rows))
+    ours = fig is None
+    fig = Figure(figsize=(5 * cols, 3.6 * rows)) if ours else fig
     axes = fig.subplots(rows, cols, squeeze=False)
     ylabel, scale = _label(metric)
     for ax, target in zip(axes.flat, targets):
@@ -82,7 +85,8 @@ def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Fig
     for ax in list(axes.flat)[len(targets):]:
         ax.set_visible(False)
     fig.suptitle(f"{metric.replace('_', ' ')} during fine-tuning (mean, 95% CI band)")
-    fig.tight_layout()
+    if ours:
+        fig.tight_layout()
     return fig
 
 
@@ -102,7 +106,7 @@ def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None
     seed = part[SEED].min() if seed is None else seed
     part = part[part[SEED] == seed].sort_values(SCHEDULE)
     layers = [c.removeprefix(f"{LAYER_SPARSITY}.") for c in columns]
-    ax = _axes(ax, (max(6.0, 0.35 * len(layers) + 2), 4.5))
+    ax, ours = _axes(ax, (max(6.0, 0.35 * len(layers) + 2), 4.5))
     width = 0.8 / max(len(part), 1)
     x = np.arange(len(layers))
     for i, (_, row) in enumerate(part.iterrows()):
@@ -115,5 +119,6 @@ def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None
     ax.axhline(target * 100, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.set_title(f"Per-layer sparsity of the final model\ntarget {target:g}, seed {seed} (n=1 per schedule)")
     ax.legend(fontsize=8)
-    ax.figure.tight_layout()
+    if ours:
+        ax.figure.tight_layout()
     return ax.figure

@@ -53,6 +53,8 @@ class TrialPoint:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrialPoint":
+        if "schedule_kind" not in values and "kind" in values:  # experiments begun before this contract
+            values = {**values, "schedule_kind": values["kind"]}
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     @property
@@ -84,7 +86,7 @@ def trial_points(config: Mapping[str, Any]) -> list[TrialPoint]:
                 points.append(TrialPoint(schedule["name"], kind, len(config["sparsities"]), None, seed))
                 continue
             for target in config["sparsities"]:
-                points.append(TrialPoint(schedule["name"], kind, schedule.get("steps", 1), target, seed))
+                points.append(TrialPoint(schedule["name"], kind, schedule["steps"], target, seed))
     return points
 
 

@@ -12,7 +12,6 @@ from .schema import EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSI
     higher_is_better
 
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
-SUMMARY_COLUMNS = [SCHEDULE, TARGET_SPARSITY, "metric", *STAT_COLUMNS]
 
 
 def _finals(df: pd.DataFrame) -> pd.DataFrame:

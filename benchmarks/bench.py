@@ -24,10 +24,10 @@ import yaml
 import pruning_core as pc
 from sweeps.config import expand, validate
 from sweeps.data import DeviceLoader, load_dataset
-
-from .synthetic import without_md5_check, write_cifar10_format
 from sweeps.models import build_model
 from sweeps.train import FinetuneRun, train_dense
+
+from .synthetic import without_md5_check, write_cifar10_format
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

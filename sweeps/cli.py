@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.schema import is_finished
+from analysis.schema import EPOCH, is_finished
 
 from .config import ConfigError, expand, load_config
 
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def _summarise(results, path: str) -> int:
     total = len(results)
     errors = [r for r in results if r.error is not None]
-    finished = [r for r in results if r.error is None and r.metrics and is_finished(r.metrics)]
+    finished = [r for r in results if r.error is None and EPOCH in (r.metrics or {}) and is_finished(r.metrics)]
     print(f"\n{len(finished)} of {total} trials finished; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     if errors:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, PARAM, SCHEDULE, SEED, TARGET_SPARSITY, TrialPoint, \
-    dense_file
+from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, EPOCH, PARAM, SCHEDULE, SEED, TARGET_SPARSITY, \
+    TEST_ACCURACY, TrialPoint, dense_file
 
 from . import storage
 from .config import ConfigError, SweepConfig, expand, validate
@@ -171,7 +171,7 @@ def _reporter():
     return tune.CLIReporter(
         parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{TARGET_SPARSITY}": "target",
                            f"{PARAM}/{SEED}": "seed"},
-        metric_columns={"epoch": "epoch", "sparsity": "sparsity", "test_accuracy": "test_acc"},
+        metric_columns={EPOCH: "epoch", "sparsity": "sparsity", TEST_ACCURACY: "test_acc"},
         max_report_frequency=20,
     )
 

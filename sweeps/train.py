@@ -15,7 +15,7 @@ from torch import nn
 
 import pruning_core as pc
 
-from analysis.schema import TrialPoint
+from analysis.schema import BUDGET_EPOCHS, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
 
 from .config import OptimizerConfig, SweepConfig, plan
 from .data import DeviceLoader, TensorData, load_dataset
@@ -218,20 +218,20 @@ class FinetuneRun:
             "sparsity": measured,
             "compression_ratio": 1.0 / (1.0 - measured) if measured < 1 else float("inf"),
             "step": index + 1,
-            "epoch": self.epoch,
-            "budget_epochs": self.total_epochs,
+            EPOCH: self.epoch,
+            BUDGET_EPOCHS: self.total_epochs,
             "lr": lr,
             "train_loss": train_loss,
             "train_accuracy": train_acc,
             "test_loss": test_loss,
-            "test_accuracy": test_acc,
+            TEST_ACCURACY: test_acc,
             **validation,
             "dense_test_accuracy": self.dense_test_accuracy,
             "nonzero_params": pc.nonzero_params(self.model),
             "prunable_params": self.prunable,
             "epoch_time_s": seconds,
             "samples_per_s": self.data.x_train.shape[0] / seconds,
-            "layer_sparsity": pc.layer_sparsity(self.model),
+            LAYER_SPARSITY: pc.layer_sparsity(self.model),
         }
 
     def state(self) -> dict:

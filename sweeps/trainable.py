@@ -26,19 +26,20 @@ def chaos_from_env() -> int | None:
 
 
 def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> None:
-    """Fault injection: SIGKILL this worker at the second training batch after ``kill_at_epoch``
-    epochs, once per trial (``marker`` remembers it), as a real worker death mid-epoch would."""
-    batches = 0
+    """Fault injection: SIGKILL this worker at the second optimizer step after ``kill_at_epoch``
+    epochs (one training batch into the epoch), once per trial (``marker`` remembers it), as a
+    real worker death mid-epoch would."""
+    steps = 0
 
-    def hook(module, inputs):
-        nonlocal batches
-        if module.training and run.epoch == kill_at_epoch and not os.path.exists(marker):
-            batches += 1
-            if batches == 2:
+    def hook(optimizer, args, kwargs):
+        nonlocal steps
+        if run.epoch == kill_at_epoch and not os.path.exists(marker):
+            steps += 1
+            if steps == 2:
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    run.model.register_forward_pre_hook(hook)
+    run.optimizer.register_step_pre_hook(hook)
 
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, kill_at_epoch: int | None = None) -> None:

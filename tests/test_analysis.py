@@ -207,8 +207,11 @@ def test_notebook_executes(tiny_experiment, monkeypatch):
 def test_plots_return_figures_drawn_from_the_statistics():
     from matplotlib.figure import Figure
 
+    import analysis
     from analysis import plot_metric_vs_epoch, plot_metric_vs_sparsity
     from analysis.stats import describe
+
+    assert analysis.stats.describe is describe and analysis.plots.plot_metric_vs_epoch is plot_metric_vs_epoch
 
     values = {("gradual", 0.5): [0.90, 0.85, 0.93], ("instant", 0.5): [0.89, 0.86, 0.90],
               ("gradual", 0.9): [0.80, 0.70, 0.75], ("instant", 0.9): [0.60, 0.65, 0.61]}

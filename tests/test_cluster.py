@@ -10,7 +10,7 @@ import jsonschema
 import ray
 import yaml
 
-from analysis import load_experiment
+from analysis import completion, load_experiment
 
 from .conftest import ROOT, write_config
 
@@ -52,7 +52,7 @@ def test_sweep_on_two_node_cluster(tmp_path):
             pass
     assert result["codes"] == [0, 0], out[-3000:]
     df = load_experiment(tmp_path / "spread")
-    assert df["trial_id"].nunique() == 4 and (df["epoch"] == df["budget_epochs"]).sum() == 4
+    assert completion(df, tmp_path / "spread") == {"expected": 4, "started": 4, "finished": 4, "missing": 0}
     assert df["node_id"].nunique() == 2, "trials did not use both nodes"
     g = load_experiment(tmp_path / "gpu")
     assert g["trial_id"].nunique() == 2

@@ -45,8 +45,11 @@ def test_trial_point_round_trip_and_label():
     assert TrialPoint("climb", "ladder", 5, None, 0).label == "climb_ladder_seed0"
     assert point.report_fields(0.9) == {"schedule": "gradual4", "schedule_kind": "gradual",
                                         "target_sparsity": 0.9, "seed": 3}
+    # experiments begun before this contract named the kind "kind"; their trials still resume
+    legacy = {"schedule": "gradual4", "kind": "gradual", "steps": 4, "target_sparsity": 0.9, "seed": 3}
+    assert TrialPoint.from_dict(legacy) == point
     with pytest.raises(KeyError):
-        TrialPoint.from_dict({"schedule": "x", "kind": "instant", "steps": 1, "target_sparsity": 0.5, "seed": 0})
+        TrialPoint.from_dict({"schedule": "x", "schedule_kind": "instant", "target_sparsity": 0.5, "seed": 0})
 
 
 def test_one_rule_for_finished_reports_and_frames():
@@ -58,6 +61,8 @@ def test_one_rule_for_finished_reports_and_frames():
 
 def test_schedule_kinds_come_from_pruning_core():
     assert schema.INSTANT in pc.SCHEDULE_KINDS and schema.LADDER not in pc.SCHEDULE_KINDS
+    documented = re.findall(r"`(\w+)`", schema.BY_NAME[schema.SCHEDULE_KIND].meaning)
+    assert documented == [*pc.SCHEDULE_KINDS, schema.LADDER]
     for kind in pc.SCHEDULE_KINDS:
         validate({**TINY, "finetune": {"epochs": 4}, "schedules": [{"name": "s", "kind": kind}]})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import load_experiment, summarize
+from analysis import completion, load_experiment, summarize
 from analysis.schema import RESULT_FILE, is_finished
 from sweeps.cli import main
 from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER
@@ -34,8 +34,8 @@ def test_killed_worker_resumes_from_checkpoint_with_equal_numbers(ray_session, t
     rc = main(["run", str(cfg), "--storage", str(storage), "--name", "chaos"])
     markers = list((storage / "chaos").glob(f"*/{CHAOS_MARKER}"))
     assert len(markers) == 1, "the fault was not injected"
-    finished = (load_experiment(storage / "chaos").groupby("trial_id")["epoch"].max() == 4).sum()
-    record_fault(survived=rc == 0, trials_lost=1 - int(finished))
+    lost = completion(load_experiment(storage / "chaos"), storage / "chaos")["missing"]
+    record_fault(survived=rc == 0, trials_lost=lost)
     assert rc == 0
     chaos = load_experiment(storage / "chaos")
     # the retry started from the epoch-2 checkpoint, not from scratch
@@ -96,8 +96,7 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_p
     checkpoints = {name: sorted(p.name for p in (path / name).glob("checkpoint_*")) for name in finished}
 
     rc = main(["resume", str(path)])
-    done = load_experiment(path).groupby("trial_id")[["epoch", "budget_epochs"]].max()
-    record_fault(survived=rc == 0, trials_lost=8 - int((done["epoch"] == done["budget_epochs"]).sum()))
+    record_fault(survived=rc == 0, trials_lost=completion(load_experiment(path), path)["missing"])
     assert rc == 0
 
     # dense models were not retrained, finished trials were not trained again
@@ -110,3 +109,28 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_p
     # and the analysis equals the uninterrupted sweep's
     pd.testing.assert_frame_equal(rows(path), ref_rows)
     pd.testing.assert_frame_equal(summarize(load_experiment(path)), ref_summary)
+
+
+def test_fault_injection_fires_one_step_into_the_epoch(tmp_path, monkeypatch):
+    """The kill comes after one optimizer step of epoch N+1, never from a gradient-criterion
+    prune's forward passes (gradient scoring at the start of each phase)."""
+    import torch
+
+    from sweeps import trainable
+    from sweeps.config import expand, validate
+    from sweeps.train import FinetuneRun, train_dense
+
+    from .conftest import TINY
+
+    sweep = validate({**TINY, "pruning": {"criterion": "gradient", "gradient_batches": 1},
+                      "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 4, "batch_size": 64}})
+    point = [p for p in expand(sweep) if p.schedule_kind == "gradual"][0]
+    run = FinetuneRun(sweep, point, train_dense(sweep, 0, torch.device("cpu")), torch.device("cpu"))
+    steps = {}
+    run.optimizer.register_step_post_hook(lambda *_: steps.update({run.epoch: steps.get(run.epoch, 0) + 1}))
+    kills = []
+    monkeypatch.setattr(trainable.os, "kill", lambda pid, sig: kills.append((run.epoch, steps.get(run.epoch, 0), sig)))
+    trainable.kill_once_mid_epoch(run, 2, str(tmp_path / CHAOS_MARKER))  # epoch 3 starts with the second prune
+    while not run.done:
+        run.run_epoch()
+    assert kills == [(2, 1, signal.SIGKILL)] and (tmp_path / CHAOS_MARKER).exists()
