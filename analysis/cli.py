@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from .load import NotAnExperiment
-from .schema import TEST_ACCURACY
 from .report import write_report
+from .schema import TEST_ACCURACY
 from .stats import ERROR_BARS
 
 

@@ -71,9 +71,10 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     df = load_experiment(experiment)
     if df.empty:
         raise ValueError(f"{experiment}: no trial has reported yet")
+    layers = layer_columns(df)
     if metric not in df:
         allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith("config.")
-                         and c not in layer_columns(df))
+                         and c not in layers)
         raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
     out = Path(out) if out else experiment / ANALYSIS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +88,7 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     comparison.to_csv(files["comparison"], index=False)
     plot_metric_vs_sparsity(df, metric, error).savefig(files["vs_sparsity"], dpi=120)
     plot_metric_vs_epoch(df, metric).savefig(files["vs_epoch"], dpi=110)
-    has_layers = bool(layer_columns(df))
-    if has_layers:
+    if layers:
         plot_layer_sparsity(df).savefig(files["layers"], dpi=110)
     else:
         files.pop("layers")
@@ -110,7 +110,7 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
               "## Summary per schedule and sparsity", "", _table(summary), "",
               "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", "",
               f"![{metric} during fine-tuning]({files['vs_epoch'].name})", ""]
-    if has_layers:
+    if layers:
         lines += [f"![per-layer sparsity]({files['layers'].name})", ""]
     files["report"].write_text("\n".join(lines))
     return {k: str(v) for k, v in files.items()}
