@@ -13,15 +13,15 @@ from .stats import ERROR_BARS
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="prunesweep analyze",
                                 description="Summaries, paired tests, plots and report.md of an experiment.")
-    p.add_argument("experiment", help="the experiment directory (<storage>/<name>)")
-    p.add_argument("--out", help="output folder (default: <experiment>/analysis)")
+    p.add_argument("experiment", help="the experiment: <storage>/<name>, a local folder or a URI (s3://bucket/...)")
+    p.add_argument("--out", help="output folder or URI (default: <experiment>/analysis)")
     p.add_argument("--metric", default=TEST_ACCURACY, help="metric to compare (default: test_accuracy)")
     p.add_argument("--error", default="ci95", choices=list(ERROR_BARS), help="error bars (default: ci95)")
     args = p.parse_args(argv)
     try:
         files = write_report(args.experiment, args.out, args.metric, args.error)
-    except (NotAnExperiment, ValueError) as exc:
-        print(f"prunesweep analyze: error: {exc}", file=sys.stderr)
+    except (NotAnExperiment, ValueError, OSError) as exc:
+        print(f"prunesweep analyze: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"report: {files['report']}")
     for key in ("summary", "comparison"):

@@ -1,14 +1,17 @@
-"""Reading a Ray Tune experiment directory from disk (no Ray needed) into tidy DataFrames."""
+"""Reading a Ray Tune experiment, in a local folder or at an object-store URI (no Ray needed),
+into tidy DataFrames."""
 from __future__ import annotations
 
+import fnmatch
 import json
-from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from . import storage
 from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, RESULT_FILE, SCHEDULE, SEED,
-                     TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_finished, trial_points)
+                     TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_diverged, is_finished,
+                     split_provenance, trial_points)
 
 KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 
@@ -17,35 +20,36 @@ class NotAnExperiment(ValueError):
     """The path holds no Ray Tune experiment."""
 
 
-def _trial_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob(f"*/{RESULT_FILE}"))
-
-
 def load_experiment(path) -> pd.DataFrame:
     """One row per report of every trial: ``trial_id``, metrics, and the trial point as
     ``config.trial.*``.
 
-    Reads Ray Tune's ``result.json`` files; works on a copied directory with Ray neither
-    running nor imported. Reports repeated by a restarted trial are kept once (the last).
+    Reads Ray Tune's ``result.json`` files, from a local folder or straight from a URI
+    (``s3://bucket/prefix/name``); needs Ray neither running nor imported. Reports repeated by
+    a restarted trial are kept once (the last).
     """
-    root = Path(path).expanduser()
-    if not root.is_dir():
+    root = storage.normalise(str(path))
+    try:
+        is_dir = storage.is_dir(root)
+    except Exception as exc:  # an unreachable or refusing object store
+        raise NotAnExperiment(f"{root}: cannot read it ({' '.join(str(exc).split())})") from None
+    if not is_dir:
         raise NotAnExperiment(f"{root}: no such directory")
-    has_state = any(root.glob(EXPERIMENT_STATE_GLOB)) or (root / TUNER_FILE).exists()
-    trials = _trial_dirs(root)
-    if not has_state and not trials:
+    entries = storage.list_dir(root)
+    has_state = any(fnmatch.fnmatch(e, EXPERIMENT_STATE_GLOB) for e in entries) or TUNER_FILE in entries
+    results = [f for f in (storage.join(root, e, RESULT_FILE) for e in entries) if storage.is_file(f)]
+    if not has_state and not results:
         raise NotAnExperiment(f"{root}: not a Ray Tune experiment (no {EXPERIMENT_STATE_GLOB}, {TUNER_FILE} "
                               f"or trial {RESULT_FILE})")
     rows = []
-    for folder in trials:
-        with open(folder / RESULT_FILE) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # a line cut off by a killed process
+    for file in results:
+        for line in storage.read_bytes(file).decode().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut off by a killed process
     if not rows:
         return pd.DataFrame(columns=KEYS + [EPOCH])
     df = pd.json_normalize(rows, sep=".")
@@ -62,19 +66,33 @@ def final_results(df: pd.DataFrame) -> pd.DataFrame:
     return order.groupby([TRIAL_ID, TARGET_SPARSITY], as_index=False, sort=True).tail(1).reset_index(drop=True)
 
 
+def diverged(df: pd.DataFrame) -> pd.Index:
+    """Ids of the trials that diverged (:data:`analysis.schema.DIVERGED`)."""
+    if df.empty:
+        return pd.Index([], name=TRIAL_ID)
+    return pd.Index(df.loc[is_diverged(df), TRIAL_ID].unique(), name=TRIAL_ID)
+
+
+def healthy(df: pd.DataFrame) -> pd.DataFrame:
+    """The reports of the trials that did not diverge (what means and paired tests use)."""
+    return df[~df[TRIAL_ID].isin(diverged(df))] if not df.empty else df
+
+
 def read_config(path) -> dict | None:
     """The sweep config an experiment was started with (its ``prunesweep.yaml``), or None."""
-    file = Path(path) / CONFIG_FILE
-    return yaml.safe_load(file.read_text()) if file.exists() else None
+    file = storage.join(storage.normalise(str(path)), CONFIG_FILE)
+    return split_provenance(yaml.safe_load(storage.read_bytes(file)))[0] if storage.exists(file) else None
 
 
 def completion(df: pd.DataFrame, path=None) -> dict:
-    """Counts of trials expected (by the experiment's config), started and finished."""
+    """Counts of trials expected (by the experiment's config), started and finished (the diverged
+    among them counted apart too: they have ended, but no mean includes them)."""
     started = df[TRIAL_ID].nunique() if not df.empty else 0
     finished = 0
     if not df.empty and BUDGET_EPOCHS in df:
-        last = df.groupby(TRIAL_ID)[[EPOCH, BUDGET_EPOCHS]].max()
+        last = df.sort_values([TRIAL_ID, TRAINING_ITERATION]).groupby(TRIAL_ID).tail(1)
         finished = int(is_finished(last).sum())
     config = read_config(path) if path is not None else None
     expected = len(trial_points(config)) if config is not None else started
-    return {"expected": expected, "started": started, "finished": finished, "missing": expected - finished}
+    return {"expected": expected, "started": started, "finished": finished, "diverged": len(diverged(df)),
+            "missing": expected - finished}

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .load import final_results
+from .load import final_results, healthy
 from .schema import EPOCH, LAYER_SPARSITY, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, is_percent
 from .stats import ERROR_BARS, describe, error_bars, summarize
 
@@ -62,7 +62,9 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
 
 
 def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Figure | None = None) -> Figure:
-    """``metric`` after every fine-tuning epoch, per schedule (mean and 95% CI band), one panel per target."""
+    """``metric`` after every fine-tuning epoch, per schedule (mean and 95% CI band), one panel per
+    target; diverged trials are left out."""
+    df = healthy(df)
     targets = sorted(df[TARGET_SPARSITY].dropna().unique())
     cols = min(3, len(targets))
     rows = -(-len(targets) // cols)
@@ -96,8 +98,9 @@ def layer_columns(df: pd.DataFrame) -> list[str]:
 
 
 def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None, ax: Axes | None = None) -> Figure:
-    """Per-layer sparsity of the final model of each schedule's trial at ``target`` (default: the highest)."""
-    finals = final_results(df)
+    """Per-layer sparsity of the final model of each schedule's trial at ``target`` (default: the
+    highest); diverged trials are left out."""
+    finals = final_results(healthy(df))
     columns = layer_columns(finals)
     if not columns:
         raise ValueError(f"the experiment has no {LAYER_SPARSITY} reports")

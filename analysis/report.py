@@ -1,14 +1,15 @@
 """``summary.csv``, ``comparison.csv``, plots and a ``report.md`` that says who wins where."""
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 
 import pandas as pd
 
+from . import storage
 from .load import completion, load_experiment, read_config
 from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
-from .schema import ANALYSIS_DIR, TARGET_SPARSITY, TEST_ACCURACY, higher_is_better, is_percent
+from .schema import ANALYSIS_DIR, DIVERGED, SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, higher_is_better, is_percent
 from .stats import ERROR_BARS, compare_all, summarize
 
 
@@ -63,11 +64,20 @@ def _table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _png(figure, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
 def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95") -> dict:
-    """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths."""
+    """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths.
+
+    Both may be local folders or object-store URIs (``s3://...``), in any combination.
+    """
     if error not in ERROR_BARS:
         raise ValueError(f"--error must be one of {', '.join(ERROR_BARS)}; got {error!r}")
-    experiment = Path(experiment)
+    experiment = storage.normalise(str(experiment))
     df = load_experiment(experiment)
     if df.empty:
         raise ValueError(f"{experiment}: no trial has reported yet")
@@ -76,29 +86,34 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith("config.")
                          and c not in layers)
         raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
-    out = Path(out) if out else experiment / ANALYSIS_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.normalise(str(out)) if out else storage.join(experiment, ANALYSIS_DIR)
     done = completion(df, experiment)
     summary = summarize(df, metric)
     comparison = compare_all(df, metric)
-    files = {"summary": out / "summary.csv", "comparison": out / "comparison.csv",
-             "vs_sparsity": out / f"{metric}_vs_sparsity.png", "vs_epoch": out / f"{metric}_vs_epoch.png",
-             "layers": out / "layer_sparsity.png", "report": out / "report.md"}
-    summary.to_csv(files["summary"], index=False)
-    comparison.to_csv(files["comparison"], index=False)
-    plot_metric_vs_sparsity(df, metric, error).savefig(files["vs_sparsity"], dpi=120)
-    plot_metric_vs_epoch(df, metric).savefig(files["vs_epoch"], dpi=110)
+    names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_sparsity": f"{metric}_vs_sparsity.png",
+             "vs_epoch": f"{metric}_vs_epoch.png", "layers": "layer_sparsity.png", "report": "report.md"}
+    if not layers:
+        names.pop("layers")
+    files = {key: storage.join(out, name) for key, name in names.items()}
+    storage.write_bytes(files["summary"], summary.to_csv(index=False).encode())
+    storage.write_bytes(files["comparison"], comparison.to_csv(index=False).encode())
+    storage.write_bytes(files["vs_sparsity"], _png(plot_metric_vs_sparsity(df, metric, error), 120))
+    storage.write_bytes(files["vs_epoch"], _png(plot_metric_vs_epoch(df, metric), 110))
     if layers:
-        plot_layer_sparsity(df).savefig(files["layers"], dpi=110)
-    else:
-        files.pop("layers")
+        storage.write_bytes(files["layers"], _png(plot_layer_sparsity(df), 110))
 
     config = read_config(experiment) or {}
     model = config.get("model", "?")
     dataset = (config.get("dataset") or {}).get("name", "?")
-    lines = [f"# {experiment.name}: {metric.replace('_', ' ')} by pruning schedule", ""]
+    lines = [f"# {storage.name(experiment)}: {metric.replace('_', ' ')} by pruning schedule", ""]
     lines.append(f"Model `{model}` on `{dataset}`. Trials: {done['finished']} finished of {done['expected']} "
                  f"expected ({done['started']} started).")
+    if done["diverged"]:
+        lost = summary[summary[DIVERGED] > 0]
+        where = ", ".join(f"{r[SCHEDULE]} at {r[TARGET_SPARSITY]:g}: {r[DIVERGED]}" for _, r in lost.iterrows())
+        lines.append(f"**{done['diverged']} trial(s) diverged** (loss or weights became NaN or infinite; {where}): "
+                     "they ended there, are not retried, and are left out of the means, intervals and paired "
+                     "tests; the summary's `diverged` column counts them.")
     if done["missing"] > 0:
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the reports that exist (`prunesweep resume` finishes the rest).")
@@ -106,11 +121,11 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
               f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
     lines += ["## Verdict", ""]
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
-    lines += ["", f"![{metric} vs sparsity]({files['vs_sparsity'].name})", "",
+    lines += ["", f"![{metric} vs sparsity]({names['vs_sparsity']})", "",
               "## Summary per schedule and sparsity", "", _table(summary), "",
               "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", "",
-              f"![{metric} during fine-tuning]({files['vs_epoch'].name})", ""]
+              f"![{metric} during fine-tuning]({names['vs_epoch']})", ""]
     if layers:
-        lines += [f"![per-layer sparsity]({files['layers'].name})", ""]
-    files["report"].write_text("\n".join(lines))
-    return {k: str(v) for k, v in files.items()}
+        lines += [f"![per-layer sparsity]({names['layers']})", ""]
+    storage.write_bytes(files["report"], "\n".join(lines).encode())
+    return files

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
 # ------------------------------------------------------------------ files of an experiment
-CONFIG_FILE = "prunesweep.yaml"   # the validated sweep config, as the run started it
+CONFIG_FILE = "prunesweep.yaml"   # the validated sweep config, as the run started it, and its provenance
+PROVENANCE = "provenance"         # in CONFIG_FILE: config hash, prunesweep version, git revision
 DENSE_DIR = "dense"               # the shared dense models, one file per seed
 DENSE_LOG = "trainings.jsonl"     # in DENSE_DIR: one line per dense training actually run
 ANALYSIS_DIR = "analysis"         # where ``prunesweep analyze`` writes by default
@@ -19,6 +20,13 @@ ANALYSIS_DIR = "analysis"         # where ``prunesweep analyze`` writes by defau
 RESULT_FILE = "result.json"       # in each trial folder: one JSON report per line
 TUNER_FILE = "tuner.pkl"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+def split_provenance(experiment_file: Mapping[str, Any]) -> tuple[dict, dict]:
+    """``(config, provenance)`` of a parsed :data:`CONFIG_FILE` (provenance empty when the
+    experiment predates it)."""
+    config = dict(experiment_file)
+    return config, config.pop(PROVENANCE, None) or {}
 
 
 def dense_file(seed: int) -> str:
@@ -104,6 +112,7 @@ class Metric:
 
 SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED = "schedule", "schedule_kind", "target_sparsity", "seed"
 EPOCH, BUDGET_EPOCHS, TEST_ACCURACY, LAYER_SPARSITY = "epoch", "budget_epochs", "test_accuracy", "layer_sparsity"
+DIVERGED, DIVERGED_EPOCH = "diverged", "diverged_epoch"
 
 METRICS: tuple[Metric, ...] = (
     Metric(SCHEDULE, "the schedule's name from the config"),
@@ -133,6 +142,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("epoch_time_s", "training time of the epoch", better="lower"),
     Metric("samples_per_s", "training throughput of the epoch (images per second)", better="higher"),
     Metric(LAYER_SPARSITY, "sparsity of each prunable layer", per_layer=True),
+    Metric(DIVERGED, "true in a diverged trial's last report: its loss or weights became NaN or infinite, so it "
+                     "stopped there (never retried); analyses leave it out of means and paired tests and count it"),
+    Metric(DIVERGED_EPOCH, "the epoch in which a diverged trial's loss or weights stopped being finite (0: the "
+                           "weights it started from were not)"),
     Metric("node_id", "the Ray node the trial ran on"),
     Metric("device", "the torch device it trained on"),
     Metric("gpu_ids", "the GPUs Ray assigned it"),
@@ -159,12 +172,26 @@ def is_percent(metric: str) -> bool:
     return known.percent if known is not None else metric.endswith("accuracy")
 
 
+def is_diverged(report):
+    """Whether a report (a mapping or a frame row) says its trial diverged; on a pandas frame, one
+    bool per row. Reports from before this field never diverged."""
+    epoch = report[EPOCH]
+    rows = hasattr(epoch, "isna")
+    if DIVERGED not in report:
+        return epoch.isna() & False if rows else False
+    flag = report[DIVERGED]
+    if rows:
+        return flag.fillna(False).astype(bool)
+    return flag == flag and bool(flag)  # a frame row of an older trial holds NaN
+
+
 def is_finished(report):
-    """The one rule for a finished trial: its last report has used the whole epoch budget.
+    """The one rule for a finished trial: its last report has used the whole epoch budget, or
+    says it diverged (a diverged trial has ended and is never run again).
 
     ``report`` is one report (a mapping) or a pandas frame of last reports (then one bool per row).
     """
-    return report[EPOCH] >= report[BUDGET_EPOCHS]
+    return (report[EPOCH] >= report[BUDGET_EPOCHS]) | is_diverged(report)
 
 
 def metrics_table() -> str:

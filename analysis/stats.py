@@ -8,8 +8,8 @@ import pandas as pd
 from scipy import stats
 
 from .load import final_results
-from .schema import EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, \
-    higher_is_better
+from .schema import DIVERGED, EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, \
+    higher_is_better, is_diverged
 
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
 
@@ -41,11 +41,21 @@ def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd
 
 
 def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max.
+    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max,
+    and ``diverged``: how many trials diverged and are left out of n and the rest.
 
     ``std`` uses n-1; with n = 1 the spread columns are NaN.
     """
-    return describe(_finals(df), [SCHEDULE, TARGET_SPARSITY], metric)
+    by = [SCHEDULE, TARGET_SPARSITY]
+    finals = _finals(df)
+    bad = is_diverged(finals)
+    table = describe(finals[~bad], by, metric)
+    lost = finals[bad].groupby(by).size().rename(DIVERGED).reset_index()
+    table = table.merge(lost, on=by, how="outer").sort_values(by, ignore_index=True)
+    table["metric"] = metric
+    table["n"] = table["n"].fillna(0).astype(int)
+    table[DIVERGED] = table[DIVERGED].fillna(0).astype(int)
+    return table[[*by, "metric", "n", DIVERGED, *STAT_COLUMNS[1:]]]
 
 
 COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
@@ -53,13 +63,15 @@ COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "mean_a", "me
 
 
 def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Schedule ``a`` vs ``b`` per target sparsity, paired by seed: mean difference a-b, its 95% CI,
+    """Schedule ``a`` vs ``b`` per target sparsity, paired by seed (a seed where either diverged
+    is no pair): mean difference a-b, its 95% CI,
     the paired t-test's p-value and how many seeds each won (by ``metric``'s direction).
 
     When all differences are equal the t-test is undefined: p is 1.0 if they are all zero,
     else 0.0 (every seed agrees exactly).
     """
     finals = _finals(df)
+    finals = finals[~is_diverged(finals)]
     table = finals[finals[SCHEDULE].isin([a, b])].pivot_table(
         index=[TARGET_SPARSITY, SEED], columns=SCHEDULE, values=metric, aggfunc="last")
     rows = []

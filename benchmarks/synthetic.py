@@ -41,13 +41,23 @@ def write_cifar10_format(root, n_train: int = 100, n_test: int = 50, seed: int =
     return folder
 
 
-@contextlib.contextmanager
-def without_md5_check():
-    """Let torchvision load generated files: only its md5 comparison is skipped (files must exist)."""
+def skip_md5_check():
+    """Let torchvision load generated files in this process: only its md5 comparison is skipped
+    (the files must exist). Also a Ray ``worker_process_setup_hook`` for the test session's workers.
+    Returns the check it replaced."""
     import torchvision.datasets.cifar as tv_cifar
 
     original = tv_cifar.check_integrity
     tv_cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
+    return original
+
+
+@contextlib.contextmanager
+def without_md5_check():
+    """:func:`skip_md5_check` for the duration of a ``with`` block."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    original = skip_md5_check()
     try:
         yield
     finally:

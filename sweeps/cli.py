@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.schema import EPOCH, is_finished
+from analysis.schema import EPOCH, is_diverged, is_finished
 
 from .config import ConfigError, expand, load_config
+from .preflight import preflight
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,10 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     ray_options(run)
 
     res = sub.add_parser("resume", help="finish an interrupted experiment")
-    res.add_argument("experiment", help="<storage>/<name> of the experiment")
+    res.add_argument("experiment", help="<storage>/<name> of the experiment (a folder or a URI)")
+    res.add_argument("--force", action="store_true",
+                     help="resume even though the config or the code changed since the experiment started")
     ray_options(res)
 
-    val = sub.add_parser("validate", help="check a config and list its trials, without running anything")
+    val = sub.add_parser("validate", help="check a config, its data and checkpoint, and count its trials, "
+                                          "without starting Ray")
     val.add_argument("config")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -46,7 +50,9 @@ def _summarise(results, path: str) -> int:
     total = len(results)
     errors = [r for r in results if r.error is not None]
     finished = [r for r in results if r.error is None and EPOCH in (r.metrics or {}) and is_finished(r.metrics)]
-    print(f"\n{len(finished)} of {total} trials finished; results in {path}")
+    diverged = sum(is_diverged(r.metrics) for r in finished)
+    note = f" ({diverged} diverged: they end there and are not retried)" if diverged else ""
+    print(f"\n{len(finished)} of {total} trials finished{note}; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     if errors:
         print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
@@ -65,12 +71,14 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
-            config = load_config(args.config, args.overrides)
+            config = preflight(load_config(args.config, args.overrides))
             trials = expand(config)
             print(f"{args.config}: valid; {len(trials)} trials "
                   f"({len(config.schedules)} schedules, {len(config.sparsities)} sparsities, {len(config.seed_list)} seeds)")
             return 0
-        from . import runner, storage
+        from analysis import storage
+
+        from . import runner
 
         options = runner.RayOptions(address=args.address, dashboard=not args.no_dashboard,
                                     dashboard_host=args.dashboard_host, autoscale=args.autoscale)
@@ -79,7 +87,7 @@ def main(argv=None) -> int:
             results = runner.run(config, args.storage, args.name, options)
             path = storage.join(storage.normalise(args.storage), args.name or config.name)
         else:
-            results = runner.resume(args.experiment, options)
+            results = runner.resume(args.experiment, options, force=args.force)
             path = storage.normalise(args.experiment)
         return _summarise(results, path)
     except ConfigError as exc:

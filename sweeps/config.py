@@ -1,7 +1,10 @@
-"""Sweep configs: YAML validated into typed models, ``--set`` overrides, and the trial grid."""
+"""Sweep configs: YAML validated into typed models, ``--set`` overrides, and the trial grid.
+
+Validation here looks at the config alone; what is on disk (data, checkpoints) is checked once,
+on the driver, by :mod:`sweeps.preflight`.
+"""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -53,16 +56,9 @@ class DatasetConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _root_exists(self):
-        if self.name == "cifar10":
-            if not self.root:
-                raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")
-            root = Path(os.path.expanduser(self.root))
-            if not self.download and not (root / "cifar-10-batches-py").is_dir():
-                raise ValueError(
-                    f"dataset.root {str(root)!r} holds no cifar-10-batches-py and dataset.download is false "
-                    "(set dataset.download: true or point dataset.root at the folder that holds it)"
-                )
+    def _root_given(self):
+        if self.name == "cifar10" and not self.root:
+            raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")
         return self
 
     @property
@@ -81,8 +77,6 @@ class DenseConfig(_Strict):
     def _one_source(self):
         if (self.epochs is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of dense.epochs (train the dense model) or dense.checkpoint (load it)")
-        if self.checkpoint is not None and "://" not in self.checkpoint and not Path(os.path.expanduser(self.checkpoint)).is_file():
-            raise ValueError(f"dense.checkpoint {self.checkpoint!r} is not a file")
         return self
 
 
@@ -316,6 +310,7 @@ def load_config(path: str, overrides: list[str] = ()) -> SweepConfig:
         raise ConfigError(f"config {file}: malformed YAML at{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {file}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    raw, _ = schema.split_provenance(raw)  # an experiment's prunesweep.yaml runs as it is
     for assignment in overrides:
         apply_override(raw, assignment)
     return validate(raw)

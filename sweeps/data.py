@@ -12,7 +12,9 @@ normalised per channel with the (remaining) training set's mean and standard dev
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,12 +93,38 @@ def load_digits_data(train_subset: int | None = None, validation: int = 0) -> Te
                         train_subset, validation)
 
 
+DOWNLOAD_LOCK = ".prunesweep-download.lock"
+
+
+@contextlib.contextmanager
+def download_lock(root: str, download: bool):
+    """While held, one process per machine downloads into ``root`` (an inter-process file lock);
+    the others wait and then find the files there. Nothing is held when ``download`` is off."""
+    if not download:
+        yield
+        return
+    from filelock import FileLock
+
+    os.makedirs(root, exist_ok=True)
+    with FileLock(os.path.join(root, DOWNLOAD_LOCK)):
+        yield
+
+
+def download_cifar10(root: str) -> None:
+    """Download and verify CIFAR-10 into ``root`` (torchvision's own download), once per machine."""
+    from torchvision.datasets import CIFAR10
+
+    with download_lock(root, True):
+        CIFAR10(root=root, train=False, download=True)
+
+
 def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None,
                       validation: int = 0) -> TensorData:
     from torchvision.datasets import CIFAR10
 
     def as_tensors(train: bool):
-        ds = CIFAR10(root=root, train=train, download=download)
+        with download_lock(root, download):
+            ds = CIFAR10(root=root, train=train, download=download)
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         return x, torch.tensor(ds.targets, dtype=torch.long)
 

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import yaml
 
-from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, EPOCH, PARAM, SCHEDULE, SEED, TARGET_SPARSITY, \
-    TEST_ACCURACY, TrialPoint, dense_file
+from analysis import storage
+from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEED, \
+    TARGET_SPARSITY, TEST_ACCURACY, TrialPoint, dense_file, split_provenance
 
-from . import storage
+from . import provenance
 from .config import ConfigError, SweepConfig, expand, validate
+from .preflight import preflight
 
 
 @dataclass(frozen=True)
@@ -89,24 +91,28 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
         request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
 
 
-def _train_dense_task(sweep: SweepConfig, seed: int) -> dict:
+def _train_dense_task(sweep: SweepConfig, seed: int, checkpoint_state: dict | None) -> dict:
     import ray
     import torch
 
     from .train import device_for, train_dense
 
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
-    return train_dense(sweep, seed, device_for(ray.get_gpu_ids()))
+    return train_dense(sweep, seed, device_for(ray.get_gpu_ids()), checkpoint_state=checkpoint_state)
 
 
 def ensure_dense(config: SweepConfig, path: str) -> dict:
     """One dense model per seed, trained once and stored under the experiment.
 
     Seeds whose file exists are loaded, the others are trained as Ray tasks (in parallel,
-    with the trials' resources). Returns ``{seed: ObjectRef}`` of the dense dicts.
+    with the trials' resources). A ``dense.checkpoint`` is read here, on the driver (it may be
+    on an object store the workers cannot see), and shipped to the tasks through Ray.
+    Returns ``{seed: ObjectRef}`` of the dense dicts.
     """
     import ray
     import torch
+
+    from .train import read_checkpoint
 
     refs, missing = {}, []
     for seed in config.seed_list:
@@ -120,7 +126,8 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
     task = ray.remote(_train_dense_task).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
     what = "load" if config.dense.checkpoint else f"train ({config.dense.epochs} epochs)"
     print(f"dense models: {what} for seeds {missing}", flush=True)
-    pending = {task.remote(config, seed): seed for seed in missing}
+    loaded = ray.put(read_checkpoint(config.dense.checkpoint)) if config.dense.checkpoint else None
+    pending = {task.remote(config, seed, loaded): seed for seed in missing}
     log_file = storage.join(path, DENSE_DIR, DENSE_LOG)
     log = storage.read_bytes(log_file) if storage.exists(log_file) else b""
     while pending:
@@ -153,7 +160,7 @@ def _trainable(config: SweepConfig, dense_refs: dict):
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs,
-                                 kill_at_epoch=chaos_from_env())
+                                 chaos=chaos_from_env())
     return tune.with_resources(bound, resources)
 
 
@@ -189,38 +196,64 @@ def _run_config(config: SweepConfig, storage_path: str, name: str):
     )
 
 
-def experiment_config(path: str) -> SweepConfig:
-    """The config an experiment was started with (``<experiment>/prunesweep.yaml``)."""
+def experiment_config(path: str) -> tuple[SweepConfig, dict]:
+    """The config an experiment was started with and its provenance (``<experiment>/prunesweep.yaml``)."""
     file = storage.join(path, CONFIG_FILE)
-    if not storage.exists(file):
+    try:
+        found = storage.exists(file)
+    except Exception as exc:  # an unreachable or refusing object store
+        raise ConfigError(f"{path}: cannot read the experiment ({' '.join(str(exc).split())})") from None
+    if not found:
         raise ConfigError(f"{path}: not a prunesweep experiment (no {CONFIG_FILE}); start one with `prunesweep run`")
-    return validate(yaml.safe_load(storage.read_bytes(file)))
+    config, recorded = split_provenance(yaml.safe_load(storage.read_bytes(file)))
+    return validate(config), recorded
 
 
-def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions()):
-    """Run the sweep into ``<storage>/<name>``; returns Ray Tune's ResultGrid."""
-    storage_path = storage.normalise(storage_path)
-    name = name or config.name
-    path = storage.join(storage_path, name)
+def _check_storage(storage_path: str) -> None:
     problem = storage.check_writable(storage_path)
     if problem:
         raise ConfigError(f"--storage {storage_path}: cannot write experiments there ({problem})")
+
+
+def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions()):
+    """Run the sweep into ``<storage>/<name>``; returns Ray Tune's ResultGrid.
+
+    Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
+    before the experiment folder is made."""
+    storage_path = storage.normalise(storage_path)
+    name = name or config.name
+    path = storage.join(storage_path, name)
+    _check_storage(storage_path)
     if storage.exists(path):
         raise ConfigError(
             f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
             "or choose another --name"
         )
+    config = preflight(config)
     with ray_session(config, options):
-        storage.write_bytes(storage.join(path, CONFIG_FILE),
-                            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+        document = {**config.model_dump(mode="json"), PROVENANCE: provenance.record(config)}
+        storage.write_bytes(storage.join(path, CONFIG_FILE), yaml.safe_dump(document, sort_keys=False).encode())
         return _fit(config, path, storage_path, name, restore=False)
 
 
-def resume(path: str, options: RayOptions = RayOptions()):
-    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints."""
+def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
+    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints.
+
+    Refused when the config or the code differs from the experiment's start, unless ``force``.
+    """
     path = storage.normalise(path)
-    config = experiment_config(path)
-    storage_path, name = (path.rsplit("/", 1) if storage.is_uri(path) else os.path.split(path))
+    config, recorded = experiment_config(path)
+    if not recorded:
+        print(f"warning: {path} records no provenance (started before prunesweep recorded it): "
+              "cannot check that config and code are unchanged", file=sys.stderr, flush=True)
+    elif not force:
+        changed = provenance.differences(config, recorded)
+        if changed:
+            raise ConfigError(f"resume {path}: {'; '.join(changed)}; its trials would not be comparable "
+                              "(pass --force to resume anyway)")
+    storage_path, name = storage.split(path)
+    _check_storage(storage_path)
+    config = preflight(config)
     with ray_session(config, options):
         return _fit(config, path, storage_path, name, restore=True)
 

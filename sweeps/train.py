@@ -6,8 +6,10 @@ plain loop drive the same :class:`FinetuneRun`.
 from __future__ import annotations
 
 import contextlib
+import io
+import math
+import os
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,8 @@ from torch import nn
 
 import pruning_core as pc
 
-from analysis.schema import BUDGET_EPOCHS, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
+from analysis import storage
+from analysis.schema import BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
 
 from .config import OptimizerConfig, SweepConfig, plan
 from .data import DeviceLoader, TensorData, load_dataset
@@ -45,19 +48,29 @@ def make_scheduler(kind: str, optimizer, epochs: int):
     return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+LOGICAL_GPU_ENV = "PRUNESWEEP_ALLOW_LOGICAL_GPU"
+
+
 def device_for(gpu_ids) -> torch.device:
-    """The trial's device: the GPU Ray assigned it (``ray.get_gpu_ids()``), else the CPU."""
+    """The trial's device: the GPU Ray assigned it (``ray.get_gpu_ids()``), else the CPU.
+
+    A GPU assigned by Ray that torch cannot see (a driver or CUDA build mismatch) is an error,
+    not a silent CPU run holding a GPU; ``PRUNESWEEP_ALLOW_LOGICAL_GPU=1`` allows it where the
+    GPU is only a logical Ray resource (tests, a cluster that labels nodes with GPUs)."""
     if gpu_ids:
         if torch.cuda.is_available():
             # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first visible one is ours
             return torch.device("cuda", 0)
-        warnings.warn(f"Ray assigned GPU(s) {list(gpu_ids)} but torch sees no CUDA device "
-                      "(a logical GPU?): training on the CPU")
+        if os.environ.get(LOGICAL_GPU_ENV) != "1":
+            raise RuntimeError(f"Ray assigned GPU(s) {list(gpu_ids)} to this trial but torch {torch.__version__} sees "
+                               "no CUDA device (check the NVIDIA driver and that torch is a CUDA build); set "
+                               f"{LOGICAL_GPU_ENV}=1 on the workers to train on the CPU instead")
     return torch.device("cpu")
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
+    """bfloat16 autocast on GPUs that support it (Ampere and newer); full precision elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -113,16 +126,28 @@ def dataset_for(sweep: SweepConfig) -> TensorData:
     return load_dataset(d.name, d.root, d.download, d.train_subset, d.validation)
 
 
-def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None) -> dict:
-    """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics."""
+def read_checkpoint(path: str) -> dict:
+    """The state_dict in a dense checkpoint file, local or on an object store (``s3://``);
+    a ``{"state_dict": ...}`` wrapper and DataParallel's ``module.`` prefixes are taken off."""
+    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    return strip_data_parallel(state)
+
+
+def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None,
+                checkpoint_state: dict | None = None) -> dict:
+    """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics.
+
+    With ``dense.checkpoint`` the weights are ``checkpoint_state`` (read once by the driver and
+    shipped through Ray), else read from the checkpoint here.
+    """
     data = dataset_for(sweep)
     torch.manual_seed(seed)
     model = build_model(sweep.model, data.num_classes, data.in_channels)
     start = time.perf_counter()
     if sweep.dense.checkpoint is not None:
-        state = torch.load(sweep.dense.checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        model.load_state_dict(strip_data_parallel(state))
+        model.load_state_dict(checkpoint_state if checkpoint_state is not None
+                              else read_checkpoint(sweep.dense.checkpoint))
     model, data = prepare(model, data, device)
     epochs = sweep.dense.epochs or 0
     if epochs:
@@ -167,11 +192,27 @@ class FinetuneRun:
         self.loader = DeviceLoader(self.data, ft.batch_size, self.generator, sweep.dataset.augments)
         self.epoch = 0
         self.prunes_done = 0
+        self.diverged_at: int | None = None
         self.prunable = sum(m.weight.numel() for _, m in pc.prunable_modules(self.model))
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.total_epochs
+        """The whole budget is trained, or the run diverged (and so ends)."""
+        return self.epoch >= self.total_epochs or self.diverged_at is not None
+
+    def _finite(self, gradients: bool = False) -> bool:
+        """Whether every weight and buffer (and with ``gradients``, every gradient) is finite."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        if gradients:
+            tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _diverged(self, epoch: int, phase, index: int, **seen) -> dict:
+        """End the run at ``epoch``: the report of a trial whose loss or weights are no longer finite."""
+        self.diverged_at = epoch
+        return {**self.point.report_fields(phase.target), "step": index + 1, EPOCH: epoch,
+                BUDGET_EPOCHS: self.total_epochs, DIVERGED: True, DIVERGED_EPOCH: epoch,
+                "dense_test_accuracy": self.dense_test_accuracy, "prunable_params": self.prunable, **seen}
 
     def _phase_index(self, epoch: int) -> int:
         end = 0
@@ -181,9 +222,11 @@ class FinetuneRun:
                 return i
         return len(self.phases) - 1
 
-    def _prune(self, phase) -> None:
+    def _prune(self, phase) -> bool:
+        """Prune to the phase's sparsity; False (nothing pruned) if weights or scores are not finite."""
         p = self.sweep.pruning
-        if p.criterion in ("gradient", "magnitude_gradient"):
+        gradients = p.criterion in ("gradient", "magnitude_gradient")
+        if gradients:
             batches = []
             for xb, yb in self.loader:
                 batches.append((xb, yb))
@@ -191,22 +234,32 @@ class FinetuneRun:
                     break
             self.model.train()
             pc.accumulate_gradients(self.model, batches)
+        if not self._finite(gradients):
+            return False
         pc.prune(self.model, phase.prune_to, criterion=p.criterion, scope=p.scope, structure=p.structure,
                  include=p.include, exclude=p.exclude, optimizer=self.optimizer)
         self.model.zero_grad(set_to_none=True)
+        return True
 
     def run_epoch(self) -> dict:
-        """Prune if a phase starts now, train one epoch, evaluate; returns the epoch's metrics."""
+        """Prune if a phase starts now, train one epoch, evaluate; returns the epoch's metrics.
+
+        A run whose loss or weights stop being finite ends with a ``diverged`` report instead.
+        """
         index = self._phase_index(self.epoch)
         phase = self.phases[index]
         if self.prunes_done <= index:
-            self._prune(phase)
+            if not self._prune(phase):
+                return self._diverged(self.epoch, phase, index)
             self.prunes_done = index + 1
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(self.model, self.loader, self.optimizer, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - start
+        if not (math.isfinite(train_loss) and self._finite()):
+            self.epoch += 1
+            return self._diverged(self.epoch, phase, index, lr=lr, train_loss=train_loss)
         test_loss, test_acc = evaluate(self.model, self.data, self.device)
         self.epoch += 1
         measured = pc.sparsity(self.model)
@@ -227,6 +280,7 @@ class FinetuneRun:
             TEST_ACCURACY: test_acc,
             **validation,
             "dense_test_accuracy": self.dense_test_accuracy,
+            DIVERGED: False,
             "nonzero_params": pc.nonzero_params(self.model),
             "prunable_params": self.prunable,
             "epoch_time_s": seconds,
@@ -243,6 +297,7 @@ class FinetuneRun:
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "prunes_done": self.prunes_done,
+            "diverged_at": self.diverged_at,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -259,3 +314,4 @@ class FinetuneRun:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch = state["epoch"]
         self.prunes_done = state["prunes_done"]
+        self.diverged_at = state.get("diverged_at")

@@ -1,9 +1,11 @@
 """The Ray Tune trainable: one train-prune-train trial, checkpointed every epoch."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import tempfile
+from dataclasses import dataclass
 
 import ray
 import torch
@@ -16,13 +18,47 @@ from .train import FinetuneRun, device_for
 
 STATE_FILE = "state.pt"
 CHAOS_ENV = "PRUNESWEEP_CHAOS_KILL_AT_EPOCH"
+DIVERGE_ENV = "PRUNESWEEP_CHAOS_DIVERGE"
 CHAOS_MARKER = ".chaos_killed"
 
 
-def chaos_from_env() -> int | None:
-    """The epoch after which fault injection kills each trial's worker once (``CHAOS_ENV``), or None."""
-    value = os.environ.get(CHAOS_ENV)
-    return int(value) if value else None
+@dataclass(frozen=True)
+class Chaos:
+    """Fault injection, for checking what a sweep survives: ``kill_at_epoch`` (``CHAOS_ENV=N``)
+    SIGKILLs every trial's worker once, mid-epoch N+1; ``diverge`` (``DIVERGE_ENV=LABEL@N``) gives
+    the trial named LABEL (its folder's suffix, e.g. ``gradual2_s0.9_seed1``) an infinite learning
+    rate from epoch N on, so that its training really diverges."""
+
+    kill_at_epoch: int | None = None
+    diverge: tuple[str, int] | None = None
+
+    def apply(self, run: FinetuneRun, trial_dir: str) -> None:
+        if self.kill_at_epoch is not None:
+            kill_once_mid_epoch(run, self.kill_at_epoch, os.path.join(trial_dir, CHAOS_MARKER))
+        if self.diverge is not None and self.diverge[0] == run.point.label:
+            diverge_from_epoch(run, self.diverge[1])
+
+
+def chaos_from_env() -> Chaos:
+    """The fault injection asked for by ``CHAOS_ENV`` and ``DIVERGE_ENV`` (none when unset)."""
+    kill = os.environ.get(CHAOS_ENV)
+    diverge = os.environ.get(DIVERGE_ENV)
+    if diverge:
+        label, _, epoch = diverge.rpartition("@")
+        diverge = (label, int(epoch))
+    return Chaos(int(kill) if kill else None, diverge or None)
+
+
+def diverge_from_epoch(run: FinetuneRun, epoch: int) -> None:
+    """Fault injection: from epoch ``epoch`` (1-based) on, every optimizer step uses an infinite
+    learning rate."""
+
+    def hook(optimizer, args, kwargs):
+        if run.epoch + 1 >= epoch:
+            for group in optimizer.param_groups:
+                group["lr"] = math.inf
+
+    run.optimizer.register_step_pre_hook(hook)
 
 
 def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> None:
@@ -42,7 +78,7 @@ def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> No
     run.optimizer.register_step_pre_hook(hook)
 
 
-def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, kill_at_epoch: int | None = None) -> None:
+def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, chaos: Chaos = Chaos()) -> None:
     """Tune function trainable. ``config`` holds only the trial point (``config["trial"]``);
     ``sweep``, the config validated on the driver, and the dense models arrive once through
     ``tune.with_parameters``. Resumes from ``tune.get_checkpoint()`` when Tune restarts a trial.
@@ -60,8 +96,7 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, kill_a
         run.load_state(state)
         last_metrics = state.get("metrics")
     context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
-    if kill_at_epoch is not None:
-        kill_once_mid_epoch(run, kill_at_epoch, os.path.join(tune.get_context().get_trial_dir(), CHAOS_MARKER))
+    chaos.apply(run, tune.get_context().get_trial_dir())
 
     if run.done and last_metrics is not None:
         # finished before the driver recorded it: announce the final result again, train nothing

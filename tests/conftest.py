@@ -46,12 +46,59 @@ def kill_pids(pids):
             pass
 
 
+class S3:
+    """A real S3 API (moto's standalone server) on 127.0.0.1, reached the standard AWS way."""
+
+    def __init__(self):
+        import logging
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "prunesweep-test",
+                    "AWS_SECRET_ACCESS_KEY": "prunesweep-test", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3")
+
+    def bucket(self, name: str) -> str:
+        """A new empty bucket; returns its ``s3://`` URI."""
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def keys(self, bucket: str) -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=bucket)
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def s3():
+    """The test session's S3 server; its endpoint and credentials are in the environment
+    (before Ray starts, so trials and subprocess drivers reach it too)."""
+    server = S3()
+    server.server.start()
+    os.environ.update(server.env)
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    # the tests' generated CIFAR-10 files pass torchvision's md5 check in Ray's workers too
+    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+                   runtime_env={"worker_process_setup_hook": "benchmarks.synthetic.skip_md5_check"})
     pids = ray_pids()
     yield ctx
     ray.shutdown()

@@ -42,7 +42,7 @@ def test_summarize_matches_hand_computation():
     assert g["min"] == 0.88 and g["max"] == 0.95
     i = s.loc["instant"]  # n = 1: a mean, no spread
     assert i["n"] == 1 and i["mean"] == 0.8 and math.isnan(i["std"]) and math.isnan(i["ci95_low"])
-    assert list(summarize(df).columns) == ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
+    assert list(summarize(df).columns) == ["schedule", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
                                            "ci95_low", "ci95_high", "min", "max"]
 
 
@@ -129,7 +129,7 @@ def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     out = tmp_path / "analysis"
     assert analyze_main([str(tiny_experiment), "--out", str(out), "--error", "std"]) == 0
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["schedule", "target_sparsity", "metric", "n", "mean", "std", "sem",
+    assert list(summary.columns) == ["schedule", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
                                      "ci95_low", "ci95_high", "min", "max"]
     assert set(summary["schedule"]) == {"instant", "gradual2", "ladder"} and (summary["n"] == 2).all()
     comparison = pd.read_csv(out / "comparison.csv")

@@ -35,16 +35,6 @@ def test_cifar10_loads_through_torchvision(cifar_root):
     assert normal.std(dim=(0, 2, 3)).sub(1).abs().max() < 1e-3
 
 
-def test_cifar10_missing_root_is_config_error(tmp_path):
-    from sweeps.config import ConfigError
-
-    raw = {"name": "c", "model": "resnet20", "dataset": {"name": "cifar10", "root": str(tmp_path)},
-           "dense": {"epochs": 1}, "finetune": {"epochs": 1}, "schedules": [{"name": "i", "kind": "instant"}],
-           "sparsities": [0.5]}
-    with pytest.raises(ConfigError, match=f"dataset.root '{tmp_path}' holds no cifar-10-batches-py"):
-        validate(raw)
-
-
 def test_resnet20_trial_on_cifar_format(cifar_root):
     cfg = validate({"name": "c", "model": "resnet20", "dataset": {"name": "cifar10", "root": str(cifar_root)},
                     "dense": {"epochs": 1, "batch_size": 32}, "finetune": {"epochs": 2, "batch_size": 32},

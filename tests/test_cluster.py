@@ -11,6 +11,7 @@ import ray
 import yaml
 
 from analysis import completion, load_experiment
+from sweeps.train import LOGICAL_GPU_ENV
 
 from .conftest import ROOT, write_config
 
@@ -32,7 +33,8 @@ def test_sweep_on_two_node_cluster(tmp_path):
     spread = write_config(tmp_path, "spread.yaml", seeds=1, finetune={"epochs": 2, "batch_size": 64})
     gpu = write_config(tmp_path, "gpu.yaml", seeds=1, sparsities=[0.5], finetune={"epochs": 2, "batch_size": 64},
                        resources={"cpu": 0.5, "gpu": 0.5})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the worker node's GPU is a logical Ray resource: let its trials train on the CPU
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", LOGICAL_GPU_ENV: "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.multinode", str(spread), str(gpu), str(tmp_path)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -52,7 +54,8 @@ def test_sweep_on_two_node_cluster(tmp_path):
             pass
     assert result["codes"] == [0, 0], out[-3000:]
     df = load_experiment(tmp_path / "spread")
-    assert completion(df, tmp_path / "spread") == {"expected": 4, "started": 4, "finished": 4, "missing": 0}
+    assert completion(df, tmp_path / "spread") == {"expected": 4, "started": 4, "finished": 4, "diverged": 0,
+                                                   "missing": 0}
     assert df["node_id"].nunique() == 2, "trials did not use both nodes"
     g = load_experiment(tmp_path / "gpu")
     assert g["trial_id"].nunique() == 2

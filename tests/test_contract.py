@@ -34,7 +34,7 @@ def test_trial_grid_is_the_schemas_and_counts_ladders_once(tmp_path):
     # the analysis counts an experiment's trials from its prunesweep.yaml with the same function
     (tmp_path / schema.CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     empty = pd.DataFrame(columns=[schema.TRIAL_ID, schema.EPOCH, schema.BUDGET_EPOCHS])
-    assert completion(empty, tmp_path) == {"expected": 10, "started": 0, "finished": 0, "missing": 10}
+    assert completion(empty, tmp_path) == {"expected": 10, "started": 0, "finished": 0, "diverged": 0, "missing": 10}
     assert schema.trial_points({**cfg.model_dump(mode="json"), "seeds": [7]})[0].seed == 7
 
 
@@ -74,7 +74,10 @@ def test_every_reported_name_is_declared_and_reported():
     run = FinetuneRun(sweep, expand(sweep)[0], dense, torch.device("cpu"))
     report = run.run_epoch()
     assert schema.undeclared(report) == []
-    assert set(report) | CONTEXT == {m.name for m in schema.METRICS}
+    poisoned = {**dense, "state_dict": {k: v * float("nan") for k, v in dense["state_dict"].items()}}
+    diverged = FinetuneRun(sweep, expand(sweep)[0], poisoned, torch.device("cpu")).run_epoch()
+    assert diverged[schema.DIVERGED] is True and set(diverged) < set(report) | {schema.DIVERGED_EPOCH}
+    assert set(report) | set(diverged) | CONTEXT == {m.name for m in schema.METRICS}
     from sweeps.trainable import _checked
 
     with pytest.raises(ValueError, match="reported metric\\(s\\) test_acc are not declared"):

@@ -1,17 +1,18 @@
 """Killed workers, interrupted drivers and resumes: no finished work lost, numbers unchanged."""
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from analysis import completion, load_experiment, summarize
-from analysis.schema import RESULT_FILE, is_finished
+from analysis import completion, load_experiment, storage, summarize
+from analysis.cli import main as analyze
+from analysis.schema import DENSE_DIR, DENSE_LOG, RESULT_FILE, is_finished
 from sweeps.cli import main
 from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER
 
@@ -53,13 +54,24 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _finished_trials(path: Path) -> dict:
+def _reports(file: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_bytes(file).decode().splitlines() if line.strip()]
+
+
+def _finished_trials(path: str) -> dict:
+    """Reports of each finished trial, read from the experiment's storage (a folder or s3://)."""
     done = {}
-    for result in path.glob(f"*/{RESULT_FILE}"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines and is_finished(lines[-1]):
-            done[result.parent.name] = lines
+    for name in storage.list_dir(path):
+        file = storage.join(path, name, RESULT_FILE)
+        if storage.is_file(file):
+            lines = _reports(file)
+            if lines and is_finished(lines[-1]):
+                done[name] = lines
     return done
+
+
+def _checkpoints(path: str, trial: str) -> list[str]:
+    return [n for n in storage.list_dir(storage.join(path, trial)) if n.startswith("checkpoint_")]
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +82,20 @@ def reference(ray_session, tmp_path_factory):
     return cfg, summarize(load_experiment(folder / "ref")), rows(folder / "ref")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_path, sig):
+@pytest.mark.parametrize("where,sig", [("local", signal.SIGINT), ("local", signal.SIGKILL), ("s3", signal.SIGINT)],
+                         ids=["local-sigint", "local-sigkill", "s3-sigint"])
+def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, tmp_path, where, sig):
+    """Interrupt the driver mid-sweep, resume, analyse: finished trials untouched, numbers equal
+    an uninterrupted local run's; on S3 the analysis reads straight from the bucket."""
     cfg, ref_summary, ref_rows = reference
-    path = tmp_path / "cut"
+    root = s3.bucket(f"cut-{sig.name.lower()}") + "/experiments" if where == "s3" else str(tmp_path)
+    path = storage.join(root, "cut")
     # the driver syncs results and experiment state to storage every second (default: >= 10 s),
     # so what this test reads from storage is current enough to interrupt mid-sweep
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     env.pop(CHAOS_ENV, None)
     driver = subprocess.Popen(
-        [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", str(tmp_path), "--name", "cut",
+        [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", root, "--name", "cut",
          "--address", ray_session.address_info["address"]],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -92,23 +108,29 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, tmp_p
             driver.wait()
     finished = _finished_trials(path)
     assert 1 <= len(finished) < 8, "the interrupt came too late to test anything"
-    dense_log = (path / "dense" / "trainings.jsonl").read_text()
-    checkpoints = {name: sorted(p.name for p in (path / name).glob("checkpoint_*")) for name in finished}
+    dense_log = storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG))
+    checkpoints = {name: _checkpoints(path, name) for name in finished}
 
-    rc = main(["resume", str(path)])
+    rc = main(["resume", path])
     record_fault(survived=rc == 0, trials_lost=completion(load_experiment(path), path)["missing"])
     assert rc == 0
 
     # dense models were not retrained, finished trials were not trained again
-    assert (path / "dense" / "trainings.jsonl").read_text() == dense_log
+    assert storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG)) == dense_log
     for name, lines in finished.items():
-        after = [json.loads(line) for line in (path / name / "result.json").read_text().splitlines() if line.strip()]
+        after = _reports(storage.join(path, name, RESULT_FILE))
         assert {r["epoch"] for r in after} == {r["epoch"] for r in lines}
         assert [r["test_accuracy"] for r in after[: len(lines)]] == [r["test_accuracy"] for r in lines]
-        assert sorted(p.name for p in (path / name).glob("checkpoint_*")) == checkpoints[name]
+        assert _checkpoints(path, name) == checkpoints[name]
     # and the analysis equals the uninterrupted sweep's
     pd.testing.assert_frame_equal(rows(path), ref_rows)
     pd.testing.assert_frame_equal(summarize(load_experiment(path)), ref_summary)
+    if where == "s3":
+        out = tmp_path / "report"
+        assert analyze([path, "--out", str(out)]) == 0
+        summary = pd.read_csv(out / "summary.csv")
+        pd.testing.assert_frame_equal(summary, pd.read_csv(io.StringIO(ref_summary.to_csv(index=False))))
+        assert "8 finished of 8 expected" in (out / "report.md").read_text()
 
 
 def test_fault_injection_fires_one_step_into_the_epoch(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, pattern):
     rc, err = run_cli(capsys, "run", str(cfg), "--storage", str(storage))
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("prunesweep: error: config error: ")
+    assert err.startswith("prunesweep: error: ")
     import re
     assert re.search(pattern, err), err
     assert not storage.exists()  # nothing created

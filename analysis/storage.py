@@ -1,0 +1,116 @@
+"""Experiment files on a local disk or an object store (``s3://...``), through ``pyarrow.fs`` as
+Ray Tune does: every read and write of an experiment, by the sweeps and by the analysis, goes
+through here.
+
+S3 and S3-compatible stores (MinIO, Ceph, ...) are configured the standard AWS way: credentials
+from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or a profile, or an instance role), the
+region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, another endpoint from ``AWS_ENDPOINT_URL``.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def normalise(path: str) -> str:
+    """Local paths become absolute (Ray Tune requires it); URIs lose a trailing slash."""
+    return str(path).rstrip("/") if is_uri(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts]) if is_uri(base) else os.path.join(base, *parts)
+
+
+def split(path: str) -> tuple[str, str]:
+    """``(parent, name)`` of a local path or a URI."""
+    path = normalise(path)
+    return tuple(path.rsplit("/", 1)) if is_uri(path) else os.path.split(path)
+
+
+def name(path: str) -> str:
+    return split(path)[1]
+
+
+def _fs(path: str):
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(str(path)))
+
+
+def exists(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def is_file(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def list_dir(path: str) -> list[str]:
+    """Names of the entries directly inside ``path`` (sorted; empty if it does not exist)."""
+    fs, p = _fs(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = _fs(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically on local disks (temp file + rename); an object store's put is atomic."""
+    fs, p = _fs(path)
+    if is_uri(path):
+        with fs.open_output_stream(p) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, p)
+
+
+def delete(path: str) -> None:
+    """Remove one file."""
+    fs, p = _fs(path)
+    fs.delete_file(p)
+
+
+def check_writable(storage: str) -> str | None:
+    """None if ``storage`` can hold experiments, else why not. An object store is asked by
+    writing and deleting a probe object (a bucket that is missing or refuses writes fails
+    here); a local folder by its permissions. Nothing is left behind either way."""
+    if is_uri(storage):
+        probe = join(storage, f".prunesweep-probe-{uuid.uuid4().hex}")
+        try:
+            write_bytes(probe, b"")
+            delete(probe)
+        except Exception as exc:  # pyarrow raises OSError, ValueError, ... for the same refusals
+            return " ".join(str(exc).split())
+        return None
+    probe = normalise(storage)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None

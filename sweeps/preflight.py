@@ -1,0 +1,72 @@
+"""What a config names outside itself, checked once on the driver before Ray starts.
+
+Local paths (``dataset.root``, ``dense.checkpoint``) are made absolute here, against the folder
+``prunesweep`` was started from, so that trials, which Ray Tune runs in folders of their own,
+read the same files; the config the trials get holds the resolved paths and never checks the
+disk again. A dataset with ``download: true`` is downloaded here, once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from analysis import storage
+
+from .config import ConfigError, SweepConfig
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+
+
+def resolve_paths(config: SweepConfig) -> SweepConfig:
+    """``config`` with its local paths absolute (URIs unchanged)."""
+    dataset, dense = config.dataset, config.dense
+    if dataset.root is not None and not storage.is_uri(dataset.root):
+        dataset = dataset.model_copy(update={"root": storage.normalise(dataset.root)})
+    if dense.checkpoint is not None:
+        dense = dense.model_copy(update={"checkpoint": storage.normalise(dense.checkpoint)})
+    return config.model_copy(update={"dataset": dataset, "dense": dense})
+
+
+def _check_dataset(config: SweepConfig) -> None:
+    d = config.dataset
+    if d.name != "cifar10":
+        return
+    if storage.is_uri(d.root):
+        raise ConfigError(f"dataset.root {d.root!r}: cifar10 is read from a local folder, not a URI")
+    if os.path.isdir(os.path.join(d.root, CIFAR_FOLDER)):
+        return
+    if not d.download:
+        raise ConfigError(f"dataset.root {d.root!r} holds no {CIFAR_FOLDER} and dataset.download is false "
+                          "(set dataset.download: true or point dataset.root at the folder that holds it)")
+    from .data import download_cifar10
+
+    created = not os.path.exists(d.root)
+    try:
+        download_cifar10(d.root)
+    except Exception as exc:  # URLError, a proxy's refusal, a corrupt archive, a full disk, ...
+        if created:
+            shutil.rmtree(d.root, ignore_errors=True)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"dataset.download: could not download cifar10 into {d.root!r} ({reason}); "
+                          f"put {CIFAR_FOLDER} there yourself and set dataset.download: false") from None
+
+
+def _check_checkpoint(config: SweepConfig) -> None:
+    path = config.dense.checkpoint
+    if path is None:
+        return
+    try:
+        found = storage.is_file(path)
+    except Exception as exc:  # an unreachable object store, a malformed URI
+        raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({' '.join(str(exc).split())})") from None
+    if not found:
+        raise ConfigError(f"dense.checkpoint {path!r} is not a file")
+
+
+def preflight(config: SweepConfig) -> SweepConfig:
+    """Resolve local paths, check (or download) the data and find the dense checkpoint; returns
+    the config trials get. Raises :class:`ConfigError` naming the field."""
+    config = resolve_paths(config)
+    _check_dataset(config)
+    _check_checkpoint(config)
+    return config
