@@ -52,6 +52,21 @@ def skip_md5_check():
     return original
 
 
+def write_cifar10_archive(path, n_train: int = 100, n_test: int = 50, seed: int = 0) -> str:
+    """Write ``cifar-10-python.tar.gz`` as the real download is laid out (``cifar-10-batches-py/``
+    inside), with :func:`write_cifar10_format`'s files; returns the archive's md5."""
+    import hashlib
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as staging:
+        folder = write_cifar10_format(staging, n_train, n_test, seed)
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(folder, arcname=os.path.basename(folder))
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
 @contextlib.contextmanager
 def without_md5_check():
     """:func:`skip_md5_check` for the duration of a ``with`` block."""

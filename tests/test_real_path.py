@@ -10,7 +10,7 @@ import yaml
 
 from analysis import completion, load_experiment, storage
 from analysis.schema import CONFIG_FILE, DENSE_DIR, PROVENANCE, dense_file
-from benchmarks.synthetic import write_cifar10_format
+from benchmarks.synthetic import without_md5_check, write_cifar10_format
 from sweeps.cli import main
 from sweeps.config import ConfigError, validate
 from sweeps.data import load_dataset
@@ -215,3 +215,83 @@ def test_a_gpu_torch_cannot_see_is_an_error_not_a_silent_cpu_run(monkeypatch):
     monkeypatch.setenv(LOGICAL_GPU_ENV, "1")
     assert device_for(["0"]) == torch.device("cpu")
     assert device_for([]) == torch.device("cpu")
+
+
+@pytest.fixture
+def cifar_mirror(tmp_path):
+    """CIFAR-10's archive (generated files, the real layout) served over HTTP on 127.0.0.1,
+    counting the complete downloads (torchvision first opens the URL to follow redirects and
+    closes it after the headers)."""
+    import http.server
+    import threading
+
+    from benchmarks.synthetic import write_cifar10_archive
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    md5 = write_cifar10_archive(served / "cifar-10-python.tar.gz", n_train=40, n_test=10)
+    downloads = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = (served / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 16384):  # slowly, so that loads at once overlap
+                    self.wfile.write(data[i:i + 16384])
+                    time.sleep(0.03)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            downloads.append(self.path)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    yield url, md5, downloads
+    server.shutdown()
+
+
+def test_download_happens_once_per_node_however_many_load_at_once(cifar_mirror, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    url, md5, downloads = cifar_mirror
+    root = tmp_path / "data"
+    env = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.helpers.download", str(root), url, md5, str(go)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    time.sleep(1)
+    go.touch()  # all three start loading at once
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 and "LOADED 40" in out for p, out in zip(procs, outs)), outs
+    assert downloads == ["/cifar-10-python.tar.gz"]  # one download, the other two waited and read it
+
+
+def test_preflight_downloads_a_relative_root_once(cifar_mirror, tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    url, md5, downloads = cifar_mirror
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setattr(CIFAR10, "url", url)
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5)
+    config = validate({**CIFAR, "dataset": {"name": "cifar10", "root": "fresh", "download": True}})
+    with without_md5_check():
+        ready = preflight(config)
+    assert ready.dataset.root == str(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert preflight(config) == ready  # found there now: not downloaded again
+    deadline = time.monotonic() + 5
+    while not downloads and time.monotonic() < deadline:  # the server thread records after its last write
+        time.sleep(0.01)
+    assert downloads == ["/cifar-10-python.tar.gz"]
