@@ -8,6 +8,7 @@ import importlib
 
 _EXPORTS = {
     "load_experiment": "load", "final_results": "load", "completion": "load", "NotAnExperiment": "load",
+    "healthy": "load", "diverged": "load",
     "summarize": "stats", "compare": "stats", "compare_all": "stats",
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
     "write_report": "report",

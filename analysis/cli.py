@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import storage
 from .load import NotAnExperiment
 from .report import write_report
 from .schema import TEST_ACCURACY
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
     try:
         files = write_report(args.experiment, args.out, args.metric, args.error)
     except (NotAnExperiment, ValueError, OSError) as exc:
-        print(f"prunesweep analyze: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"prunesweep analyze: error: {storage.one_line(exc, 1000)}", file=sys.stderr)
         return 2
     print(f"report: {files['report']}")
     for key in ("summary", "comparison"):

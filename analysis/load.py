@@ -32,12 +32,12 @@ def load_experiment(path) -> pd.DataFrame:
     try:
         is_dir = storage.is_dir(root)
     except Exception as exc:  # an unreachable or refusing object store
-        raise NotAnExperiment(f"{root}: cannot read it ({' '.join(str(exc).split())})") from None
+        raise NotAnExperiment(f"{root}: cannot read it ({storage.one_line(exc)})") from None
     if not is_dir:
         raise NotAnExperiment(f"{root}: no such directory")
     entries = storage.list_dir(root)
     has_state = any(fnmatch.fnmatch(e, EXPERIMENT_STATE_GLOB) for e in entries) or TUNER_FILE in entries
-    results = [f for f in (storage.join(root, e, RESULT_FILE) for e in entries) if storage.is_file(f)]
+    results = storage.files_named(root, RESULT_FILE)
     if not has_state and not results:
         raise NotAnExperiment(f"{root}: not a Ray Tune experiment (no {EXPERIMENT_STATE_GLOB}, {TUNER_FILE} "
                               f"or trial {RESULT_FILE})")
@@ -74,14 +74,36 @@ def diverged(df: pd.DataFrame) -> pd.Index:
 
 
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
-    """The reports of the trials that did not diverge (what means and paired tests use)."""
-    return df[~df[TRIAL_ID].isin(diverged(df))] if not df.empty else df
+    """The reports without those of a (trial, target sparsity) that diverged: what means, intervals,
+    paired tests and plots use. A ladder keeps the rungs it finished before it diverged."""
+    if df.empty:
+        return df
+    bad = df.loc[is_diverged(df), [TRIAL_ID, TARGET_SPARSITY]].drop_duplicates()
+    if bad.empty:
+        return df
+    keys = pd.MultiIndex.from_frame(df[[TRIAL_ID, TARGET_SPARSITY]])
+    return df[~keys.isin(pd.MultiIndex.from_frame(bad))]
+
+
+def read_experiment_file(path) -> tuple[dict, dict] | None:
+    """``(config, provenance)`` from an experiment's ``prunesweep.yaml``, or None if it has none.
+    Raises NotAnExperiment if the file is not a YAML mapping."""
+    file = storage.join(storage.normalise(str(path)), CONFIG_FILE)
+    if not storage.exists(file):
+        return None
+    try:
+        document = yaml.safe_load(storage.read_bytes(file))
+    except yaml.YAMLError as exc:
+        raise NotAnExperiment(f"{file} is damaged: {storage.one_line(exc)}") from None
+    if not isinstance(document, dict):
+        raise NotAnExperiment(f"{file} is damaged: not a mapping of config fields")
+    return split_provenance(document)
 
 
 def read_config(path) -> dict | None:
     """The sweep config an experiment was started with (its ``prunesweep.yaml``), or None."""
-    file = storage.join(storage.normalise(str(path)), CONFIG_FILE)
-    return split_provenance(yaml.safe_load(storage.read_bytes(file)))[0] if storage.exists(file) else None
+    found = read_experiment_file(path)
+    return found[0] if found is not None else None
 
 
 def completion(df: pd.DataFrame, path=None) -> dict:

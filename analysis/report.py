@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from . import storage
-from .load import completion, load_experiment, read_config
+from .load import completion, healthy, load_experiment, read_config
 from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
 from .schema import ANALYSIS_DIR, DIVERGED, SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, higher_is_better, is_percent
 from .stats import ERROR_BARS, compare_all, summarize
@@ -92,14 +92,18 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     comparison = compare_all(df, metric)
     names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_sparsity": f"{metric}_vs_sparsity.png",
              "vs_epoch": f"{metric}_vs_epoch.png", "layers": "layer_sparsity.png", "report": "report.md"}
-    if not layers:
+    curves = not healthy(df).empty  # when every trial diverged there is nothing to draw per epoch
+    if not (layers and curves):
         names.pop("layers")
+    if not curves:
+        names.pop("vs_epoch")
     files = {key: storage.join(out, name) for key, name in names.items()}
     storage.write_bytes(files["summary"], summary.to_csv(index=False).encode())
     storage.write_bytes(files["comparison"], comparison.to_csv(index=False).encode())
     storage.write_bytes(files["vs_sparsity"], _png(plot_metric_vs_sparsity(df, metric, error), 120))
-    storage.write_bytes(files["vs_epoch"], _png(plot_metric_vs_epoch(df, metric), 110))
-    if layers:
+    if "vs_epoch" in files:
+        storage.write_bytes(files["vs_epoch"], _png(plot_metric_vs_epoch(df, metric), 110))
+    if "layers" in files:
         storage.write_bytes(files["layers"], _png(plot_layer_sparsity(df), 110))
 
     config = read_config(experiment) or {}
@@ -113,7 +117,8 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         where = ", ".join(f"{r[SCHEDULE]} at {r[TARGET_SPARSITY]:g}: {r[DIVERGED]}" for _, r in lost.iterrows())
         lines.append(f"**{done['diverged']} trial(s) diverged** (loss or weights became NaN or infinite; {where}): "
                      "they ended there, are not retried, and are left out of the means, intervals and paired "
-                     "tests; the summary's `diverged` column counts them.")
+                     "tests; the summary's `diverged` column counts them (a diverged ladder keeps the rungs it "
+                     "finished before; its later rungs have no result).")
     if done["missing"] > 0:
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the reports that exist (`prunesweep resume` finishes the rest).")
@@ -123,9 +128,10 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
     lines += ["", f"![{metric} vs sparsity]({names['vs_sparsity']})", "",
               "## Summary per schedule and sparsity", "", _table(summary), "",
-              "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", "",
-              f"![{metric} during fine-tuning]({names['vs_epoch']})", ""]
-    if layers:
+              "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", ""]
+    if "vs_epoch" in names:
+        lines += [f"![{metric} during fine-tuning]({names['vs_epoch']})", ""]
+    if "layers" in names:
         lines += [f"![per-layer sparsity]({names['layers']})", ""]
     storage.write_bytes(files["report"], "\n".join(lines).encode())
     return files

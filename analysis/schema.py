@@ -144,8 +144,8 @@ METRICS: tuple[Metric, ...] = (
     Metric(LAYER_SPARSITY, "sparsity of each prunable layer", per_layer=True),
     Metric(DIVERGED, "true in a diverged trial's last report: its loss or weights became NaN or infinite, so it "
                      "stopped there (never retried); analyses leave it out of means and paired tests and count it"),
-    Metric(DIVERGED_EPOCH, "the epoch in which a diverged trial's loss or weights stopped being finite (0: the "
-                           "weights it started from were not)"),
+    Metric(DIVERGED_EPOCH, "the epoch in which a diverged trial's loss or weights stopped being finite (found "
+                           "before a prune: the epoch that prune would have begun)"),
     Metric("node_id", "the Ray node the trial ran on"),
     Metric("device", "the torch device it trained on"),
     Metric("gpu_ids", "the GPUs Ray assigned it"),
@@ -175,12 +175,11 @@ def is_percent(metric: str) -> bool:
 def is_diverged(report):
     """Whether a report (a mapping or a frame row) says its trial diverged; on a pandas frame, one
     bool per row. Reports from before this field never diverged."""
-    epoch = report[EPOCH]
-    rows = hasattr(epoch, "isna")
-    if DIVERGED not in report:
-        return epoch.isna() & False if rows else False
+    frame = hasattr(report, "columns")
+    if DIVERGED not in (report.columns if frame else report):
+        return report.assign(**{DIVERGED: False})[DIVERGED] if frame else False
     flag = report[DIVERGED]
-    if rows:
+    if frame:
         return flag.fillna(False).astype(bool)
     return flag == flag and bool(flag)  # a frame row of an older trial holds NaN
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import final_results
+from .load import final_results, healthy
 from .schema import DIVERGED, EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, \
     higher_is_better, is_diverged
 
@@ -48,9 +48,8 @@ def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """
     by = [SCHEDULE, TARGET_SPARSITY]
     finals = _finals(df)
-    bad = is_diverged(finals)
-    table = describe(finals[~bad], by, metric)
-    lost = finals[bad].groupby(by).size().rename(DIVERGED).reset_index()
+    table = describe(healthy(finals), by, metric)
+    lost = finals[is_diverged(finals)].groupby(by).size().rename(DIVERGED).reset_index()
     table = table.merge(lost, on=by, how="outer").sort_values(by, ignore_index=True)
     table["metric"] = metric
     table["n"] = table["n"].fillna(0).astype(int)
@@ -70,8 +69,7 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd
     When all differences are equal the t-test is undefined: p is 1.0 if they are all zero,
     else 0.0 (every seed agrees exactly).
     """
-    finals = _finals(df)
-    finals = finals[~is_diverged(finals)]
+    finals = healthy(_finals(df))
     table = finals[finals[SCHEDULE].isin([a, b])].pivot_table(
         index=[TARGET_SPARSITY, SEED], columns=SCHEDULE, values=metric, aggfunc="last")
     rows = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -20,7 +21,18 @@ def is_uri(path: str) -> bool:
 
 def normalise(path: str) -> str:
     """Local paths become absolute (Ray Tune requires it); URIs lose a trailing slash."""
-    return str(path).rstrip("/") if is_uri(path) else os.path.abspath(os.path.expanduser(str(path)))
+    if not is_uri(path):
+        return os.path.abspath(os.path.expanduser(str(path)))
+    scheme, _, rest = str(path).partition("://")
+    if not rest.strip("/"):
+        raise ValueError(f"{path!r} names no bucket or location after {scheme}://")
+    return str(path).rstrip("/")
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (object stores can answer at length)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def join(base: str, *parts: str) -> str:
@@ -56,6 +68,18 @@ def is_dir(path: str) -> bool:
 def is_file(path: str) -> bool:
     fs, p = _fs(path)
     return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def files_named(path: str, name: str) -> list[str]:
+    """Paths of every ``<path>/<entry>/<name>`` file, sorted: one listing of the whole prefix on an
+    object store (not a request per entry), one level of folders on a local disk."""
+    fs, p = _fs(path)
+    if is_uri(path):
+        infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
+        prefix = p.rstrip("/") + "/"
+        found = [i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)]
+        return sorted(join(path, rel) for rel in found if rel.count("/") == 1 and rel.endswith("/" + name))
+    return sorted(str(f) for f in Path(p).glob(f"*/{name}") if f.is_file())
 
 
 def list_dir(path: str) -> list[str]:
@@ -101,7 +125,7 @@ def check_writable(storage: str) -> str | None:
             write_bytes(probe, b"")
             delete(probe)
         except Exception as exc:  # pyarrow raises OSError, ValueError, ... for the same refusals
-            return " ".join(str(exc).split())
+            return one_line(exc)
         return None
     probe = normalise(storage)
     while not os.path.exists(probe):

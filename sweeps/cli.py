@@ -7,7 +7,7 @@ import sys
 from analysis.schema import EPOCH, is_diverged, is_finished
 
 from .config import ConfigError, expand, load_config
-from .preflight import preflight
+from .preflight import preflight, will_download
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,10 +71,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
-            config = preflight(load_config(args.config, args.overrides))
+            config = preflight(load_config(args.config, args.overrides), download=False)
             trials = expand(config)
             print(f"{args.config}: valid; {len(trials)} trials "
                   f"({len(config.schedules)} schedules, {len(config.sparsities)} sparsities, {len(config.seed_list)} seeds)")
+            if will_download(config):
+                print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0
         from analysis import storage
 

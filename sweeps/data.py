@@ -12,7 +12,6 @@ normalised per channel with the (remaining) training set's mean and standard dev
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 DIGITS_TEST = 360
 TRAIN_SIZES = {"digits": 1797 - DIGITS_TEST, "cifar10": 50000}
+DATASET_SHAPES = {"digits": (10, 1), "cifar10": (10, 3)}  # (classes, image channels)
 
 
 @dataclass
@@ -93,38 +93,35 @@ def load_digits_data(train_subset: int | None = None, validation: int = 0) -> Te
                         train_subset, validation)
 
 
-DOWNLOAD_LOCK = ".prunesweep-download.lock"
-
-
-@contextlib.contextmanager
-def download_lock(root: str, download: bool):
-    """While held, one process per machine downloads into ``root`` (an inter-process file lock);
-    the others wait and then find the files there. Nothing is held when ``download`` is off."""
-    if not download:
-        yield
-        return
-    from filelock import FileLock
-
-    os.makedirs(root, exist_ok=True)
-    with FileLock(os.path.join(root, DOWNLOAD_LOCK)):
-        yield
+CIFAR10_FOLDER = "cifar-10-batches-py"
 
 
 def download_cifar10(root: str) -> None:
-    """Download and verify CIFAR-10 into ``root`` (torchvision's own download), once per machine."""
+    """Download and verify CIFAR-10 into ``root`` (torchvision's own download), once per machine:
+    under an inter-process file lock (kept in the temp folder, so ``root`` needs no lock file),
+    the first process downloads and the others wait and find the files there."""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
     from torchvision.datasets import CIFAR10
 
-    with download_lock(root, True):
+    key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    with FileLock(os.path.join(tempfile.gettempdir(), f"prunesweep-download-{key}.lock")):
         CIFAR10(root=root, train=False, download=True)
 
 
 def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None,
                       validation: int = 0) -> TensorData:
+    """CIFAR-10 from ``root``; with ``download``, fetched first unless it is there and verified
+    (:func:`download_cifar10`: a folder another process is still extracting is waited for)."""
     from torchvision.datasets import CIFAR10
 
+    if download:
+        download_cifar10(root)
+
     def as_tensors(train: bool):
-        with download_lock(root, download):
-            ds = CIFAR10(root=root, train=train, download=download)
+        ds = CIFAR10(root=root, train=train)
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         return x, torch.tensor(ds.targets, dtype=torch.long)
 

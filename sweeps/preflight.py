@@ -13,8 +13,8 @@ import shutil
 from analysis import storage
 
 from .config import ConfigError, SweepConfig
+from .data import CIFAR10_FOLDER as CIFAR_FOLDER
 
-CIFAR_FOLDER = "cifar-10-batches-py"
 
 
 def resolve_paths(config: SweepConfig) -> SweepConfig:
@@ -27,7 +27,7 @@ def resolve_paths(config: SweepConfig) -> SweepConfig:
     return config.model_copy(update={"dataset": dataset, "dense": dense})
 
 
-def _check_dataset(config: SweepConfig) -> None:
+def _check_dataset(config: SweepConfig, download: bool) -> None:
     d = config.dataset
     if d.name != "cifar10":
         return
@@ -38,6 +38,8 @@ def _check_dataset(config: SweepConfig) -> None:
     if not d.download:
         raise ConfigError(f"dataset.root {d.root!r} holds no {CIFAR_FOLDER} and dataset.download is false "
                           "(set dataset.download: true or point dataset.root at the folder that holds it)")
+    if not download:
+        return
     from .data import download_cifar10
 
     created = not os.path.exists(d.root)
@@ -46,8 +48,7 @@ def _check_dataset(config: SweepConfig) -> None:
     except Exception as exc:  # URLError, a proxy's refusal, a corrupt archive, a full disk, ...
         if created:
             shutil.rmtree(d.root, ignore_errors=True)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"dataset.download: could not download cifar10 into {d.root!r} ({reason}); "
+        raise ConfigError(f"dataset.download: could not download cifar10 into {d.root!r} ({storage.one_line(exc)}); "
                           f"put {CIFAR_FOLDER} there yourself and set dataset.download: false") from None
 
 
@@ -58,15 +59,21 @@ def _check_checkpoint(config: SweepConfig) -> None:
     try:
         found = storage.is_file(path)
     except Exception as exc:  # an unreachable object store, a malformed URI
-        raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({' '.join(str(exc).split())})") from None
+        raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({storage.one_line(exc)})") from None
     if not found:
         raise ConfigError(f"dense.checkpoint {path!r} is not a file")
 
 
-def preflight(config: SweepConfig) -> SweepConfig:
-    """Resolve local paths, check (or download) the data and find the dense checkpoint; returns
-    the config trials get. Raises :class:`ConfigError` naming the field."""
+def will_download(config: SweepConfig) -> bool:
+    """Whether :func:`preflight` downloads the dataset (``download: true`` and not there yet)."""
+    d = config.dataset
+    return d.name == "cifar10" and d.download and not os.path.isdir(os.path.join(d.root, CIFAR_FOLDER))
+
+
+def preflight(config: SweepConfig, download: bool = True) -> SweepConfig:
+    """Resolve local paths, check the data (downloading it if asked and ``download``) and find the
+    dense checkpoint; returns the config trials get. Raises :class:`ConfigError` naming the field."""
     config = resolve_paths(config)
-    _check_dataset(config)
+    _check_dataset(config, download)
     _check_checkpoint(config)
     return config

@@ -1,5 +1,5 @@
-"""What an experiment was started with (config hash, prunesweep version, git revision), so that
-``resume`` can refuse to mix results of a different config or different code."""
+"""What an experiment was started with (config hash, prunesweep version, a hash of its code, the
+git revision), so that ``resume`` can refuse to mix results of a different config or code."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,10 @@ from pathlib import Path
 
 from .config import SweepConfig
 
-CONFIG_HASH, VERSION, GIT_REVISION, STARTED_AT = "config_sha256", "prunesweep_version", "git_revision", "started_at"
-CHECKOUT = Path(__file__).resolve().parent.parent
+CONFIG_HASH, VERSION, CODE_HASH, GIT_REVISION = "config_sha256", "prunesweep_version", "code_sha256", "git_revision"
+STARTED_AT, FORCED_RESUMES = "started_at", "forced_resumes"
+PROJECT = Path(__file__).resolve().parent.parent
+CODE = ("pruning_core", "sweeps", "analysis")
 
 
 def config_hash(config: SweepConfig) -> str:
@@ -21,25 +23,30 @@ def config_hash(config: SweepConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.decode(errors="replace")
+def code_hash() -> str:
+    """SHA-256 over the code that computes results: every ``.py`` and ``.yaml`` file of
+    pruning_core, sweeps and analysis, by path and content (docs, tests and notebooks excluded)."""
+    digest = hashlib.sha256()
+    for package in CODE:
+        for file in sorted((PROJECT / package).rglob("*")):
+            if file.suffix in (".py", ".yaml") and "__pycache__" not in file.parts:
+                digest.update(file.relative_to(PROJECT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def git_revision() -> str | None:
-    """``HEAD``'s commit when prunesweep runs from a git checkout, with ``+dirty.<hash of the
-    uncommitted diff>`` when tracked files changed; None when installed from a package."""
-    if not (CHECKOUT / ".git").exists():
+    """``HEAD``'s commit when prunesweep runs from a git checkout (``+dirty`` with uncommitted
+    changes to tracked files), else None. Recorded for information; :func:`code_hash` decides."""
+    if not (PROJECT / ".git").exists():
         return None
-    head = _git("rev-parse", "HEAD")
-    if head is None:
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "HEAD"], capture_output=True, timeout=10,
+                              check=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, timeout=10, check=True, text=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return None
-    diff = _git("diff", "HEAD", "--", ".") or ""
-    head = head.strip()
-    return f"{head}+dirty.{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else head
+    return f"{head}+dirty" if dirty else head
 
 
 def version() -> str:
@@ -49,10 +56,14 @@ def version() -> str:
         return "unknown"
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def record(config: SweepConfig) -> dict:
     """The provenance block written into the experiment's ``prunesweep.yaml``."""
-    return {CONFIG_HASH: config_hash(config), VERSION: version(), GIT_REVISION: git_revision(),
-            STARTED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {CONFIG_HASH: config_hash(config), VERSION: version(), CODE_HASH: code_hash(),
+            GIT_REVISION: git_revision(), STARTED_AT: _now()}
 
 
 def differences(config: SweepConfig, recorded: dict) -> list[str]:
@@ -60,12 +71,19 @@ def differences(config: SweepConfig, recorded: dict) -> list[str]:
     found = []
     now = config_hash(config)
     if recorded.get(CONFIG_HASH) != now:
-        found.append(f"the config differs from the one the run started with (sha256 {str(recorded.get(CONFIG_HASH))[:12]} "
-                     f"recorded, {now[:12]} now)")
+        found.append(f"the config differs from the one the run started with (sha256 "
+                     f"{str(recorded.get(CONFIG_HASH))[:12]} recorded, {now[:12]} now)")
     if recorded.get(VERSION) != version():
         found.append(f"prunesweep {version()} here, {recorded.get(VERSION)} at the start")
-    revision = git_revision()
-    if recorded.get(GIT_REVISION) != revision:
-        found.append(f"code at git revision {revision or 'none (not a checkout)'} here, "
-                     f"{recorded.get(GIT_REVISION) or 'none (not a checkout)'} at the start")
+    code = code_hash()
+    if recorded.get(CODE_HASH) != code:
+        found.append(f"the code differs from the run's start (sha256 {str(recorded.get(CODE_HASH))[:12]} at git "
+                     f"revision {recorded.get(GIT_REVISION) or 'none'} then, {code[:12]} at "
+                     f"{git_revision() or 'none'} now)")
     return found
+
+
+def forced(recorded: dict, changed: list[str]) -> dict:
+    """``recorded`` with one more entry in its list of resumes forced past ``changed``."""
+    entry = {"at": _now(), "differences": changed, CODE_HASH: code_hash(), GIT_REVISION: git_revision()}
+    return {**recorded, FORCED_RESUMES: [*recorded.get(FORCED_RESUMES, []), entry]}

@@ -13,7 +13,7 @@ import yaml
 
 from analysis import storage
 from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEED, \
-    TARGET_SPARSITY, TEST_ACCURACY, TrialPoint, dense_file, split_provenance
+    TARGET_SPARSITY, TEST_ACCURACY, TrialPoint, dense_file
 
 from . import provenance
 from .config import ConfigError, SweepConfig, expand, validate
@@ -89,6 +89,34 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
+    elif res.gpu > 0:
+        _check_gpu_visible(res.gpu)
+
+
+def _gpu_device(gpu: float) -> str:
+    import ray
+
+    from .train import device_for
+
+    return str(device_for(ray.get_gpu_ids()))
+
+
+def _check_gpu_visible(gpu: float, timeout_s: float = 120) -> None:
+    """One task with a trial's GPU share: refuse the sweep if torch there cannot see the GPU Ray
+    gives it (rather than every trial failing and being retried)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayTaskError
+
+    probe = ray.remote(_gpu_device).options(num_cpus=0, num_gpus=gpu).remote(gpu)
+    try:
+        ray.get(probe, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(probe, force=True)
+        print(f"warning: no GPU came free within {timeout_s:g} s to check that torch sees it; going on",
+              file=sys.stderr, flush=True)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise ConfigError(f"resources.gpu: {storage.one_line(cause)}") from None
 
 
 def _train_dense_task(sweep: SweepConfig, seed: int, checkpoint_state: dict | None) -> dict:
@@ -101,18 +129,18 @@ def _train_dense_task(sweep: SweepConfig, seed: int, checkpoint_state: dict | No
     return train_dense(sweep, seed, device_for(ray.get_gpu_ids()), checkpoint_state=checkpoint_state)
 
 
-def ensure_dense(config: SweepConfig, path: str) -> dict:
+def ensure_dense(config: SweepConfig, path: str, checkpoint_state: dict | None = None) -> dict:
     """One dense model per seed, trained once and stored under the experiment.
 
     Seeds whose file exists are loaded, the others are trained as Ray tasks (in parallel,
     with the trials' resources). A ``dense.checkpoint`` is read here, on the driver (it may be
-    on an object store the workers cannot see), and shipped to the tasks through Ray.
-    Returns ``{seed: ObjectRef}`` of the dense dicts.
+    on an object store the workers cannot see; ``checkpoint_state`` if the caller read it), and
+    shipped to the tasks through Ray. Returns ``{seed: ObjectRef}`` of the dense dicts.
     """
     import ray
     import torch
 
-    from .train import read_checkpoint
+    from .train import dense_checkpoint
 
     refs, missing = {}, []
     for seed in config.seed_list:
@@ -126,7 +154,9 @@ def ensure_dense(config: SweepConfig, path: str) -> dict:
     task = ray.remote(_train_dense_task).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
     what = "load" if config.dense.checkpoint else f"train ({config.dense.epochs} epochs)"
     print(f"dense models: {what} for seeds {missing}", flush=True)
-    loaded = ray.put(read_checkpoint(config.dense.checkpoint)) if config.dense.checkpoint else None
+    if config.dense.checkpoint and checkpoint_state is None:
+        checkpoint_state = dense_checkpoint(config)
+    loaded = ray.put(checkpoint_state) if checkpoint_state is not None else None
     pending = {task.remote(config, seed, loaded): seed for seed in missing}
     log_file = storage.join(path, DENSE_DIR, DENSE_LOG)
     log = storage.read_bytes(log_file) if storage.exists(log_file) else b""
@@ -198,15 +228,23 @@ def _run_config(config: SweepConfig, storage_path: str, name: str):
 
 def experiment_config(path: str) -> tuple[SweepConfig, dict]:
     """The config an experiment was started with and its provenance (``<experiment>/prunesweep.yaml``)."""
-    file = storage.join(path, CONFIG_FILE)
+    from analysis.load import NotAnExperiment, read_experiment_file
+
     try:
-        found = storage.exists(file)
+        found = read_experiment_file(path)
+    except NotAnExperiment as exc:
+        raise ConfigError(str(exc)) from None
     except Exception as exc:  # an unreachable or refusing object store
-        raise ConfigError(f"{path}: cannot read the experiment ({' '.join(str(exc).split())})") from None
-    if not found:
+        raise ConfigError(f"{path}: cannot read the experiment ({storage.one_line(exc)})") from None
+    if found is None:
         raise ConfigError(f"{path}: not a prunesweep experiment (no {CONFIG_FILE}); start one with `prunesweep run`")
-    config, recorded = split_provenance(yaml.safe_load(storage.read_bytes(file)))
+    config, recorded = found
     return validate(config), recorded
+
+
+def _write_experiment_file(path: str, config: SweepConfig, recorded: dict) -> None:
+    document = {**config.model_dump(mode="json"), PROVENANCE: recorded}
+    storage.write_bytes(storage.join(path, CONFIG_FILE), yaml.safe_dump(document, sort_keys=False).encode())
 
 
 def _check_storage(storage_path: str) -> None:
@@ -229,11 +267,13 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
             f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
             "or choose another --name"
         )
+    from .train import dense_checkpoint
+
     config = preflight(config)
+    checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
     with ray_session(config, options):
-        document = {**config.model_dump(mode="json"), PROVENANCE: provenance.record(config)}
-        storage.write_bytes(storage.join(path, CONFIG_FILE), yaml.safe_dump(document, sort_keys=False).encode())
-        return _fit(config, path, storage_path, name, restore=False)
+        _write_experiment_file(path, config, provenance.record(config))
+        return _fit(config, path, storage_path, name, restore=False, checkpoint=checkpoint)
 
 
 def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
@@ -246,24 +286,25 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
     if not recorded:
         print(f"warning: {path} records no provenance (started before prunesweep recorded it): "
               "cannot check that config and code are unchanged", file=sys.stderr, flush=True)
-    elif not force:
-        changed = provenance.differences(config, recorded)
-        if changed:
-            raise ConfigError(f"resume {path}: {'; '.join(changed)}; its trials would not be comparable "
-                              "(pass --force to resume anyway)")
-    storage_path, name = storage.split(path)
-    _check_storage(storage_path)
+    changed = provenance.differences(config, recorded) if recorded else []
+    if changed and not force:
+        raise ConfigError(f"resume {path}: {'; '.join(changed)}; its trials would not be comparable "
+                          "(pass --force to resume anyway)")
+    _check_storage(path)
     config = preflight(config)
     with ray_session(config, options):
+        if changed:  # forced: say so in the experiment, for whoever analyses it
+            _write_experiment_file(path, config, provenance.forced(recorded, changed))
+        storage_path, name = storage.split(path)
         return _fit(config, path, storage_path, name, restore=True)
 
 
-def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool):
+def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool, checkpoint: dict | None = None):
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
-    dense_refs = ensure_dense(config, path)
+    dense_refs = ensure_dense(config, path, checkpoint)
     trainable = _trainable(config, dense_refs)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)

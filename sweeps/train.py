@@ -20,8 +20,8 @@ import pruning_core as pc
 from analysis import storage
 from analysis.schema import BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
 
-from .config import OptimizerConfig, SweepConfig, plan
-from .data import DeviceLoader, TensorData, load_dataset
+from .config import ConfigError, OptimizerConfig, SweepConfig, plan
+from .data import DATASET_SHAPES, DeviceLoader, TensorData, load_dataset
 from .models import build_model, strip_data_parallel
 
 FINETUNE_SEED_OFFSET = 1_000_003
@@ -70,7 +70,7 @@ def device_for(gpu_ids) -> torch.device:
 
 def _autocast(device: torch.device):
     """bfloat16 autocast on GPUs that support it (Ampere and newer); full precision elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -132,6 +132,25 @@ def read_checkpoint(path: str) -> dict:
     state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     return strip_data_parallel(state)
+
+
+def dense_checkpoint(sweep: SweepConfig) -> dict:
+    """``dense.checkpoint``'s state_dict, checked to fit the config's model exactly (every key and
+    shape); raises ConfigError naming the field otherwise. Run on the driver, before anything is
+    written."""
+    path = sweep.dense.checkpoint
+    try:
+        state = read_checkpoint(path)
+    except Exception as exc:  # a truncated or foreign file, an unreadable URI
+        raise ConfigError(f"dense.checkpoint {path!r} is not a readable torch state_dict "
+                          f"({storage.one_line(exc)})") from None
+    num_classes, channels = DATASET_SHAPES[sweep.dataset.name]
+    try:
+        build_model(sweep.model, num_classes, channels).load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"dense.checkpoint {path!r} does not fit model {sweep.model!r} on {sweep.dataset.name} "
+                          f"({storage.one_line(exc)})") from None
+    return state
 
 
 def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None,
@@ -250,7 +269,7 @@ class FinetuneRun:
         phase = self.phases[index]
         if self.prunes_done <= index:
             if not self._prune(phase):
-                return self._diverged(self.epoch, phase, index)
+                return self._diverged(self.epoch + 1, phase, index)
             self.prunes_done = index + 1
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(self.model, self.loader, self.optimizer, self.device)

@@ -237,3 +237,52 @@ def test_plots_return_figures_drawn_from_the_statistics():
         ys = vertices[vertices[:, 0] == x][:, 1]
         assert min(ys) == pytest.approx(100 * low) and max(ys) == pytest.approx(100 * high)
     assert panel.lines[0].get_ydata() == pytest.approx(100 * g["mean"].to_numpy())
+
+
+def test_diverged_trials_are_counted_apart_and_never_paired():
+    df = frame({("gradual", 0.9): [0.91, 0.88, 0.95], ("instant", 0.9): [0.80, 0.82, 0.81]})
+    df["diverged"] = False
+    df.loc[(df["schedule"] == "gradual") & (df["seed"] == 1), ["diverged", "test_accuracy"]] = [True, 0.1]
+    s = summarize(df).set_index("schedule")
+    assert s.loc["gradual", "n"] == 2 and s.loc["gradual", "diverged"] == 1
+    assert s.loc["gradual", "mean"] == pytest.approx((0.91 + 0.95) / 2)
+    c = compare(df, "gradual", "instant")
+    assert c["n_pairs"].tolist() == [2] and c["mean_diff"].iloc[0] == pytest.approx(((0.91 - 0.80) + (0.95 - 0.81)) / 2)
+    # older experiments have no such column, and a table of finals needs no epoch column
+    plain = frame({("gradual", 0.9): [0.91, 0.88], ("instant", 0.9): [0.80, 0.82]}).drop(columns="epoch")
+    assert summarize(plain)["diverged"].tolist() == [0, 0] and compare(plain, "gradual", "instant")["n_pairs"][0] == 2
+    # a whole group diverged: a row with n = 0, counted
+    gone = frame({("gradual", 0.9): [0.1], ("instant", 0.9): [0.8]}).assign(diverged=[True, False])
+    row = summarize(gone).set_index("schedule").loc["gradual"]
+    assert row["n"] == 0 and row["diverged"] == 1 and math.isnan(row["mean"])
+
+
+def test_a_diverged_ladder_keeps_the_rungs_it_finished():
+    from analysis import healthy
+
+    rows = [{"trial_id": "L", "schedule": "ladder", "target_sparsity": t, "seed": 0, "epoch": e, "diverged": d,
+             "test_accuracy": a}
+            for t, e, d, a in ((0.5, 1, False, 0.9), (0.5, 2, False, 0.91), (0.8, 3, False, 0.85), (0.8, 4, True, 0.1))]
+    kept = healthy(pd.DataFrame(rows))
+    assert kept["target_sparsity"].tolist() == [0.5, 0.5]
+    s = summarize(pd.DataFrame(rows)).set_index("target_sparsity")
+    assert s.loc[0.5, "n"] == 1 and s.loc[0.5, "mean"] == 0.91 and s.loc[0.8, "n"] == 0 and s.loc[0.8, "diverged"] == 1
+
+
+def test_report_when_every_trial_diverged(tmp_path):
+    import json
+
+    from analysis.schema import RESULT_FILE, TUNER_FILE
+
+    (tmp_path / TUNER_FILE).write_bytes(b"")
+    for i, schedule in enumerate(("instant", "gradual2")):
+        folder = tmp_path / f"t{i}_{schedule}"
+        folder.mkdir()
+        report = {"trial_id": f"t{i}", "schedule": schedule, "schedule_kind": schedule.rstrip("2"),
+                  "target_sparsity": 0.9, "seed": 0, "epoch": 1, "budget_epochs": 2, "training_iteration": 1,
+                  "diverged": True, "diverged_epoch": 1, "train_loss": float("nan")}
+        (folder / RESULT_FILE).write_text(json.dumps(report) + "\n")
+    assert analyze_main([str(tmp_path), "--metric", "train_loss"]) == 0
+    text = (tmp_path / "analysis" / "report.md").read_text()
+    assert "**2 trial(s) diverged**" in text and "_vs_epoch.png" not in text
+    assert "Trials: 2 finished of 2 expected" in text

@@ -129,7 +129,8 @@ def test_resume_refuses_a_changed_config_unless_forced(tiny_experiment, tmp_path
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_experiment, copy)
     document = yaml.safe_load((copy / CONFIG_FILE).read_text())
-    assert set(document[PROVENANCE]) == {"config_sha256", "prunesweep_version", "git_revision", "started_at"}
+    assert set(document[PROVENANCE]) == {"config_sha256", "prunesweep_version", "code_sha256", "git_revision",
+                                         "started_at"}
     document["finetune"]["epochs"] = 4
     (copy / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
     assert main(["resume", str(copy)]) == 2
@@ -138,12 +139,14 @@ def test_resume_refuses_a_changed_config_unless_forced(tiny_experiment, tmp_path
     assert "--force" in err[0]
 
     document["finetune"]["epochs"] = 2
-    document[PROVENANCE]["git_revision"] = "0" * 40
+    document[PROVENANCE]["code_sha256"] = "0" * 64  # as if the run had started with other code
     (copy / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
     assert main(["resume", str(copy)]) == 2
     err = _errors(capsys)
-    assert len(err) == 1 and f"at git revision" in err[0] and f"{'0' * 40} at the start" in err[0]
+    assert len(err) == 1 and "the code differs from the run's start (sha256 000000000000 at git revision" in err[0]
     assert main(["resume", str(copy), "--force"]) == 0
+    forced = yaml.safe_load((copy / CONFIG_FILE).read_text())[PROVENANCE]["forced_resumes"]
+    assert len(forced) == 1 and forced[0]["differences"][0].startswith("the code differs")
 
 
 def test_absurd_learning_rate_diverges_into_a_final_report():
@@ -166,7 +169,7 @@ def test_absurd_learning_rate_diverges_into_a_final_report():
     next(v for k, v in poisoned["state_dict"].items() if k.endswith("weight")).view(-1)[0] = float("nan")
     run = FinetuneRun(sweep, point, poisoned, torch.device("cpu"))
     report = run.run_epoch()
-    assert report["diverged"] is True and report["epoch"] == report["diverged_epoch"] == 0 and run.done
+    assert report["diverged"] is True and report["epoch"] == report["diverged_epoch"] == 1 and run.done
     assert run.prunes_done == 0
 
 
@@ -295,3 +298,26 @@ def test_preflight_downloads_a_relative_root_once(cifar_mirror, tmp_path, monkey
     while not downloads and time.monotonic() < deadline:  # the server thread records after its last write
         time.sleep(0.01)
     assert downloads == ["/cifar-10-python.tar.gz"]
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_before_anything_is_written(tmp_path, capsys):
+    torch.save(build_model("resnet20", 10, 3).state_dict(), tmp_path / "resnet20.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    for file, says in (("resnet20.pt", "does not fit model 'small_cnn' on digits (Error(s) in loading state_dict"),
+                       ("garbage.pt", "is not a readable torch state_dict")):
+        cfg = write_config(tmp_path, dense={"checkpoint": str(tmp_path / file)})
+        assert main(["run", str(cfg), "--storage", str(tmp_path / "r"), "--no-dashboard"]) == 2
+        err = _errors(capsys)
+        assert len(err) == 1 and err[0].startswith(f"prunesweep: error: dense.checkpoint '{tmp_path / file}' ")
+        assert says in err[0], err
+        assert not (tmp_path / "r").exists()
+
+
+def test_validate_says_a_download_would_happen_and_downloads_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = {**CIFAR, "dataset": {"name": "cifar10", "root": "later", "download": True}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", "c.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "c.yaml: valid; 2 trials" in out and f"run will download cifar10 into {tmp_path / 'later'} first" in out
+    assert not (tmp_path / "later").exists()
