@@ -8,8 +8,8 @@ import pandas as pd
 from scipy import stats
 
 from .load import final_results, healthy
-from .schema import DIVERGED, EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, \
-    higher_is_better, is_diverged
+from .schema import (DIVERGED, EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY,
+                     TRIAL_ID, higher_is_better, is_diverged)
 
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
 

@@ -52,7 +52,7 @@ def name(path: str) -> str:
 def _fs(path: str):
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(str(path)))
+    return pafs.LocalFileSystem(), normalise(path)
 
 
 def exists(path: str) -> bool:

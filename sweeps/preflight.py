@@ -13,8 +13,7 @@ import shutil
 from analysis import storage
 
 from .config import ConfigError, SweepConfig
-from .data import CIFAR10_FOLDER as CIFAR_FOLDER
-
+from .data import CIFAR10_FOLDER, download_cifar10
 
 
 def resolve_paths(config: SweepConfig) -> SweepConfig:
@@ -27,21 +26,27 @@ def resolve_paths(config: SweepConfig) -> SweepConfig:
     return config.model_copy(update={"dataset": dataset, "dense": dense})
 
 
+def _present(config: SweepConfig) -> bool:
+    return os.path.isdir(os.path.join(config.dataset.root, CIFAR10_FOLDER))
+
+
+def will_download(config: SweepConfig) -> bool:
+    """Whether :func:`preflight` downloads the dataset (``download: true`` and not there yet)."""
+    d = config.dataset
+    return d.name == "cifar10" and d.download and not _present(config)
+
+
 def _check_dataset(config: SweepConfig, download: bool) -> None:
     d = config.dataset
     if d.name != "cifar10":
         return
     if storage.is_uri(d.root):
         raise ConfigError(f"dataset.root {d.root!r}: cifar10 is read from a local folder, not a URI")
-    if os.path.isdir(os.path.join(d.root, CIFAR_FOLDER)):
-        return
-    if not d.download:
-        raise ConfigError(f"dataset.root {d.root!r} holds no {CIFAR_FOLDER} and dataset.download is false "
+    if not d.download and not _present(config):
+        raise ConfigError(f"dataset.root {d.root!r} holds no {CIFAR10_FOLDER} and dataset.download is false "
                           "(set dataset.download: true or point dataset.root at the folder that holds it)")
-    if not download:
+    if not (download and will_download(config)):
         return
-    from .data import download_cifar10
-
     created = not os.path.exists(d.root)
     try:
         download_cifar10(d.root)
@@ -49,7 +54,7 @@ def _check_dataset(config: SweepConfig, download: bool) -> None:
         if created:
             shutil.rmtree(d.root, ignore_errors=True)
         raise ConfigError(f"dataset.download: could not download cifar10 into {d.root!r} ({storage.one_line(exc)}); "
-                          f"put {CIFAR_FOLDER} there yourself and set dataset.download: false") from None
+                          f"put {CIFAR10_FOLDER} there yourself and set dataset.download: false") from None
 
 
 def _check_checkpoint(config: SweepConfig) -> None:
@@ -62,12 +67,6 @@ def _check_checkpoint(config: SweepConfig) -> None:
         raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({storage.one_line(exc)})") from None
     if not found:
         raise ConfigError(f"dense.checkpoint {path!r} is not a file")
-
-
-def will_download(config: SweepConfig) -> bool:
-    """Whether :func:`preflight` downloads the dataset (``download: true`` and not there yet)."""
-    d = config.dataset
-    return d.name == "cifar10" and d.download and not os.path.isdir(os.path.join(d.root, CIFAR_FOLDER))
 
 
 def preflight(config: SweepConfig, download: bool = True) -> SweepConfig:

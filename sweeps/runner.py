@@ -93,7 +93,7 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
         _check_gpu_visible(res.gpu)
 
 
-def _gpu_device(gpu: float) -> str:
+def _gpu_device() -> str:
     import ray
 
     from .train import device_for
@@ -107,7 +107,7 @@ def _check_gpu_visible(gpu: float, timeout_s: float = 120) -> None:
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError
 
-    probe = ray.remote(_gpu_device).options(num_cpus=0, num_gpus=gpu).remote(gpu)
+    probe = ray.remote(_gpu_device).options(num_cpus=0, num_gpus=gpu).remote()
     try:
         ray.get(probe, timeout=timeout_s)
     except GetTimeoutError:
