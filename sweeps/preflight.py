@@ -22,7 +22,10 @@ def resolve_paths(config: SweepConfig) -> SweepConfig:
     if dataset.root is not None and not storage.is_uri(dataset.root):
         dataset = dataset.model_copy(update={"root": storage.normalise(dataset.root)})
     if dense.checkpoint is not None:
-        dense = dense.model_copy(update={"checkpoint": storage.normalise(dense.checkpoint)})
+        try:
+            dense = dense.model_copy(update={"checkpoint": storage.normalise(dense.checkpoint)})
+        except ValueError as exc:
+            raise ConfigError(f"dense.checkpoint: {exc}") from None
     return config.model_copy(update={"dataset": dataset, "dense": dense})
 
 

@@ -247,6 +247,14 @@ def _write_experiment_file(path: str, config: SweepConfig, recorded: dict) -> No
     storage.write_bytes(storage.join(path, CONFIG_FILE), yaml.safe_dump(document, sort_keys=False).encode())
 
 
+def _location(path: str, what: str) -> str:
+    """``path`` normalised (:func:`analysis.storage.normalise`), or a ConfigError naming ``what``."""
+    try:
+        return storage.normalise(path)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def _check_storage(storage_path: str) -> None:
     problem = storage.check_writable(storage_path)
     if problem:
@@ -258,7 +266,7 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
 
     Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
     before the experiment folder is made."""
-    storage_path = storage.normalise(storage_path)
+    storage_path = _location(storage_path, "--storage")
     name = name or config.name
     path = storage.join(storage_path, name)
     _check_storage(storage_path)
@@ -281,7 +289,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
 
     Refused when the config or the code differs from the experiment's start, unless ``force``.
     """
-    path = storage.normalise(path)
+    path = _location(path, "resume")
     config, recorded = experiment_config(path)
     if not recorded:
         print(f"warning: {path} records no provenance (started before prunesweep recorded it): "

@@ -273,8 +273,10 @@ def test_download_happens_once_per_node_however_many_load_at_once(cifar_mirror, 
     procs = [subprocess.Popen([sys.executable, "-m", "tests.helpers.download", str(root), url, md5, str(go)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(3)]
-    time.sleep(1)
-    go.touch()  # all three start loading at once
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all three are waiting: they start loading at once
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 and "LOADED 40" in out for p, out in zip(procs, outs)), outs
     assert downloads == ["/cifar-10-python.tar.gz"]  # one download, the other two waited and read it
@@ -321,3 +323,17 @@ def test_validate_says_a_download_would_happen_and_downloads_nothing(tmp_path, m
     out = capsys.readouterr().out
     assert "c.yaml: valid; 2 trials" in out and f"run will download cifar10 into {tmp_path / 'later'} first" in out
     assert not (tmp_path / "later").exists()
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--storage", "s3://"], "prunesweep: error: --storage: 's3://' names no bucket or location after s3://"),
+    (["--set", "dense.checkpoint=s3://", "--set", "dense.epochs=null"],
+     "prunesweep: error: dense.checkpoint: 's3://' names no bucket or location after s3://"),
+])
+def test_a_uri_without_a_location_is_one_line(tmp_path, capsys, args, line):
+    cfg = str(write_config(tmp_path))
+    storage_args = [] if "--storage" in args else ["--storage", str(tmp_path / "r")]
+    assert main(["run", cfg, *storage_args, *args, "--no-dashboard"]) == 2
+    assert _errors(capsys) == [line]
+    assert main(["resume", "s3://"]) == 2
+    assert _errors(capsys) == ["prunesweep: error: resume: 's3://' names no bucket or location after s3://"]
