@@ -13,7 +13,7 @@ _EXPORTS = {
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
     "write_report": "report",
 }
-_MODULES = ("schema", "storage", "load", "stats", "plots", "report", "cli")
+_MODULES = ("schema", "storage", "trial_results", "load", "stats", "plots", "report", "cli")
 __all__ = list(_EXPORTS)
 
 

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import yaml
 
-from . import storage
-from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, RESULT_FILE, SCHEDULE, SEED,
-                     TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TUNER_FILE, is_diverged, is_finished,
-                     split_provenance, trial_points)
+from . import storage, trial_results
+from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, PARAM, RESULT_FILE, SCHEDULE,
+                     SCHEDULE_KIND, SEED, TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TRIAL_RESULTS_FILE,
+                     TUNER_FILE, is_diverged, is_finished, split_provenance, trial_points)
 
 KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 
@@ -21,12 +21,14 @@ class NotAnExperiment(ValueError):
 
 
 def load_experiment(path) -> pd.DataFrame:
-    """One row per report of every trial: ``trial_id``, metrics, and the trial point as
-    ``config.trial.*``.
+    """One row per epoch of every trial: ``trial_id``, the declared metrics (``layer_sparsity.<layer>``
+    one column per layer), sorted by trial and epoch.
 
-    Reads Ray Tune's ``result.json`` files, from a local folder or straight from a URI
-    (``s3://bucket/prefix/name``); needs Ray neither running nor imported. Reports repeated by
-    a restarted trial are kept once (the last).
+    Reads each trial's results file (:data:`analysis.schema.TRIAL_RESULTS_FILE`) as one columnar
+    dataset, from a local folder or straight from a URI (``s3://bucket/prefix/name``); needs Ray
+    neither running nor imported. A trial folder without one (an experiment from before these
+    files, or a trial that has not reached its first checkpoint) is read from Ray Tune's
+    ``result.json`` instead, whatever that holds.
     """
     root = storage.normalise(str(path))
     try:
@@ -37,12 +39,33 @@ def load_experiment(path) -> pd.DataFrame:
         raise NotAnExperiment(f"{root}: no such directory")
     entries = storage.list_dir(root)
     has_state = any(fnmatch.fnmatch(e, EXPERIMENT_STATE_GLOB) for e in entries) or TUNER_FILE in entries
-    results = storage.files_named(root, RESULT_FILE)
-    if not has_state and not results:
+    found = storage.files_named(root, TRIAL_RESULTS_FILE, RESULT_FILE)
+    if not has_state and not found[TRIAL_RESULTS_FILE] and not found[RESULT_FILE]:
         raise NotAnExperiment(f"{root}: not a Ray Tune experiment (no {EXPERIMENT_STATE_GLOB}, {TUNER_FILE} "
-                              f"or trial {RESULT_FILE})")
+                              f"or trial {TRIAL_RESULTS_FILE} / {RESULT_FILE})")
+    frames = []
+    if found[TRIAL_RESULTS_FILE]:
+        frames.append(trial_results.read(found[TRIAL_RESULTS_FILE]).to_pandas())
+    covered = {_folder(f) for f in found[TRIAL_RESULTS_FILE]}
+    legacy = [f for f in found[RESULT_FILE] if _folder(f) not in covered]
+    if legacy:
+        frames.append(_read_tune_results(legacy))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=KEYS + [EPOCH])
+    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return df.sort_values([TRIAL_ID, EPOCH], kind="stable").reset_index(drop=True)
+
+
+def _folder(path: str) -> str:
+    return storage.split(path)[0]
+
+
+def _read_tune_results(files: list[str]) -> pd.DataFrame:
+    """Rows of Ray Tune's ``result.json`` files; reports repeated by a restarted trial are kept
+    once (the last), reports without an epoch (not a trial's) dropped."""
     rows = []
-    for file in results:
+    for file in files:
         for line in storage.read_bytes(file).decode().splitlines():
             line = line.strip()
             if line:
@@ -50,12 +73,17 @@ def load_experiment(path) -> pd.DataFrame:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # a line cut off by a killed process
-    if not rows:
-        return pd.DataFrame(columns=KEYS + [EPOCH])
-    df = pd.json_normalize(rows, sep=".")
-    if EPOCH in df:
-        df = df.drop_duplicates(subset=[TRIAL_ID, TARGET_SPARSITY, EPOCH], keep="last")
-    return df.sort_values([TRIAL_ID, TRAINING_ITERATION]).reset_index(drop=True)
+    df = pd.json_normalize(rows, sep=".") if rows else pd.DataFrame()
+    if EPOCH not in df:
+        return pd.DataFrame()
+    df = df[df[EPOCH].notna()]
+    for field in (SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED):  # Tune's rows carry only the trial point
+        point = f"config.{PARAM}.{field}"
+        if point in df:
+            df[field] = df[field].fillna(df[point]) if field in df else df[point]
+    order = [TRIAL_ID, TRAINING_ITERATION] if TRAINING_ITERATION in df else [TRIAL_ID]
+    return df.sort_values(order, kind="stable").drop_duplicates(subset=[TRIAL_ID, TARGET_SPARSITY, EPOCH],
+                                                                 keep="last")
 
 
 def final_results(df: pd.DataFrame) -> pd.DataFrame:
@@ -112,7 +140,7 @@ def completion(df: pd.DataFrame, path=None) -> dict:
     started = df[TRIAL_ID].nunique() if not df.empty else 0
     finished = 0
     if not df.empty and BUDGET_EPOCHS in df:
-        last = df.sort_values([TRIAL_ID, TRAINING_ITERATION]).groupby(TRIAL_ID).tail(1)
+        last = df.sort_values([TRIAL_ID, EPOCH], kind="stable").groupby(TRIAL_ID).tail(1)
         finished = int(is_finished(last).sum())
     config = read_config(path) if path is not None else None
     expected = len(trial_points(config)) if config is not None else started

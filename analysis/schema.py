@@ -16,8 +16,11 @@ PROVENANCE = "provenance"         # in CONFIG_FILE: config hash, prunesweep vers
 DENSE_DIR = "dense"               # the shared dense models, one file per seed
 DENSE_LOG = "trainings.jsonl"     # in DENSE_DIR: one line per dense training actually run
 ANALYSIS_DIR = "analysis"         # where ``prunesweep analyze`` writes by default
+TRIAL_RESULTS_FILE = "results.parquet"  # in each trial folder: all its reports, one row per epoch (written by the
+                                        # trial at each checkpoint and at its end; the analysis reads these)
+PRUNED_MODEL_FILE = "pruned_model.pt"   # in each finished trial's folder: its final model (pruning_core.save_pruned)
 # Ray Tune's own files
-RESULT_FILE = "result.json"       # in each trial folder: one JSON report per line
+RESULT_FILE = "result.json"       # in each trial folder: one JSON line per report of the few TUNE_METRICS
 TUNER_FILE = "tuner.pkl"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -101,13 +104,17 @@ def trial_points(config: Mapping[str, Any]) -> list[TrialPoint]:
 # ------------------------------------------------------------------ metrics
 @dataclass(frozen=True)
 class Metric:
-    """A reported name: what it means, and for quality measures which way is better."""
+    """A reported name: what it means, its type in the per-trial results file, whether Ray Tune
+    sees it too, and for quality measures which way is better."""
 
     name: str
     meaning: str
     better: Optional[str] = None  # "higher", "lower", or None where neither is a goal
     percent: bool = False         # a fraction shown in percent
     per_layer: bool = False       # reported as {layer: value}; columns ``<name>.<layer>``
+    dtype: str = "float64"        # float64, int64, bool, string or list<string> (per layer: each layer's)
+    tune: bool = False            # also reported to Ray Tune (its progress table and its finished/failed
+                                  # bookkeeping); every other name goes only to the per-trial results file
 
 
 SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED = "schedule", "schedule_kind", "target_sparsity", "seed"
@@ -115,42 +122,55 @@ EPOCH, BUDGET_EPOCHS, TEST_ACCURACY, LAYER_SPARSITY = "epoch", "budget_epochs", 
 DIVERGED, DIVERGED_EPOCH = "diverged", "diverged_epoch"
 
 METRICS: tuple[Metric, ...] = (
-    Metric(SCHEDULE, "the schedule's name from the config"),
-    Metric(SCHEDULE_KIND, "`instant`, `gradual`, `cubic` or `ladder`"),
+    Metric(SCHEDULE, "the schedule's name from the config", dtype="string"),
+    Metric(SCHEDULE_KIND, "`instant`, `gradual`, `cubic` or `ladder`", dtype="string"),
     Metric(TARGET_SPARSITY, "the point this trial is compared at: the final target (a gradual trial's too, "
                             "during its early steps), or a ladder's current rung"),
-    Metric(SEED, "the trial's seed"),
+    Metric(SEED, "the trial's seed", dtype="int64"),
     Metric("sparsity", "measured: fraction of all prunable weights (every conv/linear `weight`, also those a "
                        "config's `pruning.exclude` keeps dense) that are exactly zero; equals `target_sparsity` "
                        "to the weight when nothing is excluded"),
     Metric("compression_ratio", "1 / (1 − `sparsity`)"),
-    Metric("step", "which prune step (1..k) the epoch belongs to; a ladder's rung number"),
-    Metric(EPOCH, "fine-tuning epochs done so far in this trial (1..`budget_epochs`)"),
-    Metric(BUDGET_EPOCHS, "the trial's whole fine-tuning budget"),
+    Metric("step", "which prune step (1..k) the epoch belongs to; a ladder's rung number",
+           dtype="int64"),
+    Metric(EPOCH, "fine-tuning epochs done so far in this trial (1..`budget_epochs`)", dtype="int64", tune=True),
+    Metric(BUDGET_EPOCHS, "the trial's whole fine-tuning budget", dtype="int64", tune=True),
     Metric("lr", "learning rate used in this epoch"),
     Metric("train_loss", "mean cross-entropy over the epoch's training batches", better="lower"),
     Metric("train_accuracy", "accuracy over the epoch's training batches", better="higher", percent=True),
     Metric("test_loss", "mean cross-entropy on the test split, in eval mode", better="lower"),
-    Metric(TEST_ACCURACY, "accuracy on the test split, in eval mode", better="higher", percent=True),
+    Metric(TEST_ACCURACY, "accuracy on the test split, in eval mode", better="higher", percent=True, tune=True),
     Metric("val_loss", "mean cross-entropy on the held-out validation split, in eval mode (only with "
                        "`dataset.validation` > 0)", better="lower"),
     Metric("val_accuracy", "accuracy on the held-out validation split, in eval mode (only with "
                            "`dataset.validation` > 0)", better="higher", percent=True),
     Metric("dense_test_accuracy", "the seed's dense model before pruning", better="higher", percent=True),
-    Metric("nonzero_params", "nonzero entries over all parameters (weights, biases, norm layers)"),
-    Metric("prunable_params", "number of prunable weights"),
+    Metric("nonzero_params", "nonzero entries over all parameters (weights, biases, norm layers)", dtype="int64"),
+    Metric("prunable_params", "number of prunable weights", dtype="int64"),
     Metric("epoch_time_s", "training time of the epoch", better="lower"),
     Metric("samples_per_s", "training throughput of the epoch (images per second)", better="higher"),
     Metric(LAYER_SPARSITY, "sparsity of each prunable layer", per_layer=True),
     Metric(DIVERGED, "true in a diverged trial's last report: its loss or weights became NaN or infinite, so it "
-                     "stopped there (never retried); analyses leave it out of means and paired tests and count it"),
+                     "stopped there (never retried); analyses leave it out of means and paired tests and count it",
+           dtype="bool", tune=True),
     Metric(DIVERGED_EPOCH, "the epoch in which a diverged trial's loss or weights stopped being finite (found "
-                           "before a prune: the epoch that prune would have begun)"),
-    Metric("node_id", "the Ray node the trial ran on"),
-    Metric("device", "the torch device it trained on"),
-    Metric("gpu_ids", "the GPUs Ray assigned it"),
+                           "before a prune: the epoch that prune would have begun)", dtype="int64", tune=True),
+    Metric("node_id", "the Ray node the trial ran on", dtype="string"),
+    Metric("device", "the torch device it trained on", dtype="string"),
+    Metric("gpu_ids", "the GPUs Ray assigned it", dtype="list<string>"),
 )
 BY_NAME = {m.name: m for m in METRICS}
+# What Ray Tune is told: only what its progress table and its finished/failed bookkeeping need. Tune
+# keeps running statistics of every numeric name of every trial in its experiment state, which it
+# rewrites at every snapshot, so everything else goes to the per-trial results file.
+TUNE_METRICS = tuple(m.name for m in METRICS if m.tune)
+
+
+def for_tune(report: Mapping[str, Any]) -> dict:
+    """The part of a report that Ray Tune gets (:data:`TUNE_METRICS`; the diverged fields only
+    when a trial diverged, so healthy trials cost Tune no statistics for them)."""
+    return {k: report[k] for k in TUNE_METRICS if k in report and (k not in (DIVERGED, DIVERGED_EPOCH)
+                                                                     or report.get(DIVERGED))}
 
 
 def undeclared(report: Mapping[str, Any]) -> list[str]:
@@ -195,10 +215,10 @@ def is_finished(report):
 
 def metrics_table() -> str:
     """The README's metrics reference, as a Markdown table."""
-    rows = ["| metric | meaning |", "| --- | --- |"]
+    rows = ["| metric | type | Tune | meaning |", "| --- | --- | --- | --- |"]
     for m in METRICS:
         name = f"`{m.name}.<layer>`" if m.per_layer else f"`{m.name}`"
-        rows.append(f"| {name} | {m.meaning} |")
+        rows.append(f"| {name} | {m.dtype} | {'✓' if m.tune else ''} | {m.meaning} |")
     return "\n".join(rows)
 
 

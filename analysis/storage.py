@@ -49,55 +49,63 @@ def name(path: str) -> str:
     return split(path)[1]
 
 
-def _fs(path: str):
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path within it)`` for a local path or a URI."""
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), normalise(path)
 
 
+def within(path: str) -> str:
+    """The path inside its filesystem (:func:`filesystem`'s second item) without building one:
+    ``bucket/key`` for ``s3://bucket/key``, the absolute path for a local one."""
+    return str(path).split("://", 1)[1].rstrip("/") if is_uri(path) else normalise(path)
+
+
 def exists(path: str) -> bool:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
 def is_dir(path: str) -> bool:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
 def is_file(path: str) -> bool:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type == pafs.FileType.File
 
 
-def files_named(path: str, name: str) -> list[str]:
-    """Paths of every ``<path>/<entry>/<name>`` file, sorted: one listing of the whole prefix on an
-    object store (not a request per entry), one level of folders on a local disk."""
-    fs, p = _fs(path)
+def files_named(path: str, *names: str) -> dict[str, list[str]]:
+    """``{name: paths}`` of every ``<path>/<entry>/<name>`` file, sorted: one listing of the whole
+    prefix on an object store (not a request per entry and name), one level of folders on a local disk."""
+    fs, p = filesystem(path)
     if is_uri(path):
         infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
         prefix = p.rstrip("/") + "/"
         found = [i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)]
-        return sorted(join(path, rel) for rel in found if rel.count("/") == 1 and rel.endswith("/" + name))
-    return sorted(str(f) for f in Path(p).glob(f"*/{name}") if f.is_file())
+        return {name: sorted(join(path, rel) for rel in found if rel.count("/") == 1 and rel.endswith("/" + name))
+                for name in names}
+    return {name: sorted(str(f) for f in Path(p).glob(f"*/{name}") if f.is_file()) for name in names}
 
 
 def list_dir(path: str) -> list[str]:
     """Names of the entries directly inside ``path`` (sorted; empty if it does not exist)."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(info.base_name for info in infos)
 
 
 def read_bytes(path: str) -> bytes:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:
         return f.read()
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write atomically on local disks (temp file + rename); an object store's put is atomic."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     if is_uri(path):
         with fs.open_output_stream(p) as f:
             f.write(data)
@@ -111,7 +119,7 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def delete(path: str) -> None:
     """Remove one file."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     fs.delete_file(p)
 
 

@@ -5,6 +5,7 @@ on the driver, by :mod:`sweeps.preflight`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -119,6 +120,19 @@ class ResourcesConfig(_Strict):
         return self
 
 
+class CheckpointConfig(_Strict):
+    """How often a trial checkpoints and how many checkpoints Ray Tune keeps per trial."""
+
+    every_epochs: Optional[int] = Field(None, ge=1)
+    keep: int = Field(2, ge=1)
+
+    def every(self, budget_epochs: int) -> int:
+        """Epochs between a trial's checkpoints: ``every_epochs``, else about ten per trial
+        (``ceil(budget / 10)``: every epoch for short trials, every 12th of 120)."""
+        return self.every_epochs or max(1, math.ceil(budget_epochs / AUTO_CHECKPOINTS))
+
+
+AUTO_CHECKPOINTS = 10
 Sparsity = Annotated[float, AfterValidator(lambda v: check_sparsity(v))]
 
 
@@ -135,7 +149,7 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
-    checkpoints_to_keep: int = Field(10, ge=1)
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -316,7 +330,17 @@ def load_config(path: str, overrides: list[str] = ()) -> SweepConfig:
     return validate(raw)
 
 
+LEGACY_KEEP = "checkpoints_to_keep"  # before checkpoint.keep; experiments that recorded it still resume
+
+
 def validate(raw: dict) -> SweepConfig:
+    if isinstance(raw, dict) and LEGACY_KEEP in raw:
+        raw = dict(raw)
+        keep = raw.pop(LEGACY_KEEP)
+        section = raw.get("checkpoint")
+        if isinstance(section, dict) and "keep" in section:
+            raise ConfigError(f"{LEGACY_KEEP}: give checkpoint.keep only ({LEGACY_KEEP} is its old name)")
+        raw["checkpoint"] = {**(section if isinstance(section, dict) else {}), "keep": keep}
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:

@@ -181,15 +181,15 @@ def trial_dirname(trial) -> str:
     return f"{trial.trial_id}_{TrialPoint.from_dict(trial.config[PARAM]).label}"
 
 
-def _trainable(config: SweepConfig, dense_refs: dict):
-    """The trial function with the validated config and the dense models bound once
-    (``tune.with_parameters``), and the trial's resources."""
+def _trainable(config: SweepConfig, dense_refs: dict, path: str):
+    """The trial function with the validated config, the dense models and the experiment's
+    location bound once (``tune.with_parameters``), and the trial's resources."""
     from ray import tune
 
     from .trainable import chaos_from_env, train_prune_train
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs,
+    bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs, experiment=path,
                                  chaos=chaos_from_env())
     return tune.with_resources(bound, resources)
 
@@ -202,13 +202,13 @@ def param_space(config: SweepConfig) -> dict:
 
 
 def _reporter():
-    """A compact progress table: the trial's point, epoch, measured sparsity, accuracy."""
+    """A compact progress table: the trial's point, epoch, test accuracy."""
     from ray import tune
 
     return tune.CLIReporter(
         parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{TARGET_SPARSITY}": "target",
                            f"{PARAM}/{SEED}": "seed"},
-        metric_columns={EPOCH: "epoch", "sparsity": "sparsity", TEST_ACCURACY: "test_acc"},
+        metric_columns={EPOCH: "epoch", TEST_ACCURACY: "test_acc"},
         max_report_frequency=20,
     )
 
@@ -221,7 +221,7 @@ def _run_config(config: SweepConfig, storage_path: str, name: str):
         name=name,
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=config.checkpoint.keep),
         verbose=1,
     )
 
@@ -313,7 +313,7 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
     from ray import tune
 
     dense_refs = ensure_dense(config, path, checkpoint)
-    trainable = _trainable(config, dense_refs)
+    trainable = _trainable(config, dense_refs, path)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

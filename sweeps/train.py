@@ -212,7 +212,9 @@ class FinetuneRun:
         self.epoch = 0
         self.prunes_done = 0
         self.diverged_at: int | None = None
-        self.prunable = sum(m.weight.numel() for _, m in pc.prunable_modules(self.model))
+        modules = pc.prunable_modules(self.model)
+        self.layers = [name for name, _ in modules]
+        self.prunable = sum(m.weight.numel() for _, m in modules)
 
     @property
     def done(self) -> bool:

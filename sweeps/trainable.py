@@ -1,6 +1,7 @@
 """The Ray Tune trainable: one train-prune-train trial, checkpointed every epoch."""
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -11,7 +12,8 @@ import ray
 import torch
 from ray import tune
 
-from analysis import schema
+import pruning_core as pc
+from analysis import schema, storage, trial_results
 
 from .config import SweepConfig
 from .train import FinetuneRun, device_for
@@ -78,37 +80,80 @@ def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> No
     run.optimizer.register_step_pre_hook(hook)
 
 
-def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, chaos: Chaos = Chaos()) -> None:
+def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
+                      chaos: Chaos = Chaos()) -> None:
     """Tune function trainable. ``config`` holds only the trial point (``config["trial"]``);
-    ``sweep``, the config validated on the driver, and the dense models arrive once through
-    ``tune.with_parameters``. Resumes from ``tune.get_checkpoint()`` when Tune restarts a trial.
+    ``sweep``, the config validated on the driver, the dense models and the experiment's location
+    arrive once through ``tune.with_parameters``. Resumes from ``tune.get_checkpoint()`` when Tune
+    restarts a trial.
+
+    Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch; every
+    report, whole, goes to the trial's results file, rewritten at each checkpoint (every
+    ``checkpoint.every_epochs``) and at the end, when the pruned model is saved compactly too.
     """
     point = schema.TrialPoint.from_dict(config[schema.PARAM])
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
+    context = tune.get_context()
+    trial_dir = context.get_trial_dir()
+    files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id())
+    checkpoint = tune.get_checkpoint()
+    state = _load(checkpoint) if checkpoint is not None else None
+    if state is not None and state.get("done"):
+        # finished before the driver recorded it: announce the final result again, train nothing
+        tune.report(schema.for_tune(state["history"][-1]))
+        return
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
     run = FinetuneRun(sweep, point, ray.get(dense_refs[point.seed]), device)
-    last_metrics = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    history = []
+    if state is not None:
         run.load_state(state)
-        last_metrics = state.get("metrics")
-    context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
-    chaos.apply(run, tune.get_context().get_trial_dir())
-
-    if run.done and last_metrics is not None:
-        # finished before the driver recorded it: announce the final result again, train nothing
-        tune.report(_checked({**last_metrics, **context}))
-        return
+        history = state["history"]
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
+    chaos.apply(run, trial_dir)
+    every = sweep.checkpoint.every(run.total_epochs)
     while not run.done:
-        metrics = run.run_epoch()
-        state = run.state()
-        state["metrics"] = metrics
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, os.path.join(folder, STATE_FILE))
-            tune.report(_checked({**metrics, **context}), checkpoint=tune.Checkpoint.from_directory(folder))
+        report = _checked({**run.run_epoch(), **where})
+        history.append(report)
+        if run.done:
+            files.write_results(history, run.layers)
+            if not report.get(schema.DIVERGED):
+                files.write_model(run.model)
+            _report(report, {"done": True, "history": history})
+        elif run.epoch % every == 0:
+            files.write_results(history, run.layers)
+            _report(report, {**run.state(), "history": history})
+        else:
+            tune.report(schema.for_tune(report))
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """What a trial writes into its folder in the experiment's storage, beside Ray Tune's files."""
+
+    folder: str
+    trial_id: str
+
+    def write_results(self, history: list[dict], layers: list[str]) -> None:
+        trial_results.write(storage.join(self.folder, schema.TRIAL_RESULTS_FILE), self.trial_id, history, layers)
+
+    def write_model(self, model) -> None:
+        """The final pruned model, compactly (:func:`pruning_core.save_pruned`)."""
+        buf = io.BytesIO()
+        pc.save_pruned(model, buf)
+        storage.write_bytes(storage.join(self.folder, schema.PRUNED_MODEL_FILE), buf.getvalue())
+
+
+def _load(checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def _report(report: dict, state: dict) -> None:
+    """Report to Tune with a checkpoint holding ``state``."""
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        tune.report(schema.for_tune(report), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _checked(report: dict) -> dict:

@@ -1,4 +1,5 @@
 """Shared fixtures: one real local Ray per test session, shut down by process id."""
+import json
 import os
 import signal
 from pathlib import Path
@@ -117,6 +118,13 @@ TINY = {
     "resources": {"cpu": 1},
     "max_failures": 3,
 }
+
+
+def tune_rows(trial_dir) -> list[dict]:
+    """What Ray Tune recorded of a trial (its ``result.json``), one dict per report."""
+    from analysis.schema import RESULT_FILE
+
+    return [json.loads(line) for line in (Path(trial_dir) / RESULT_FILE).read_text().splitlines() if line.strip()]
 
 
 def write_config(folder: Path, name="tiny.yaml", **changes) -> Path:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import compare, final_results, load_experiment, summarize, write_report
+from analysis import compare, final_results, load_experiment, summarize, trial_results, write_report
 from analysis.cli import main as analyze_main
 
 
@@ -169,8 +169,10 @@ def test_load_and_report_without_ray_torch_or_pyplot(tiny_experiment, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "layer_sparsity.png").stat().st_size > 10_000
     df = load_experiment(copy)
-    assert {"trial_id", "config.trial.schedule", "config.trial.schedule_kind", "test_accuracy"} <= set(df.columns)
-    assert not [c for c in df.columns if c.startswith("config.sweep")]  # the sweep config is not in every row
+    # the columns are the results files' own: trial_id, every declared metric, one per prunable layer
+    layers = [c.removeprefix("layer_sparsity.") for c in df.columns if c.startswith("layer_sparsity.")]
+    assert layers == ["conv1", "conv2", "conv3", "fc"]
+    assert list(df.columns) == trial_results.arrow_schema(layers).names
     assert len(final_results(df)) == 12
 
 
@@ -272,16 +274,18 @@ def test_a_diverged_ladder_keeps_the_rungs_it_finished():
 def test_report_when_every_trial_diverged(tmp_path):
     import json
 
-    from analysis.schema import RESULT_FILE, TUNER_FILE
+    from analysis.schema import RESULT_FILE, TRIAL_RESULTS_FILE, TUNER_FILE
 
     (tmp_path / TUNER_FILE).write_bytes(b"")
     for i, schedule in enumerate(("instant", "gradual2")):
         folder = tmp_path / f"t{i}_{schedule}"
         folder.mkdir()
-        report = {"trial_id": f"t{i}", "schedule": schedule, "schedule_kind": schedule.rstrip("2"),
-                  "target_sparsity": 0.9, "seed": 0, "epoch": 1, "budget_epochs": 2, "training_iteration": 1,
-                  "diverged": True, "diverged_epoch": 1, "train_loss": float("nan")}
-        (folder / RESULT_FILE).write_text(json.dumps(report) + "\n")
+        report = {"schedule": schedule, "schedule_kind": schedule.rstrip("2"), "target_sparsity": 0.9, "seed": 0,
+                  "epoch": 1, "budget_epochs": 2, "diverged": True, "diverged_epoch": 1, "train_loss": float("nan")}
+        if i == 0:  # a trial's own results file
+            trial_results.write(str(folder / TRIAL_RESULTS_FILE), f"t{i}", [report], layers=["conv1"])
+        else:  # an experiment from before results files: Ray Tune's result.json
+            (folder / RESULT_FILE).write_text(json.dumps({**report, "trial_id": f"t{i}", "training_iteration": 1}) + "\n")
     assert analyze_main([str(tmp_path), "--metric", "train_loss"]) == 0
     text = (tmp_path / "analysis" / "report.md").read_text()
     assert "**2 trial(s) diverged**" in text and "_vs_epoch.png" not in text

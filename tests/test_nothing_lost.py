@@ -16,7 +16,7 @@ from analysis.schema import DENSE_DIR, DENSE_LOG, RESULT_FILE, is_finished
 from sweeps.cli import main
 from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER
 
-from .conftest import ROOT, record_fault, write_config
+from .conftest import ROOT, record_fault, tune_rows, write_config
 
 COLS = ["schedule", "target_sparsity", "seed", "epoch", "test_accuracy", "test_loss", "train_loss", "sparsity"]
 
@@ -38,9 +38,8 @@ def test_killed_worker_resumes_from_checkpoint_with_equal_numbers(ray_session, t
     lost = completion(load_experiment(storage / "chaos"), storage / "chaos")["missing"]
     record_fault(survived=rc == 0, trials_lost=lost)
     assert rc == 0
-    chaos = load_experiment(storage / "chaos")
     # the retry started from the epoch-2 checkpoint, not from scratch
-    last = chaos.sort_values("training_iteration").iloc[-1]
+    last = tune_rows(markers[0].parent)[-1]
     assert last["iterations_since_restore"] < last["training_iteration"] == 4
     pd.testing.assert_frame_equal(rows(storage / "clean"), rows(storage / "chaos"))
 
@@ -121,7 +120,9 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, t
         after = _reports(storage.join(path, name, RESULT_FILE))
         assert {r["epoch"] for r in after} == {r["epoch"] for r in lines}
         assert [r["test_accuracy"] for r in after[: len(lines)]] == [r["test_accuracy"] for r in lines]
-        assert _checkpoints(path, name) == checkpoints[name]
+        # no new checkpoint (Ray Tune may only have removed one beyond checkpoint.keep)
+        kept = _checkpoints(path, name)
+        assert set(kept) <= set(checkpoints[name]) and max(kept) == max(checkpoints[name])
     # and the analysis equals the uninterrupted sweep's
     pd.testing.assert_frame_equal(rows(path), ref_rows)
     pd.testing.assert_frame_equal(summarize(load_experiment(path)), ref_summary)

@@ -1,0 +1,79 @@
+"""The per-trial results file (:data:`analysis.schema.TRIAL_RESULTS_FILE`): every report of one
+trial as a Parquet table, one row per epoch, written by the trial and read column by column by
+the analysis, through :mod:`analysis.storage` (a local folder or an object store).
+
+Every file of an experiment has the same columns (every declared metric, a ``<name>.<layer>``
+column per prunable layer, and ``trial_id``; missing values are nulls), so a whole experiment
+reads as one dataset. pyarrow only: no pandas, no torch.
+"""
+from __future__ import annotations
+
+import io
+from typing import Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .schema import METRICS, TRIAL_ID
+
+_TYPES = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string(),
+          "list<string>": pa.list_(pa.string())}
+
+
+def arrow_schema(layers: Sequence[str]) -> pa.Schema:
+    """The columns of a trial's file: ``trial_id``, each declared metric in declaration order
+    (a per-layer one as one column per layer in ``layers``)."""
+    fields = [pa.field(TRIAL_ID, pa.string())]
+    for m in METRICS:
+        names = [f"{m.name}.{layer}" for layer in layers] if m.per_layer else [m.name]
+        fields += [pa.field(name, _TYPES[m.dtype]) for name in names]
+    return pa.schema(fields)
+
+
+def _flat(report: Mapping) -> dict:
+    row = {}
+    for key, value in report.items():
+        if isinstance(value, Mapping):
+            row.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            row[key] = value
+    return row
+
+
+def to_table(trial_id: str, reports: Iterable[Mapping], layers: Sequence[str]) -> pa.Table:
+    """One trial's reports (dicts of declared metrics, per-layer ones as ``{layer: value}``) as a table."""
+    schema = arrow_schema(layers)
+    rows = [{**_flat(r), TRIAL_ID: trial_id} for r in reports]
+    extra = sorted({k for row in rows for k in row} - set(schema.names))
+    if extra:
+        raise ValueError(f"not columns of the results file: {', '.join(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def to_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write(path: str, trial_id: str, reports: Iterable[Mapping], layers: Sequence[str]) -> None:
+    """Write (or replace) the results file at ``path``."""
+    storage.write_bytes(path, to_bytes(to_table(trial_id, reports, layers)))
+
+
+def read(paths: Sequence[str]) -> pa.Table:
+    """Every row of the results files at ``paths`` (all local or all on one object store), as one
+    table. Read as one Parquet dataset (in parallel, only footers and column chunks); files whose
+    columns differ (experiments resumed across versions) are unified column by column."""
+    import pyarrow.dataset as ds
+
+    if not paths:
+        return pa.table({})
+    fs, _ = storage.filesystem(paths[0])
+    files = [storage.within(p) for p in paths]
+    try:
+        return ds.dataset(files, format="parquet", filesystem=fs).to_table()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        tables = [pq.read_table(f, filesystem=fs) for f in files]
+        return pa.concat_tables(tables, promote_options="permissive")
