@@ -52,8 +52,10 @@ def to_table(trial_id: str, reports: Iterable[Mapping], layers: Sequence[str]) -
 
 
 def to_bytes(table: pa.Table) -> bytes:
+    """Parquet without compression or column statistics: a trial's file is a few kB either way, and
+    an experiment reads thousands of them, where a codec's per-column start-up costs more than it saves."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="none", write_statistics=False)
     return buf.getvalue()
 
 
@@ -62,18 +64,28 @@ def write(path: str, trial_id: str, reports: Iterable[Mapping], layers: Sequence
     storage.write_bytes(path, to_bytes(to_table(trial_id, reports, layers)))
 
 
+CHUNK = 512  # files per Parquet dataset scan: a scan holds every file's buffers until it ends
+
+
 def read(paths: Sequence[str]) -> pa.Table:
     """Every row of the results files at ``paths`` (all local or all on one object store), as one
-    table. Read as one Parquet dataset (in parallel, only footers and column chunks); files whose
-    columns differ (experiments resumed across versions) are unified column by column."""
+    table. Read as Parquet datasets of :data:`CHUNK` files (in parallel within each); files whose
+    columns differ (an experiment resumed with newer code) are unified, missing values null."""
     import pyarrow.dataset as ds
 
     if not paths:
         return pa.table({})
     fs, _ = storage.filesystem(paths[0])
     files = [storage.within(p) for p in paths]
-    try:
-        return ds.dataset(files, format="parquet", filesystem=fs).to_table()
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        tables = [pq.read_table(f, filesystem=fs) for f in files]
-        return pa.concat_tables(tables, promote_options="permissive")
+    parts = []
+    for i in range(0, len(files), CHUNK):
+        chunk = ds.dataset(files[i:i + CHUNK], format="parquet", filesystem=fs)  # the first file's columns
+        table = chunk.to_table()
+        # each file's own columns are known once it is read: when one differs, read the chunk again
+        # with every file's columns (else the others' extra ones would be dropped silently)
+        if not all(f.physical_schema.equals(chunk.schema) for f in chunk.get_fragments()):
+            factory = ds.FileSystemDatasetFactory(fs, files[i:i + CHUNK], ds.ParquetFileFormat(),
+                                                  ds.FileSystemFactoryOptions())
+            table = factory.finish(factory.inspect(promote_options="permissive", fragments=None)).to_table()
+        parts.append(table)
+    return pa.concat_tables(parts, promote_options="permissive")

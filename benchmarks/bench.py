@@ -252,9 +252,120 @@ def gpu_figures(quick: bool, address: str | None) -> dict:
     return out
 
 
+def analyse_experiment(path: str) -> None:
+    """Time ``load_experiment`` + ``summarize`` + ``compare_all`` on ``path`` and print, as JSON, the
+    seconds, the rows and this process's peak memory (run in a fresh process by :func:`analysis_at_scale`)."""
+    import resource
+
+    import analysis
+
+    start = time.perf_counter()
+    df = analysis.load_experiment(path)
+    loaded = time.perf_counter()
+    analysis.summarize(df)
+    analysis.compare_all(df)
+    end = time.perf_counter()
+    print(json.dumps({"load_s": loaded - start, "stats_s": end - loaded, "rows": len(df),
+                      "trials": int(df["trial_id"].nunique()), "columns": df.shape[1],
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def analysis_at_scale(quick: bool) -> dict:
+    """The analysis of a 10,000-trial experiment (5 schedules x 20 sparsities x 100 seeds, 30
+    epochs each, ResNet-20's 22 layers) in the real on-disk layout, in a fresh process: seconds
+    and peak memory of loading it and computing every summary and paired comparison."""
+    from .synthetic import write_experiment
+
+    seeds = 4 if quick else 100
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "experiment")
+        start = time.perf_counter()
+        trials = write_experiment(path, seeds=seeds, epochs=30)
+        written = time.perf_counter() - start
+        code = "import sys; from benchmarks.bench import analyse_experiment; analyse_experiment(sys.argv[1])"
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True, text=True).stdout
+        wall = time.perf_counter() - start
+    got = json.loads(out.strip().splitlines()[-1])
+    key = "10k" if trials == 10000 else str(trials)
+    return {f"analysis_{key}_s": got["load_s"] + got["stats_s"], f"analysis_{key}_load_s": got["load_s"],
+            f"analysis_{key}_stats_s": got["stats_s"], f"analysis_{key}_process_s": wall,
+            f"analysis_{key}_peak_mb": got["peak_mb"], "analysis_trials": trials, "analysis_rows": got["rows"],
+            "analysis_write_s": written}
+
+
+def _state_bytes(experiment: Path) -> tuple[int, int]:
+    """(bytes of the newest experiment-state file, trials in it)."""
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    return state.stat().st_size, len(json.loads(state.read_text())["trial_data"])
+
+
+def bare_tune_trial(folder: str) -> None:
+    """Four Ray Tune trials that report once, with a one-byte checkpoint (one kept), and nothing of
+    their own: the smallest experiment state Tune keeps per trial."""
+    from ray import tune
+
+    def trial(config):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "x").write_bytes(b"x")
+            tune.report({}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    tune.Tuner(trial, param_space={"x": tune.grid_search(list(range(4)))},
+               run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0,
+                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
+
+
+def sweep_storage(quick: bool, address: str | None) -> dict:
+    """A real small sweep through ``prunesweep run`` with the default checkpoint policy: ResNet-20
+    (on digits), the built-in ``cifar10_resnet20`` recipe's optimizer and schedules, one sparsity,
+    30 fine-tuning epochs. Tune's experiment state per trial (beside a bare Tune trial's, measured
+    in the same run), and checkpoint bytes per trial: uploaded (each checkpoint Tune recorded) and
+    left in storage at the end, against the policy before (every epoch, ten kept, the final one full)."""
+    from analysis.schema import PRUNED_MODEL_FILE, RESULT_FILE
+
+    epochs = 6 if quick else 30
+    recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "configs" / "cifar10_resnet20.yaml")
+                            .read_text())
+    cfg = {"name": "storage", "model": "small_cnn" if quick else "resnet20", "dataset": {"name": "digits"},
+           "dense": {"epochs": 1, "batch_size": 64}, "pruning": recipe["pruning"],
+           "finetune": {**recipe["finetune"], "epochs": epochs, "batch_size": 64}, "schedules": recipe["schedules"],
+           "sparsities": [0.9], "seeds": 1, "resources": {"cpu": 1}}
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "storage.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        subprocess.run([sys.executable, "-m", "sweeps", "run", str(config), "--storage", folder, "--name", "s",
+                        "--no-dashboard"] + (["--address", address] if address else []),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        experiment = Path(folder) / "s"
+        state, trials = _state_bytes(experiment)
+        code = "import ray, sys; from benchmarks.bench import bare_tune_trial; " + (
+            f"ray.init(address={address!r}); " if address else "ray.init(num_cpus=2, include_dashboard=False); ") +             "bare_tune_trial(sys.argv[1]); ray.shutdown()"
+        subprocess.run([sys.executable, "-c", code, folder], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        bare, bare_trials = _state_bytes(Path(folder) / "bare")
+        uploaded = left = full = 0
+        for trial in (p for p in experiment.iterdir() if (p / RESULT_FILE).exists()):
+            sizes = {c.name: sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
+                     for c in trial.glob("checkpoint_*")}
+            rows = [json.loads(line) for line in (trial / RESULT_FILE).read_text().splitlines()]
+            written = [r["checkpoint_dir_name"] for r in rows if r.get("should_checkpoint")]
+            full = max(sizes.values())  # the kept checkpoint before the final, compact one
+            uploaded += sum(sizes.get(name, full) for name in written)
+            left += sum(sizes.values()) + (trial / PRUNED_MODEL_FILE).stat().st_size
+        before = full * epochs  # every epoch a full checkpoint, ten of them kept
+    return {"state_bytes_per_trial": state / trials, "tune_bare_state_bytes_per_trial": bare / bare_trials,
+            "state_vs_bare_tune": (state / trials) / (bare / bare_trials),
+            "checkpoint_bytes_per_trial": uploaded / trials, "checkpoint_bytes_left_per_trial": left / trials,
+            "checkpoint_bytes_per_trial_before": before, "checkpoint_bytes_left_per_trial_before": full * min(10, epochs),
+            "checkpoint_upload_reduction": before / (uploaded / trials), "full_checkpoint_bytes": full,
+            "storage_sweep_epochs": epochs}
+
+
 GOALS = {"loader_speedup": ">= 1 (higher is better)", "mask_overhead": "<= 1.10", "prune_speedup": ">= 10",
          "prune_speedup_vs_vectorised_numpy": "(context)",
-         "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores"}
+         "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores",
+         "analysis_10k_s": "< 30 s, < 2048 MB peak", "state_vs_bare_tune": "state < 10 KB/trial (issue #17)",
+         "checkpoint_upload_reduction": "(context)"}
 
 
 def main(argv=None) -> int:
@@ -278,6 +389,8 @@ def main(argv=None) -> int:
     figures.update(mask_overhead(args.quick))
     figures.update(prune_speedup(args.quick))
     figures.update(tune_overhead(args.quick, args.address))
+    figures.update(sweep_storage(args.quick, args.address))
+    figures.update(analysis_at_scale(args.quick))
 
     rows = [("loader_speedup", "loader_images_per_s", "torchvision_images_per_s", "images/s"),
             ("mask_overhead", "masked_step_s", "dense_step_s", "s/step"),
@@ -287,11 +400,20 @@ def main(argv=None) -> int:
     rows += [(k, f"prunesweep_s_{k.split('_')[-1]}", f"plain_loop_s_{k.split('_')[-1]}", "s")
              for k in figures if k.startswith("tune_overhead_")]
     rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
+    rows.append(("state_vs_bare_tune", "state_bytes_per_trial", "tune_bare_state_bytes_per_trial", "bytes"))
+    rows.append(("checkpoint_upload_reduction", "checkpoint_bytes_per_trial_before", "checkpoint_bytes_per_trial",
+                 "bytes"))
+    scale = next(k for k in figures if k.startswith("analysis_") and k.endswith("_peak_mb"))[: -len("_peak_mb")]
+    rows.append((f"{scale}_s", f"{scale}_load_s", f"{scale}_stats_s", "s (sum)"))
     print(f"prunesweep benchmarks, {figures['date']}, {figures['machine']}, GPU: {figures['gpu_name'] or 'none'}"
           + (" (quick: smoke sizes)" if args.quick else ""))
     print(f"{'figure':<36}{'ratio':>10}   {'numerator':>14} {'denominator':>14}  unit      goal")
     for key, num, den, unit in rows:
-        print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} {GOALS.get(key, '')}")
+        print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} "
+              f"{GOALS.get(key.replace(scale, 'analysis_10k'), '')}")
+    for key in (f"{scale}_peak_mb", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
+                "full_checkpoint_bytes"):
+        print(f"{key:<36}{figures[key]:>10.4g}")
     for key, value in figures.items():
         if key.startswith("gpu_") and key != "gpu_name":
             print(f"{key:<36}{value if isinstance(value, str) else f'{value:.4g}'}")

@@ -17,10 +17,13 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     assert bench_main(["--quick", "--json", str(out), "--address", ray_session.address_info["address"]]) == 0
     figures = json.loads(out.read_text())
     for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
-                "prune_fraction_of_epoch", "tune_overhead_tiny", "parallel_efficiency"):
+                "prune_fraction_of_epoch", "tune_overhead_tiny", "parallel_efficiency", "state_bytes_per_trial",
+                "tune_bare_state_bytes_per_trial", "state_vs_bare_tune", "checkpoint_bytes_per_trial",
+                "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     table = capsys.readouterr().out
-    assert "mask_overhead" in table and "GPU: none" in table
+    assert "mask_overhead" in table and "GPU: none" in table and "analysis_400_s" in table
+    assert figures["analysis_rows"] == 400 * 30
 
 
 def test_run_starts_local_ray_with_dashboard_and_shuts_it_down(tmp_path):

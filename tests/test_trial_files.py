@@ -81,3 +81,26 @@ def test_checkpoint_policy_defaults_and_legacy_name():
         validate({**TINY, "checkpoints_to_keep": 10, "checkpoint": {"keep": 3}})
     with pytest.raises(ConfigError, match="checkpoint.every_epochs"):
         validate({**TINY, "checkpoint": {"every_epochs": 0}})
+
+
+def test_results_files_read_in_chunks_and_unified(tmp_path, monkeypatch):
+    """Many files are read as datasets of CHUNK files; a file with other columns (a resumed
+    experiment's newer code) is unified with the rest, its missing values null."""
+    reports = lambda n: [{"schedule": "instant", "epoch": e, "test_accuracy": e / 10, "layer_sparsity": {"a": 0.5}}
+                         for e in range(1, n + 1)]
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"t{i}" / schema.TRIAL_RESULTS_FILE))
+        trial_results.write(paths[-1], f"t{i}", reports(i + 1), layers=["a"])
+    monkeypatch.setattr(trial_results, "CHUNK", 2)
+    table = trial_results.read(paths).to_pandas()
+    assert table["trial_id"].tolist() == [f"t{i}" for i in range(5) for _ in range(i + 1)]
+    assert table["epoch"].tolist() == [e for i in range(5) for e in range(1, i + 2)]
+    assert list(table.columns) == trial_results.arrow_schema(["a"]).names
+    # another layer set in one file: that file is read with its own columns, the others get nulls
+    trial_results.write(paths[0], "t0", [{"epoch": 1, "layer_sparsity": {"b": 0.25}}], layers=["b"])
+    table = trial_results.read(paths).to_pandas().set_index("trial_id")
+    assert table.loc["t0", "layer_sparsity.b"] == 0.25 and pd.isna(table.loc["t0", "layer_sparsity.a"])
+    assert table.loc["t1", "layer_sparsity.a"].tolist() == [0.5, 0.5] and table.loc["t1", "layer_sparsity.b"].isna().all()
+    with pytest.raises(ValueError, match="not columns of the results file: layer_sparsity.c"):
+        trial_results.to_table("t", [{"layer_sparsity": {"c": 1.0}}], layers=["a"])
