@@ -32,6 +32,12 @@ def split_provenance(experiment_file: Mapping[str, Any]) -> tuple[dict, dict]:
     return config, config.pop(PROVENANCE, None) or {}
 
 
+def dense_checkpoint_file(seed: int) -> str:
+    """The dense training of ``seed`` in progress (its last epoch), inside :data:`DENSE_DIR`; removed
+    once :func:`dense_file` is written."""
+    return f"seed_{seed}.checkpoint.pt"
+
+
 def dense_file(seed: int) -> str:
     """The dense model of ``seed``, inside :data:`DENSE_DIR`."""
     return f"seed_{seed}.pt"

@@ -46,17 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _summarise(results, path: str) -> int:
-    total = len(results)
+def _summarise(outcome, path: str) -> int:
+    results = outcome.results
     errors = [r for r in results if r.error is not None]
     finished = [r for r in results if r.error is None and EPOCH in (r.metrics or {}) and is_finished(r.metrics)]
     diverged = sum(is_diverged(r.metrics) for r in finished)
     note = f" ({diverged} diverged: they end there and are not retried)" if diverged else ""
-    print(f"\n{len(finished)} of {total} trials finished{note}; results in {path}")
+    print(f"\n{len(finished)} of {outcome.trials} trials finished{note}; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
+    for seed, why in sorted(outcome.dense_failed.items()):
+        print(f"the dense model of seed {seed} could not be trained ({why}): its trials failed; "
+              f"`prunesweep resume {path}` trains it again and runs them", file=sys.stderr)
     if errors:
         print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
-    if len(finished) < total:
+    if len(finished) < outcome.trials:
         print(f"unfinished trials remain: continue with `prunesweep resume {path}`", file=sys.stderr)
         return 1
     return 0
@@ -86,12 +89,12 @@ def main(argv=None) -> int:
                                     dashboard_host=args.dashboard_host, autoscale=args.autoscale)
         if args.command == "run":
             config = load_config(args.config, args.overrides)
-            results = runner.run(config, args.storage, args.name, options)
+            outcome = runner.run(config, args.storage, args.name, options)
             path = storage.join(storage.normalise(args.storage), args.name or config.name)
         else:
-            results = runner.resume(args.experiment, options, force=args.force)
+            outcome = runner.resume(args.experiment, options, force=args.force)
             path = storage.normalise(args.experiment)
-        return _summarise(results, path)
+        return _summarise(outcome, path)
     except ConfigError as exc:
         print(f"prunesweep: error: {exc}", file=sys.stderr)
         return 2

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 import yaml
 
 from analysis import storage
-from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEED, \
-    TARGET_SPARSITY, TEST_ACCURACY, TrialPoint, dense_file
+from analysis.schema import CONFIG_FILE, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, \
+    TrialPoint
 
 from . import provenance
 from .config import ConfigError, SweepConfig, expand, validate
@@ -42,36 +39,63 @@ def connect(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.address:
-        ray.init(address=options.address, log_to_driver=True)
+        ctx = ray.init(address=options.address, log_to_driver=True)
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
     else:
         ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host)
         url = getattr(ctx, "dashboard_url", None)
         if options.dashboard and url:
-            print(f"Ray dashboard: http://{url}", flush=True)
-            auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
-            if auth != "token" and options.dashboard_host not in ("127.0.0.1", "localhost"):
-                print(f"warning: the dashboard listens on {options.dashboard_host} with RAY_AUTH_MODE={auth}: "
-                      "anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
+            print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
+            if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
+                print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
+                      "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
     return True
+
+
+def _token_auth() -> bool:
+    """Whether this Ray session uses token authentication (Ray sets RAY_AUTH_MODE=token when it
+    turns it on by default, as for a local cluster)."""
+    return os.environ.get(AUTH_MODE_ENV, "").lower() == "token"
+
+
+def _token_hint(remote: bool) -> str:
+    """What the dashboard will ask for, and where to get it."""
+    if not _token_auth():
+        return "no token authentication (RAY_AUTH_MODE is not token)"
+    where = ("the cluster's token (the ~/.ray/auth_token its nodes were started with; `ray get-auth-token` "
+             "on the head prints it)" if remote else "the token `ray get-auth-token` prints (~/.ray/auth_token)")
+    return (f"it asks for {where}. The sweep's trials are under Jobs when the sweep was submitted with "
+            "`ray job submit`, else under Actors (one per running trial) and Tune's table printed here")
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 @contextlib.contextmanager
 def ray_session(config: SweepConfig, options: RayOptions):
     """Connect (:func:`connect`), refuse what the cluster cannot run (:func:`check_resources`),
-    and shut down on the way out whatever this session started."""
+    and on the way out withdraw an autoscaler request it made and shut down what it started."""
     started = connect(options)
+    requested = False
     try:
-        check_resources(config, options.autoscale)
+        requested = check_resources(config, options.autoscale)
         yield
     finally:
+        if requested:  # Ray keeps a request until it is replaced: without this no GPU node would ever go
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
         if started:
             import ray
 
             ray.shutdown()
 
 
-def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
-    """Refuse, before any trial starts, a request the cluster can never meet."""
+def check_resources(config: SweepConfig, autoscale: bool = False) -> bool:
+    """Refuse, before any trial starts, a request the cluster can never meet; with ``autoscale``,
+    ask the autoscaler for a node that fits a trial instead. Returns whether it asked."""
     import ray
 
     total = ray.cluster_resources()
@@ -89,8 +113,10 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> None:
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
-    elif res.gpu > 0:
+        return True
+    if res.gpu > 0:
         _check_gpu_visible(res.gpu)
+    return False
 
 
 def _gpu_device() -> str:
@@ -119,63 +145,6 @@ def _check_gpu_visible(gpu: float, timeout_s: float = 120) -> None:
         raise ConfigError(f"resources.gpu: {storage.one_line(cause)}") from None
 
 
-def _train_dense_task(sweep: SweepConfig, seed: int, checkpoint_state: dict | None) -> dict:
-    import ray
-    import torch
-
-    from .train import device_for, train_dense
-
-    torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
-    return train_dense(sweep, seed, device_for(ray.get_gpu_ids()), checkpoint_state=checkpoint_state)
-
-
-def ensure_dense(config: SweepConfig, path: str, checkpoint_state: dict | None = None) -> dict:
-    """One dense model per seed, trained once and stored under the experiment.
-
-    Seeds whose file exists are loaded, the others are trained as Ray tasks (in parallel,
-    with the trials' resources). A ``dense.checkpoint`` is read here, on the driver (it may be
-    on an object store the workers cannot see; ``checkpoint_state`` if the caller read it), and
-    shipped to the tasks through Ray. Returns ``{seed: ObjectRef}`` of the dense dicts.
-    """
-    import ray
-    import torch
-
-    from .train import dense_checkpoint
-
-    refs, missing = {}, []
-    for seed in config.seed_list:
-        file = storage.join(path, DENSE_DIR, dense_file(seed))
-        if storage.exists(file):
-            refs[seed] = ray.put(torch.load(io.BytesIO(storage.read_bytes(file)), weights_only=False))
-        else:
-            missing.append(seed)
-    if not missing:
-        return refs
-    task = ray.remote(_train_dense_task).options(num_cpus=config.resources.cpu, num_gpus=config.resources.gpu)
-    what = "load" if config.dense.checkpoint else f"train ({config.dense.epochs} epochs)"
-    print(f"dense models: {what} for seeds {missing}", flush=True)
-    if config.dense.checkpoint and checkpoint_state is None:
-        checkpoint_state = dense_checkpoint(config)
-    loaded = ray.put(checkpoint_state) if checkpoint_state is not None else None
-    pending = {task.remote(config, seed, loaded): seed for seed in missing}
-    log_file = storage.join(path, DENSE_DIR, DENSE_LOG)
-    log = storage.read_bytes(log_file) if storage.exists(log_file) else b""
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        seed = pending.pop(done[0])
-        dense = ray.get(done[0])
-        buf = io.BytesIO()
-        torch.save(dense, buf)
-        storage.write_bytes(storage.join(path, DENSE_DIR, dense_file(seed)), buf.getvalue())
-        entry = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
-        entry["finished_at"] = time.time()
-        log += (json.dumps(entry) + "\n").encode()
-        storage.write_bytes(log_file, log)
-        refs[seed] = ray.put(dense)
-        print(f"dense seed {seed}: test_accuracy {dense['test_accuracy']:.4f} ({dense['seconds']:.1f} s)", flush=True)
-    return refs
-
-
 def trial_dirname(trial) -> str:
     """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``."""
     return f"{trial.trial_id}_{TrialPoint.from_dict(trial.config[PARAM]).label}"
@@ -194,13 +163,6 @@ def _trainable(config: SweepConfig, dense_refs: dict, path: str):
     return tune.with_resources(bound, resources)
 
 
-def param_space(config: SweepConfig) -> dict:
-    """Only the trial point varies between trials (and is recorded in each trial's config)."""
-    from ray import tune
-
-    return {PARAM: tune.grid_search([p.to_dict() for p in expand(config)])}
-
-
 def _reporter():
     """A compact progress table: the trial's point, epoch, test accuracy."""
     from ray import tune
@@ -213,10 +175,13 @@ def _reporter():
     )
 
 
-def _run_config(config: SweepConfig, storage_path: str, name: str):
+def _run_config(config: SweepConfig, storage_path: str, name: str, trials: int):
     from ray import tune
 
+    from .progress import ProgressLine
+
     return tune.RunConfig(
+        callbacks=[ProgressLine(trials)],
         progress_reporter=_reporter(),
         name=name,
         storage_path=storage_path,
@@ -262,7 +227,7 @@ def _check_storage(storage_path: str) -> None:
 
 
 def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions()):
-    """Run the sweep into ``<storage>/<name>``; returns Ray Tune's ResultGrid.
+    """Run the sweep into ``<storage>/<name>``; returns its :class:`Outcome`.
 
     Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
     before the experiment folder is made."""
@@ -307,21 +272,44 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
         return _fit(config, path, storage_path, name, restore=True)
 
 
-def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool, checkpoint: dict | None = None):
+@dataclass
+class Outcome:
+    """What a run or resume ended with: Ray Tune's ResultGrid, the trials the sweep has, and the
+    seeds whose dense training failed for good (seed: why)."""
+
+    results: object
+    trials: int
+    dense_failed: dict
+
+
+def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool,
+         checkpoint: dict | None = None) -> Outcome:
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
-    dense_refs = ensure_dense(config, path, checkpoint)
-    trainable = _trainable(config, dense_refs, path)
-    if restore and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(config),
-            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=_run_config(config, storage_path, name),
-        )
-    return tuner.fit()
+    from .dense import DensePhase, SeedGate, active
+
+    import ray
+
+    points = expand(config)
+    # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told
+    # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
+    with active(DensePhase(config, path, checkpoint).start()) as phase:
+        if restore:
+            phase.wait()  # restored trials start at once, so their dense models must exist first
+        trainable = _trainable(config, phase.refs, path)
+        if restore and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=SeedGate(points), num_samples=-1,
+                                            max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
+                                            trial_dirname_creator=trial_dirname),
+                run_config=_run_config(config, storage_path, name, len(points)),
+            )
+        results = tuner.fit()
+        phase.poll()
+        return Outcome(results, len(points), dict(phase.failed))

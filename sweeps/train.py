@@ -153,12 +153,14 @@ def dense_checkpoint(sweep: SweepConfig) -> dict:
     return state
 
 
-def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=None,
-                checkpoint_state: dict | None = None) -> dict:
+def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_state: dict | None = None,
+                resume: dict | None = None, on_epoch=None) -> dict:
     """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics.
 
     With ``dense.checkpoint`` the weights are ``checkpoint_state`` (read once by the driver and
-    shipped through Ray), else read from the checkpoint here.
+    shipped through Ray), else read from the checkpoint here. ``on_epoch(epoch, epochs, state)``
+    is called after every epoch with a function that returns everything needed to continue from
+    there; training given that ``resume`` state goes on bit for bit (on the CPU) as if never stopped.
     """
     data = dataset_for(sweep)
     torch.manual_seed(seed)
@@ -169,20 +171,41 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, progress=No
                               else read_checkpoint(sweep.dense.checkpoint))
     model, data = prepare(model, data, device)
     epochs = sweep.dense.epochs or 0
+    before = 0.0  # seconds trained before a resume
     if epochs:
         optimizer = make_optimizer(sweep.dense.optimizer, model.parameters())
         scheduler = make_scheduler(sweep.dense.lr_schedule, optimizer, epochs)
         generator = torch.Generator(device=device).manual_seed(seed)
         loader = DeviceLoader(data, sweep.dense.batch_size, generator, sweep.dataset.augments)
-        for epoch in range(epochs):
+        done = 0
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            generator.set_state(resume["generator"])
+            torch.set_rng_state(resume["torch_rng"])
+            if "cuda_rng" in resume and device.type == "cuda":
+                torch.cuda.set_rng_state(resume["cuda_rng"], device)
+            done, before = resume["epoch"], resume["seconds"]
+
+        def state(epoch: int) -> dict:
+            saved = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                     "seconds": before + time.perf_counter() - start}
+            if device.type == "cuda":
+                saved["cuda_rng"] = torch.cuda.get_rng_state(device)
+            return saved
+
+        for epoch in range(done, epochs):
             train_epoch(model, loader, optimizer, device)
             scheduler.step()
-            if progress is not None:
-                progress(epoch + 1, epochs)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs, lambda e=epoch + 1: state(e))
     loss, acc = evaluate(model, data, device)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return {"state_dict": state, "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
-            "seconds": time.perf_counter() - start, "seed": seed}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {"state_dict": weights, "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
+            "seconds": before + time.perf_counter() - start, "seed": seed}
 
 
 class FinetuneRun:

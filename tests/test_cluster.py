@@ -29,6 +29,54 @@ def test_cluster_yaml_is_valid_for_rays_launcher():
     assert any("--dashboard-host=127.0.0.1" in cmd for cmd in config["head_start_ray_commands"])
 
 
+def test_cluster_yaml_could_run_today():
+    """The properties a real launch needs, which Ray's schema does not check."""
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    # a pinned Ray image of this Ray and Python, CUDA on the workers; hosts with a driver and Docker
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert config["docker"]["head_image"] == f"rayproject/ray:{ray.__version__}-{python}-cpu"
+    assert config["docker"]["worker_image"] == f"rayproject/ray:{ray.__version__}-{python}-gpu"
+    dlami = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+    assert all(t["node_config"]["ImageId"] == dlami for t in types.values())
+    # instance profiles: workers may write the bucket, the head may also launch and pass them
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in types.items()}
+    assert profiles == {"head": "arn:aws:iam::ACCOUNT_ID:instance-profile/prunesweep-head",
+                        "gpu_worker": "arn:aws:iam::ACCOUNT_ID:instance-profile/prunesweep-worker"}
+    assert any("boto3" in cmd for cmd in config["head_setup_commands"])
+    # spot GPU workers that go when idle, terminated rather than kept stopped
+    assert all(t["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"} and t["min_workers"] == 0
+               for t in workers)
+    assert 0 < config["idle_timeout_minutes"] <= 30 and config["provider"]["cache_stopped_nodes"] is False
+    # token authentication on every node, with one token distributed to all of them
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in cmd and "bashrc" in cmd for cmd in config["setup_commands"])
+    # no port beyond SSH open to the world: no rules of ours, the dashboard and Ray Client not exposed
+    assert "security_group" not in config["provider"]
+    text = " ".join(starts)
+    assert "--dashboard-host=0.0.0.0" not in text and "ray-client-server-port" not in text
+
+
+def test_autoscale_request_is_withdrawn_when_the_sweep_ends(ray_session):
+    """``--autoscale`` asks the autoscaler for a node that fits a trial; Ray keeps such a request
+    until it is replaced, so the session replaces it with none on the way out."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from sweeps import runner
+    from sweeps.config import validate
+
+    from .conftest import TINY
+
+    config = validate({**TINY, "resources": {"cpu": 1, "gpu": 0.5}})
+    with runner.ray_session(config, runner.RayOptions(autoscale=True)):
+        assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == [{"CPU": 1.0, "GPU": 0.5}]
+    assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == []
+
+
 def test_sweep_on_two_node_cluster(tmp_path):
     spread = write_config(tmp_path, "spread.yaml", seeds=1, finetune={"epochs": 2, "batch_size": 64})
     gpu = write_config(tmp_path, "gpu.yaml", seeds=1, sparsities=[0.5], finetune={"epochs": 2, "batch_size": 64},

@@ -142,8 +142,8 @@ def test_trials_get_the_drivers_config_and_only_their_point(ray_session, tmp_pat
     config.finetune.optimizer.lr = 0.0
     with pytest.raises(Exception, match="finetune.optimizer.lr"):
         validate(config.model_dump(mode="json"))
-    results = runner.run(config, str(tmp_path / "r"), "driver_config")
-    assert [r.error for r in results] == [None]
+    outcome = runner.run(config, str(tmp_path / "r"), "driver_config")
+    assert [r.error for r in outcome.results] == [None] and outcome.trials == 1 and outcome.dense_failed == {}
     df = load_experiment(tmp_path / "r" / "driver_config")
     assert df["lr"].tolist() == [0.0, 0.0]
     # each trial's Tune config is its point, nothing else

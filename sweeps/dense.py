@@ -1,0 +1,213 @@
+"""The dense phase: one dense model per seed, shared by all trials of that seed.
+
+Each missing seed trains as a Ray task of its own (a fresh worker process, ``max_calls=1``, so a
+GPU's CUDA context goes with it) that checkpoints every epoch into the experiment's storage and
+is retried (``max_failures``) from there; it writes its dense model to storage itself, so a
+driver that dies loses nothing. A seed whose training fails for good fails only its own trials.
+Ray Tune gets the trials through :class:`SeedGate`, which hands out a seed's trials once that
+seed's dense model exists: trials of the seeds that are ready run while the others still train.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import signal
+import sys
+import time
+
+from ray.tune.search import Searcher
+
+from analysis import storage
+from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, TrialPoint, dense_checkpoint_file, dense_file
+
+from .config import SweepConfig
+
+CHAOS_ENV = "PRUNESWEEP_CHAOS_DENSE"  # "<seed>@<epoch>": kill once before epoch's checkpoint; "<seed>@fail"
+PROGRESS_S = 30.0  # a dense training prints its progress at most this often (and at its end)
+
+
+def _chaos(seed: int) -> str | None:
+    wanted, _, what = os.environ.get(CHAOS_ENV, "").partition("@")
+    return what if wanted and int(wanted) == seed else None
+
+
+def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state: dict | None,
+               chaos: str | None = None) -> tuple[dict, dict]:
+    """The Ray task of one seed: train (continuing from the seed's checkpoint in storage, if any),
+    write ``dense/seed_<n>.pt``, drop the checkpoint. Returns ``(summary, dense)``."""
+    import ray
+    import torch
+
+    from .train import device_for, train_dense
+
+    torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
+    folder = storage.join(experiment, DENSE_DIR)
+    checkpoint = storage.join(folder, dense_checkpoint_file(seed))
+    resume = (torch.load(io.BytesIO(storage.read_bytes(checkpoint)), map_location="cpu", weights_only=False)
+              if storage.exists(checkpoint) else None)
+    if chaos == "fail":
+        raise RuntimeError(f"injected failure of seed {seed}'s dense training ({CHAOS_ENV})")
+    started, last = time.perf_counter(), [0.0]
+    first = resume["epoch"] if resume else 0
+    if first:
+        print(f"dense seed {seed}: continuing from epoch {first} (its checkpoint)", flush=True)
+
+    def on_epoch(epoch: int, epochs: int, state) -> None:
+        if chaos is not None and chaos.isdigit() and epoch == int(chaos) + 1:
+            marker = storage.join(folder, f".chaos-killed-{seed}")
+            if not storage.exists(marker):  # once: the retry goes on from the last checkpoint
+                storage.write_bytes(marker, b"")
+                os.kill(os.getpid(), signal.SIGKILL)
+        buf = io.BytesIO()
+        torch.save(state(), buf)
+        storage.write_bytes(checkpoint, buf.getvalue())
+        now = time.perf_counter() - started
+        if now - last[0] >= PROGRESS_S or epoch == epochs:
+            last[0] = now
+            per_epoch = now / (epoch - first)
+            print(f"dense seed {seed}: epoch {epoch}/{epochs}, {per_epoch:.1f} s/epoch, "
+                  f"about {per_epoch * (epochs - epoch) / 60:.0f} min to go", flush=True)
+
+    dense = train_dense(sweep, seed, device_for(ray.get_gpu_ids()), checkpoint_state, resume, on_epoch)
+    buf = io.BytesIO()
+    torch.save(dense, buf)
+    storage.write_bytes(storage.join(folder, dense_file(seed)), buf.getvalue())
+    if storage.exists(checkpoint):
+        storage.delete(checkpoint)
+    summary = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
+    return {**summary, "resumed_from_epoch": first}, dense
+
+
+class DensePhase:
+    """The dense models of one sweep, on the driver: :meth:`start` loads the seeds whose model is in
+    storage and starts a task for each other one; :meth:`poll` notes which tasks have finished.
+    ``refs`` holds a dense model's ObjectRef per seed (a task's before it finishes), ``ready`` the
+    seeds whose model exists, ``failed`` why a seed's training failed for good."""
+
+    def __init__(self, config: SweepConfig, path: str, checkpoint_state: dict | None = None):
+        self.config, self.path, self.checkpoint_state = config, path, checkpoint_state
+        self.refs: dict = {}
+        self.ready: set[int] = set()
+        self.failed: dict[int, str] = {}
+        self._pending: dict = {}  # summary ObjectRef -> seed
+
+    def start(self) -> "DensePhase":
+        import ray
+        import torch
+
+        from .train import dense_checkpoint
+
+        missing = []
+        for seed in self.config.seed_list:
+            file = storage.join(self.path, DENSE_DIR, dense_file(seed))
+            if storage.exists(file):
+                self.refs[seed] = ray.put(torch.load(io.BytesIO(storage.read_bytes(file)), weights_only=False))
+                self.ready.add(seed)
+            else:
+                missing.append(seed)
+        if not missing:
+            return self
+        res, dense = self.config.resources, self.config.dense
+        what = "load" if dense.checkpoint else f"train ({dense.epochs} epochs each, checkpointed every epoch)"
+        print(f"dense models: {what} for seeds {missing}; trials of a seed start when its model exists", flush=True)
+        if dense.checkpoint and self.checkpoint_state is None:
+            self.checkpoint_state = dense_checkpoint(self.config)
+        shipped = ray.put(self.checkpoint_state) if self.checkpoint_state is not None else None
+        task = ray.remote(max_calls=1, num_returns=2)(train_seed).options(
+            num_cpus=res.cpu, num_gpus=res.gpu, max_retries=self.config.max_failures, retry_exceptions=True)
+        for seed in missing:
+            summary, model = task.remote(self.config, seed, self.path, shipped, _chaos(seed))
+            self.refs[seed] = model
+            self._pending[summary] = seed
+        return self
+
+    @property
+    def waiting(self) -> list[int]:
+        """Seeds whose training is still running."""
+        return sorted(self._pending.values())
+
+    def poll(self, timeout: float | None = 0) -> None:
+        """Note the tasks that have finished (waiting up to ``timeout`` seconds for one; None: until one has)."""
+        import ray
+
+        if not self._pending:
+            return
+        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending) if timeout == 0 else 1,
+                           timeout=timeout)
+        for ref in done:
+            seed = self._pending.pop(ref)
+            try:
+                summary = ray.get(ref)
+            except Exception as exc:  # the task's own error, or its worker's death, after every retry
+                self.failed[seed] = storage.one_line(getattr(exc, "cause", None) or exc)
+                print(f"dense seed {seed} failed after {self.config.max_failures} retries: {self.failed[seed]}; "
+                      "its trials fail too (`prunesweep resume` trains it again)", file=sys.stderr, flush=True)
+                continue
+            self.ready.add(seed)
+            self._log(summary)
+            print(f"dense seed {seed}: test_accuracy {summary['test_accuracy']:.4f} ({summary['seconds']:.1f} s); "
+                  "its trials may start", flush=True)
+
+    def wait(self) -> None:
+        """Until every task has finished or failed."""
+        while self._pending:
+            self.poll(timeout=None)
+
+    def _log(self, summary: dict) -> None:
+        file = storage.join(self.path, DENSE_DIR, DENSE_LOG)
+        log = storage.read_bytes(file) if storage.exists(file) else b""
+        storage.write_bytes(file, log + (json.dumps({**summary, "finished_at": time.time()}) + "\n").encode())
+
+
+_ACTIVE: list[DensePhase] = []
+
+
+@contextlib.contextmanager
+def active(phase: DensePhase):
+    """Make ``phase`` the one :class:`SeedGate` consults (in this driver process) while the sweep runs."""
+    _ACTIVE.append(phase)
+    try:
+        yield phase
+    finally:
+        _ACTIVE.remove(phase)
+
+
+class SeedGate(Searcher):
+    """A Ray Tune searcher over the sweep's fixed grid of trial points, in grid order, that hands
+    out a seed's trials only once its dense model exists (or its training failed: then its trials
+    fail at once, naming why, and ``resume`` runs them again). The dense models are the driver's
+    :class:`DensePhase` (:func:`active`), so this searcher's state is only which points it handed
+    out, saved with the experiment for ``resume``."""
+
+    def __init__(self, points: list[TrialPoint]):
+        super().__init__()
+        self._points = [p.to_dict() for p in points]
+        self._given: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        phase = _ACTIVE[-1]
+        phase.poll()
+        waiting = False
+        for point in self._points:
+            label = TrialPoint.from_dict(point).label
+            if label in self._given:
+                continue
+            if point["seed"] in phase.ready or point["seed"] in phase.failed:
+                self._given.add(label)
+                return {PARAM: dict(point)}
+            waiting = True
+        return None if waiting else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"given": sorted(self._given)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self._given = set(pickle.load(f)["given"])

@@ -1,0 +1,56 @@
+"""One line of progress at a steady interval for long sweeps, beside Ray Tune's table."""
+from __future__ import annotations
+
+import os
+import time
+
+from ray.tune import Callback
+
+INTERVAL_ENV = "PRUNESWEEP_PROGRESS_S"
+INTERVAL_S = 60.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+class ProgressLine(Callback):
+    """Every ``interval`` seconds (``PRUNESWEEP_PROGRESS_S``, default 60): trials done, running,
+    waiting (for resources or for their seed's dense model) and failed out of the sweep's whole
+    grid, and an ETA from the rate at which trials have finished so far in this session."""
+
+    def __init__(self, trials: int, interval: float | None = None):
+        self.trials = trials
+        self.interval = float(os.environ.get(INTERVAL_ENV, INTERVAL_S)) if interval is None else interval
+        self._start = self._last = time.monotonic()
+        self._done_at_start = None
+
+    def line(self, trials, now: float) -> str:
+        """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``)."""
+        count = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0}
+        for trial in trials:
+            count[trial.status] = count.get(trial.status, 0) + 1
+        done, running, failed = count["TERMINATED"], count["RUNNING"], count["ERROR"]
+        waiting = self.trials - done - running - failed
+        if self._done_at_start is None:
+            self._done_at_start = done  # finished in an earlier session: no measure of this one's speed
+        finished_here, elapsed = done - self._done_at_start, now - self._start
+        if waiting + running == 0:
+            eta = "all ended"
+        elif finished_here and elapsed > 0:
+            eta = f"ETA {_duration((waiting + running) * elapsed / finished_here)}"
+        else:
+            eta = "ETA after the first trial ends"
+        return (f"[prunesweep] trials: {done} done, {running} running, {waiting} waiting, {failed} failed "
+                f"of {self.trials}; {_duration(elapsed)} elapsed; {eta}")
+
+    def on_step_end(self, iteration: int, trials, **info) -> None:
+        now = time.monotonic()
+        if self._done_at_start is None:
+            self._done_at_start = sum(t.status == "TERMINATED" for t in trials)
+        if now - self._last >= self.interval:
+            self._last = now
+            print(self.line(trials, now), flush=True)
