@@ -296,7 +296,9 @@ def analysis_at_scale(quick: bool) -> dict:
 
 def _state_bytes(experiment: Path) -> tuple[int, int]:
     """(bytes of the newest experiment-state file, trials in it)."""
-    state = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    from analysis.schema import EXPERIMENT_STATE_GLOB
+
+    state = sorted(experiment.glob(EXPERIMENT_STATE_GLOB))[-1]
     return state.stat().st_size, len(json.loads(state.read_text())["trial_data"])
 
 

@@ -103,7 +103,7 @@ def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4
               "sparsities": sparsities, "seeds": seeds, "finetune": {"epochs": epochs}}
     with open(os.path.join(root, schema.CONFIG_FILE), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
-    with open(os.path.join(root, "experiment_state-synthetic.json"), "w") as f:
+    with open(os.path.join(root, schema.EXPERIMENT_STATE_GLOB.replace("*", "synthetic")), "w") as f:
         json.dump({"trial_data": [], "runner_data": {}}, f)
     points = schema.trial_points(config)
     epoch = np.arange(1, epochs + 1)

@@ -19,6 +19,8 @@ import sys
 import time
 
 from ray.tune.search import Searcher
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from analysis import storage
 from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, TrialPoint, dense_checkpoint_file, dense_file
@@ -93,6 +95,8 @@ class DensePhase:
         self.ready: set[int] = set()
         self.failed: dict[int, str] = {}
         self._pending: dict = {}  # summary ObjectRef -> seed
+        self._groups: dict = {}  # seed -> the placement group its training runs in
+        self._placing: dict = {}  # a group's ready() ObjectRef -> seed, until the group is placed
 
     def start(self) -> "DensePhase":
         import ray
@@ -116,13 +120,28 @@ class DensePhase:
         if dense.checkpoint and self.checkpoint_state is None:
             self.checkpoint_state = dense_checkpoint(self.config)
         shipped = ray.put(self.checkpoint_state) if self.checkpoint_state is not None else None
-        task = ray.remote(max_calls=1, num_returns=2)(train_seed).options(
-            num_cpus=res.cpu, num_gpus=res.gpu, max_retries=self.config.max_failures, retry_exceptions=True)
+        task = ray.remote(max_calls=1, num_returns=2)(train_seed)
+        bundle = {"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}
         for seed in missing:
-            summary, model = task.remote(self.config, seed, self.path, shipped, _chaos(seed))
+            # each seed's resources are reserved (a placement group, asked for before any trial's) until
+            # its training ends: trials of the seeds that are ready never starve it, retries included
+            group = placement_group([bundle])
+            summary, model = task.options(
+                num_cpus=res.cpu, num_gpus=res.gpu, max_retries=self.config.max_failures, retry_exceptions=True,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote(
+                self.config, seed, self.path, shipped, _chaos(seed))
             self.refs[seed] = model
             self._pending[summary] = seed
+            self._groups[seed] = group
+            self._placing[group.ready()] = seed
         return self
+
+    @property
+    def reserved(self) -> bool:
+        """Whether every training still to finish has its resources (its placement group is placed).
+        Until then :class:`SeedGate` hands out no trial, so that a trial (or an actor Ray Tune keeps
+        for the next one) never holds what a dense training waits for."""
+        return not self._placing
 
     @property
     def waiting(self) -> list[int]:
@@ -133,12 +152,18 @@ class DensePhase:
         """Note the tasks that have finished (waiting up to ``timeout`` seconds for one; None: until one has)."""
         import ray
 
+        if self._placing:
+            placed, _ = ray.wait(list(self._placing), num_returns=len(self._placing), timeout=0)
+            for ref in placed:
+                del self._placing[ref]
         if not self._pending:
             return
         done, _ = ray.wait(list(self._pending), num_returns=len(self._pending) if timeout == 0 else 1,
                            timeout=timeout)
         for ref in done:
             seed = self._pending.pop(ref)
+            remove_placement_group(self._groups.pop(seed))
+            self._placing = {r: s for r, s in self._placing.items() if s != seed}
             try:
                 summary = ray.get(ref)
             except Exception as exc:  # the task's own error, or its worker's death, after every retry
@@ -155,6 +180,11 @@ class DensePhase:
         """Until every task has finished or failed."""
         while self._pending:
             self.poll(timeout=None)
+
+    def release(self) -> None:
+        """Give back what is still reserved for trainings that will not be waited for (an interrupted sweep)."""
+        for seed in list(self._groups):
+            remove_placement_group(self._groups.pop(seed))
 
     def _log(self, summary: dict) -> None:
         file = storage.join(self.path, DENSE_DIR, DENSE_LOG)
@@ -173,12 +203,14 @@ def active(phase: DensePhase):
         yield phase
     finally:
         _ACTIVE.remove(phase)
+        phase.release()
 
 
 class SeedGate(Searcher):
     """A Ray Tune searcher over the sweep's fixed grid of trial points, in grid order, that hands
     out a seed's trials only once its dense model exists (or its training failed: then its trials
-    fail at once, naming why, and ``resume`` runs them again). The dense models are the driver's
+    fail at once, naming why, and ``resume`` runs them again), and none while a dense training
+    still waits for resources (:attr:`DensePhase.reserved`). The dense models are the driver's
     :class:`DensePhase` (:func:`active`), so this searcher's state is only which points it handed
     out, saved with the experiment for ``resume``."""
 
@@ -195,7 +227,7 @@ class SeedGate(Searcher):
             label = TrialPoint.from_dict(point).label
             if label in self._given:
                 continue
-            if point["seed"] in phase.ready or point["seed"] in phase.failed:
+            if phase.reserved and (point["seed"] in phase.ready or point["seed"] in phase.failed):
                 self._given.add(label)
                 return {PARAM: dict(point)}
             waiting = True

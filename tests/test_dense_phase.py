@@ -70,9 +70,11 @@ def test_killed_dense_training_continues_from_its_last_epoch(ray_session, tmp_pa
 def test_trials_of_a_seed_are_handed_out_once_its_dense_model_exists(tmp_path):
     config = validate({**TINY, "seeds": 3})
     points = expand(config)
-    phase = SimpleNamespace(ready={1}, failed={}, poll=lambda: None)
+    phase = SimpleNamespace(ready={1}, failed={}, reserved=False, poll=lambda: None, release=lambda: None)
     gate = dense.SeedGate(points)
     with dense.active(phase):
+        assert gate.suggest("t") is None  # a dense training still waits for its resources: nothing yet
+        phase.reserved = True
         given = []
         while (s := gate.suggest("t")) is not None:
             given.append(s[PARAM])
