@@ -1,7 +1,7 @@
 """The dense phase: one dense model per seed, shared by all trials of that seed.
 
-Each missing seed trains as a Ray task of its own (a fresh worker process, ``max_calls=1``, so a
-GPU's CUDA context goes with it) that checkpoints every epoch into the experiment's storage and
+Each missing seed trains as a Ray task of its own (on a GPU in a fresh worker process,
+``max_calls=1``, so that its CUDA context goes with it) that checkpoints every epoch into the experiment's storage and
 is retried (``max_failures``) from there; it writes its dense model to storage itself, so a
 driver that dies loses nothing. A seed whose training fails for good fails only its own trials.
 Ray Tune gets the trials through :class:`SeedGate`, which hands out a seed's trials once that
@@ -120,7 +120,8 @@ class DensePhase:
         if dense.checkpoint and self.checkpoint_state is None:
             self.checkpoint_state = dense_checkpoint(self.config)
         shipped = ray.put(self.checkpoint_state) if self.checkpoint_state is not None else None
-        task = ray.remote(max_calls=1, num_returns=2)(train_seed)
+        # on a GPU, a fresh worker process per training, so that its CUDA context goes with it
+        task = ray.remote(max_calls=1 if res.gpu else 0, num_returns=2)(train_seed)
         bundle = {"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}
         for seed in missing:
             # each seed's resources are reserved (a placement group, asked for before any trial's) until
