@@ -351,7 +351,7 @@ def sweep_storage(quick: bool, address: str | None) -> dict:
                      for c in trial.glob("checkpoint_*")}
             rows = [json.loads(line) for line in (trial / RESULT_FILE).read_text().splitlines()]
             written = [r["checkpoint_dir_name"] for r in rows if r.get("should_checkpoint")]
-            full = max(sizes.values())  # the kept checkpoint before the final, compact one
+            full = max(full, *sizes.values())  # the kept checkpoint before the final, compact one
             uploaded += sum(sizes.get(name, full) for name in written)
             left += sum(sizes.values()) + (trial / PRUNED_MODEL_FILE).stat().st_size
         before = full * epochs  # every epoch a full checkpoint, ten of them kept

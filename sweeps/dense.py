@@ -10,13 +10,13 @@ seed's dense model exists: trials of the seeds that are ready run while the othe
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
 import signal
 import sys
 import time
+from collections import deque
 
 from ray.tune.search import Searcher
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -43,13 +43,12 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
     import ray
     import torch
 
-    from .train import device_for, train_dense
+    from .train import device_for, load_torch, save_torch, train_dense
 
     torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
     folder = storage.join(experiment, DENSE_DIR)
     checkpoint = storage.join(folder, dense_checkpoint_file(seed))
-    resume = (torch.load(io.BytesIO(storage.read_bytes(checkpoint)), map_location="cpu", weights_only=False)
-              if storage.exists(checkpoint) else None)
+    resume = load_torch(checkpoint) if storage.exists(checkpoint) else None
     if chaos == "fail":
         raise RuntimeError(f"injected failure of seed {seed}'s dense training ({CHAOS_ENV})")
     started, last = time.perf_counter(), [0.0]
@@ -63,9 +62,7 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
             if not storage.exists(marker):  # once: the retry goes on from the last checkpoint
                 storage.write_bytes(marker, b"")
                 os.kill(os.getpid(), signal.SIGKILL)
-        buf = io.BytesIO()
-        torch.save(state(), buf)
-        storage.write_bytes(checkpoint, buf.getvalue())
+        save_torch(checkpoint, state())
         now = time.perf_counter() - started
         if now - last[0] >= PROGRESS_S or epoch == epochs:
             last[0] = now
@@ -74,9 +71,7 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
                   f"about {per_epoch * (epochs - epoch) / 60:.0f} min to go", flush=True)
 
     dense = train_dense(sweep, seed, device_for(ray.get_gpu_ids()), checkpoint_state, resume, on_epoch)
-    buf = io.BytesIO()
-    torch.save(dense, buf)
-    storage.write_bytes(storage.join(folder, dense_file(seed)), buf.getvalue())
+    save_torch(storage.join(folder, dense_file(seed)), dense)
     if storage.exists(checkpoint):
         storage.delete(checkpoint)
     summary = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
@@ -100,15 +95,14 @@ class DensePhase:
 
     def start(self) -> "DensePhase":
         import ray
-        import torch
 
-        from .train import dense_checkpoint
+        from .train import dense_checkpoint, load_torch
 
         missing = []
         for seed in self.config.seed_list:
             file = storage.join(self.path, DENSE_DIR, dense_file(seed))
             if storage.exists(file):
-                self.refs[seed] = ray.put(torch.load(io.BytesIO(storage.read_bytes(file)), weights_only=False))
+                self.refs[seed] = ray.put(load_torch(file))
                 self.ready.add(seed)
             else:
                 missing.append(seed)
@@ -218,21 +212,29 @@ class SeedGate(Searcher):
     def __init__(self, points: list[TrialPoint]):
         super().__init__()
         self._points = [p.to_dict() for p in points]
+        self._labels = [p.label for p in points]
         self._given: set[str] = set()
+        self._queues: dict[int, deque] | None = None  # seed -> grid positions not handed out, in order
+
+    def _open(self) -> dict[int, deque]:
+        if self._queues is None:
+            self._queues = {}
+            for i, point in enumerate(self._points):
+                if self._labels[i] not in self._given:
+                    self._queues.setdefault(point["seed"], deque()).append(i)
+        return self._queues
 
     def suggest(self, trial_id: str):
         phase = _ACTIVE[-1]
         phase.poll()
-        waiting = False
-        for point in self._points:
-            label = TrialPoint.from_dict(point).label
-            if label in self._given:
-                continue
-            if phase.reserved and (point["seed"] in phase.ready or point["seed"] in phase.failed):
-                self._given.add(label)
-                return {PARAM: dict(point)}
-            waiting = True
-        return None if waiting else Searcher.FINISHED
+        queues = self._open()
+        ready = [q for seed, q in queues.items()
+                 if q and phase.reserved and (seed in phase.ready or seed in phase.failed)]
+        if ready:  # the earliest point in grid order among the seeds that may go
+            i = min(ready, key=lambda q: q[0]).popleft()
+            self._given.add(self._labels[i])
+            return {PARAM: dict(self._points[i])}
+        return None if any(queues.values()) else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         pass
@@ -244,3 +246,4 @@ class SeedGate(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self._given = set(pickle.load(f)["given"])
+        self._queues = None

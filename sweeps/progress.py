@@ -50,7 +50,7 @@ class ProgressLine(Callback):
     def on_step_end(self, iteration: int, trials, **info) -> None:
         now = time.monotonic()
         if self._done_at_start is None:
-            self._done_at_start = sum(t.status == "TERMINATED" for t in trials)
+            self.line(trials, now)  # notes how many had ended before this session
         if now - self._last >= self.interval:
             self._last = now
             print(self.line(trials, now), flush=True)

@@ -54,6 +54,9 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
 def _token_auth() -> bool:
     """Whether this Ray session uses token authentication (Ray sets RAY_AUTH_MODE=token when it
     turns it on by default, as for a local cluster)."""
@@ -68,9 +71,6 @@ def _token_hint(remote: bool) -> str:
              "on the head prints it)" if remote else "the token `ray get-auth-token` prints (~/.ray/auth_token)")
     return (f"it asks for {where}. The sweep's trials are under Jobs when the sweep was submitted with "
             "`ray job submit`, else under Actors (one per running trial) and Tune's table printed here")
-
-
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 @contextlib.contextmanager
@@ -286,11 +286,10 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
          checkpoint: dict | None = None) -> Outcome:
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
     from ray import tune
 
     from .dense import DensePhase, SeedGate, active
-
-    import ray
 
     points = expand(config)
     # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told

@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: one train-prune-train trial, checkpointed every epoch."""
+"""The Ray Tune trainable: one train-prune-train trial, checkpointed by the sweep's checkpoint policy."""
 from __future__ import annotations
 
 import io
