@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 
 import pruning_core as pc
-from sweeps.config import expand, validate
+from sweeps.config import DatasetConfig, expand, validate
 from sweeps.data import DeviceLoader, load_dataset
 from sweeps.models import build_model
 from sweeps.train import FinetuneRun, train_dense
@@ -61,7 +61,7 @@ def loader_speedup(quick: bool, device: torch.device) -> dict:
                     xb.to(device), yb.to(device)
             tv = n / _median_time(torchvision_epoch, 1 if quick else 2)
             load_dataset.cache_clear()
-            data = load_dataset("cifar10", root, False).to(device)
+            data = load_dataset(DatasetConfig(name="cifar10", root=root)).to(device)
             load_dataset.cache_clear()
     ours_loader = DeviceLoader(data, 128, torch.Generator(device=device).manual_seed(0), augment=True)
 

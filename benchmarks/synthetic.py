@@ -41,15 +41,21 @@ def write_cifar10_format(root, n_train: int = 100, n_test: int = 50, seed: int =
     return folder
 
 
+_CHECKED = ("cifar", "svhn")  # the torchvision.datasets modules that compare md5s of the extracted files
+
+
 def skip_md5_check():
     """Let torchvision load generated files in this process: only its md5 comparison is skipped
-    (the files must exist). Also a Ray ``worker_process_setup_hook`` for the test session's workers.
-    Returns the check it replaced."""
-    import torchvision.datasets.cifar as tv_cifar
+    (the files must exist), for CIFAR-10/100 and SVHN. Also a Ray ``worker_process_setup_hook``
+    for the test session's workers. Returns the checks it replaced."""
+    import importlib
 
-    original = tv_cifar.check_integrity
-    tv_cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
-    return original
+    originals = {}
+    for name in _CHECKED:
+        module = importlib.import_module(f"torchvision.datasets.{name}")
+        originals[name] = module.check_integrity
+        module.check_integrity = lambda path, md5=None: os.path.isfile(path)
+    return originals
 
 
 def write_cifar10_archive(path, n_train: int = 100, n_test: int = 50, seed: int = 0) -> str:
@@ -70,13 +76,14 @@ def write_cifar10_archive(path, n_train: int = 100, n_test: int = 50, seed: int 
 @contextlib.contextmanager
 def without_md5_check():
     """:func:`skip_md5_check` for the duration of a ``with`` block."""
-    import torchvision.datasets.cifar as tv_cifar
+    import importlib
 
-    original = skip_md5_check()
+    originals = skip_md5_check()
     try:
         yield
     finally:
-        tv_cifar.check_integrity = original
+        for name, check in originals.items():
+            importlib.import_module(f"torchvision.datasets.{name}").check_integrity = check
 
 
 def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4", "gradual8"),

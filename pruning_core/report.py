@@ -46,19 +46,25 @@ def sparsity_report(model: nn.Module, input_shape: tuple[int, ...] | None = None
 
     With ``input_shape`` (one sample, no batch dimension, e.g. ``(3, 32, 32)``) each layer
     also gets ``macs_dense`` and ``macs_sparse``: multiply-accumulates of one forward pass,
-    dense and with zero weights skipped.
+    dense and with zero weights skipped (a layer the forward pass never calls counts none).
+    ``nn.MultiheadAttention`` uses its ``out_proj`` weight without calling it; it is counted at
+    the attention layer's output.
     """
     rows = _counts(model)
     positions: dict[str, int] = {}
     if input_shape is not None:
         handles = []
+        attention = {f"{name}.out_proj" if name else "out_proj": m for name, m in model.named_modules()
+                     if isinstance(m, nn.MultiheadAttention)}
         for name, module, _, _ in rows:
             def hook(mod, inputs, output, name=name):
-                if isinstance(mod, CONV_TYPES):
+                if isinstance(mod, nn.MultiheadAttention):  # output: (attention output, weights); batch of one
+                    positions[name] = output[0].numel() // mod.embed_dim
+                elif isinstance(mod, CONV_TYPES):
                     positions[name] = output[0, 0].numel()
                 else:
                     positions[name] = output[0].numel() // mod.out_features
-            handles.append(module.register_forward_hook(hook))
+            handles.append(attention.get(name, module).register_forward_hook(hook))
         param = next(model.parameters())
         was_training = model.training
         try:

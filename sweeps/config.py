@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,11 +17,11 @@ from analysis import schema
 from analysis.schema import INSTANT, LADDER, TrialPoint
 from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
 
-from .data import TRAIN_SIZES
-from .models import MODELS
+from .datasets import IMAGEFOLDER, SPECS
+from .models import check_name
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+ModelName = Annotated[str, AfterValidator(check_name)]
 
 
 class ConfigError(Exception):
@@ -41,30 +41,43 @@ class OptimizerConfig(_Strict):
 
 
 class DatasetConfig(_Strict):
-    name: Literal["digits", "cifar10"] = "digits"
+    model_config = ConfigDict(extra="forbid", frozen=True)  # hashable: the per-process dataset cache's key
+
+    name: Literal[tuple(SPECS)] = "digits"  # type: ignore[valid-type]
     root: Optional[str] = None
     download: bool = False
     augment: Optional[bool] = None
     train_subset: Optional[int] = Field(None, ge=1)
     validation: int = Field(0, ge=0)
+    image_size: Optional[int] = Field(None, ge=8)
+    channels: Optional[Literal[1, 3]] = None
+    in_memory_max_gb: float = Field(4.0, gt=0)
+    workers: int = Field(2, ge=0)
 
     @model_validator(mode="after")
-    def _validation_leaves_training(self):
-        size = TRAIN_SIZES[self.name]
-        if self.validation >= size:
+    def _fits_dataset(self):
+        spec = SPECS[self.name]
+        size = spec.train_size
+        if size is not None and self.validation >= size:
             raise ValueError(f"dataset.validation must leave training images: {self.name} has {size}, "
                              f"so the allowed range is 0..{size - 1} (got {self.validation})")
-        return self
-
-    @model_validator(mode="after")
-    def _root_given(self):
-        if self.name == "cifar10" and not self.root:
-            raise ValueError("dataset.root is required for cifar10 (a folder holding cifar-10-batches-py)")
+        if self.name != "digits" and not self.root:
+            raise ValueError(f"dataset.root is required for {self.name} (a folder holding {spec.files})")
+        if self.name == IMAGEFOLDER:
+            if self.image_size is None:
+                raise ValueError("dataset.image_size is required for imagefolder (the side images are resized to)")
+            if self.download:
+                raise ValueError("dataset.download: an image folder cannot be downloaded; set it to false")
+        else:
+            for field in ("image_size", "channels"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"dataset.{field} is only for imagefolder ({self.name} images are "
+                                     f"{spec.channels}x{spec.image_size}x{spec.image_size})")
         return self
 
     @property
     def augments(self) -> bool:
-        return self.augment if self.augment is not None else self.name == "cifar10"
+        return self.augment if self.augment is not None else SPECS[self.name].augment
 
 
 class DenseConfig(_Strict):
@@ -139,6 +152,7 @@ Sparsity = Annotated[float, AfterValidator(lambda v: check_sparsity(v))]
 class SweepConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelName
+    model_args: dict[str, Any] = {}
     dataset: DatasetConfig = DatasetConfig()
     dense: DenseConfig
     pruning: PruningConfig = PruningConfig()

@@ -1,34 +1,34 @@
-"""Datasets held as tensors, and a loader that batches and augments on the trial's device.
+"""A trial's data: held as uint8 tensors (on the trial's device), or streamed from an image folder
+too large for memory; batched, augmented and normalised on the device the same way on both paths.
 
-- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no network).
-  Fixed split: a permutation drawn with seed 0; the last 360 images are the test set, the
-  other 1,437 the training set.
-- ``cifar10``: ``torchvision.datasets.CIFAR10`` (50,000 train / 10,000 test, the official
-  split), read once into one uint8 tensor.
-
-An optional validation split is the last ``validation`` images of the training set, held out
-of training; ``train_subset`` then takes the first images of what remains. Both datasets are
-normalised per channel with the (remaining) training set's mean and standard deviation.
+Which dataset is what, and how its files are read, is :mod:`sweeps.datasets`. An optional
+validation split is the last ``validation`` images of the training set, held out of training;
+``train_subset`` then takes the first images of what remains (an image folder is put in a fixed
+random order first, seed 0, as its files come sorted by class). Images are normalised per channel
+with the (remaining) training set's mean and standard deviation; an image folder's come from at
+most :data:`STATS_IMAGES` evenly spaced training images.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-DIGITS_TEST = 360
-TRAIN_SIZES = {"digits": 1797 - DIGITS_TEST, "cifar10": 50000}
-DATASET_SHAPES = {"digits": (10, 1), "cifar10": (10, 3)}  # (classes, image channels)
+from . import datasets
+from .datasets import DIGITS_TEST, IMAGEFOLDER, SPECS  # noqa: F401  (DIGITS_TEST: the digits split)
+
+STATS_IMAGES = 5000
+DECODE_BATCH = 256
 
 
 @dataclass
 class TensorData:
-    """A dataset as tensors, stored raw (CIFAR as uint8, 4x smaller than float) with the
-    training set's per-channel ``mean``/``std``; batches are normalised as they are drawn."""
+    """A dataset as tensors, stored raw (uint8 where the files are, 4x smaller than float) with
+    the training set's per-channel ``mean``/``std``; batches are normalised as they are drawn."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -41,10 +41,21 @@ class TensorData:
     channels_last: bool = False
     x_val: torch.Tensor | None = None  # the held-out validation split, if any
     y_val: torch.Tensor | None = None
+    flip: bool = True  # augmentation flips horizontally
+
+    streamed = False
 
     @property
     def in_channels(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def train_size(self) -> int:
+        return self.x_train.shape[0]
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         out = (x.float() - self.mean) / self.std
@@ -54,21 +65,77 @@ class TensorData:
         """Raw images and labels of the ``test`` or ``val`` split."""
         return (self.x_test, self.y_test) if name == "test" else (self.x_val, self.y_val)
 
+    def batches(self, split: str, batch_size: int):
+        """Raw ``(images, labels)`` of the ``test`` or ``val`` split, in order."""
+        x, y = self.split(split)
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+
+    def train_batches(self, order: torch.Tensor, batch_size: int):
+        """Raw ``(images, labels)`` of the training set in ``order``, ``batch_size`` at a time."""
+        if order.device != self.x_train.device:
+            order = order.to(self.x_train.device)
+        for i in range(0, order.shape[0], batch_size):
+            idx = order[i:i + batch_size]
+            yield self.x_train[idx], self.y_train[idx]
+
     def to(self, device, channels_last: bool = False) -> "TensorData":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return TensorData(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
-                          self.num_classes, self.pad, move(self.mean), move(self.std), channels_last,
-                          move(self.x_val), move(self.y_val))
+        tensors = {f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **tensors, channels_last=channels_last)
 
 
-def _split_train(x, y, x_test, y_test, num_classes, pad, train_subset, validation) -> TensorData:
-    """Hold the last ``validation`` training images out, keep the first ``train_subset`` of the
-    rest, and normalise with the statistics of what is trained on."""
-    n = x.shape[0] - validation
-    x_val, y_val = (x[n:], y[n:]) if validation else (None, None)
-    x_train, y_train = x[:n][:train_subset], y[:n][:train_subset]
-    mean, std = channel_stats(x_train)
-    return TensorData(x_train, y_train, x_test, y_test, num_classes, pad, mean, std, x_val=x_val, y_val=y_val)
+@dataclass
+class StreamedData:
+    """An image folder read from disk as it is trained on: ``DataLoader`` workers decode and resize,
+    the device augments and normalises (as for :class:`TensorData`, so both give the same batches)."""
+
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset | None
+    num_classes: int
+    in_channels: int
+    pad: int
+    flip: bool
+    mean: torch.Tensor
+    std: torch.Tensor
+    workers: int
+    device: torch.device = torch.device("cpu")
+    channels_last: bool = False
+
+    streamed = True
+    normalise = TensorData.normalise
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val is not None
+
+    def _load(self, dataset, batch_sampler):
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda")
+        for xb, yb in loader:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+    def batches(self, split: str, batch_size: int):
+        dataset = self.test if split == "test" else self.val
+        n = len(dataset)
+        yield from self._load(dataset, [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)])
+
+    def train_batches(self, order: torch.Tensor, batch_size: int):
+        order = order.tolist()
+        yield from self._load(self.train, [order[i:i + batch_size] for i in range(0, len(order), batch_size)])
+
+    def to(self, device, channels_last: bool = False) -> "StreamedData":
+        device = torch.device(device)
+        return dataclasses.replace(self, mean=self.mean.to(device), std=self.std.to(device), device=device,
+                                   channels_last=channels_last)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +148,18 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).view(1, -1, 1, 1), torch.stack(stds).view(1, -1, 1, 1)
 
 
-def load_digits_data(train_subset: int | None = None, validation: int = 0) -> TensorData:
+def _split_train(x, y, x_test, y_test, info, train_subset, validation) -> TensorData:
+    """Hold the last ``validation`` training images out, keep the first ``train_subset`` of the
+    rest, and normalise with the statistics of what is trained on."""
+    n = x.shape[0] - validation
+    x_val, y_val = (x[n:], y[n:]) if validation else (None, None)
+    x_train, y_train = x[:n][:train_subset], y[:n][:train_subset]
+    mean, std = channel_stats(x_train)
+    return TensorData(x_train, y_train, x_test, y_test, info.classes, info.pad, mean, std, x_val=x_val, y_val=y_val,
+                      flip=info.flip)
+
+
+def _digits() -> tuple[torch.Tensor, ...]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -89,60 +167,70 @@ def load_digits_data(train_subset: int | None = None, validation: int = 0) -> Te
     y = torch.tensor(digits.target, dtype=torch.long)
     order = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
     x, y = x[order], y[order]
-    return _split_train(x[:-DIGITS_TEST], y[:-DIGITS_TEST], x[-DIGITS_TEST:], y[-DIGITS_TEST:], 10, 1,
-                        train_subset, validation)
+    return x[:-DIGITS_TEST], y[:-DIGITS_TEST], x[-DIGITS_TEST:], y[-DIGITS_TEST:]
 
 
-CIFAR10_FOLDER = "cifar-10-batches-py"
+def _decode(dataset, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` as one uint8 tensor (decoded by ``workers`` processes), and its labels."""
+    from torch.utils.data import DataLoader
+
+    xs, ys = [], []
+    for xb, yb in DataLoader(dataset, batch_size=DECODE_BATCH, num_workers=workers):
+        xs.append(xb)
+        ys.append(yb)
+    return torch.cat(xs), torch.cat(ys)
 
 
-def download_cifar10(root: str) -> None:
-    """Download and verify CIFAR-10 into ``root`` (torchvision's own download), once per machine:
-    under an inter-process file lock (kept in the temp folder, so ``root`` needs no lock file),
-    the first process downloads and the others wait and find the files there."""
-    import hashlib
-    import tempfile
-
-    from filelock import FileLock
-    from torchvision.datasets import CIFAR10
-
-    key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
-    with FileLock(os.path.join(tempfile.gettempdir(), f"prunesweep-download-{key}.lock")):
-        CIFAR10(root=root, train=False, download=True)
+def _folder_order(n: int) -> list[int]:
+    """The fixed order an image folder's training images are split and trained in."""
+    return np.random.RandomState(0).permutation(n).tolist()
 
 
-def load_cifar10_data(root: str, download: bool = False, train_subset: int | None = None,
-                      validation: int = 0) -> TensorData:
-    """CIFAR-10 from ``root``; with ``download``, fetched first unless it is there and verified
-    (:func:`download_cifar10`: a folder another process is still extracting is waited for)."""
-    from torchvision.datasets import CIFAR10
+def _stats_sample(n: int) -> list[int]:
+    """Which of ``n`` training images (in training order) an image folder's statistics come from."""
+    return np.linspace(0, n - 1, min(n, STATS_IMAGES)).round().astype(int).tolist()
 
-    if download:
-        download_cifar10(root)
 
-    def as_tensors(train: bool):
-        ds = CIFAR10(root=root, train=train)
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        return x, torch.tensor(ds.targets, dtype=torch.long)
+def _image_folder(config, info) -> TensorData | StreamedData:
+    from torch.utils.data import Subset
 
-    x_train, y_train = as_tensors(True)
-    x_test, y_test = as_tensors(False)
-    return _split_train(x_train, y_train, x_test, y_test, 10, 4, train_subset, validation)
+    train, test = datasets.image_folders(config.root, info.channels, config.image_size)
+    order = _folder_order(len(train))
+    n = len(order) - config.validation
+    train_idx, val_idx = order[:n][:config.train_subset], order[n:]
+    if info.bytes <= config.in_memory_max_gb * 1e9:
+        x, y = _decode(train, config.workers)
+        x, y = x[order], y[order]
+        x_test, y_test = _decode(test, config.workers)
+        data = _split_train(x, y, x_test, y_test, info, config.train_subset, config.validation)
+        data.mean, data.std = channel_stats(data.x_train[_stats_sample(data.train_size)])
+        return data
+    training = Subset(train, train_idx)
+    sample, _ = _decode(Subset(training, _stats_sample(len(training))), config.workers)
+    mean, std = channel_stats(sample)
+    return StreamedData(training, test, Subset(train, val_idx) if config.validation else None, info.classes,
+                        info.channels, info.pad, info.flip, mean, std, config.workers)
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, root: str | None = None, download: bool = False,
-                 train_subset: int | None = None, validation: int = 0) -> TensorData:
-    """The named dataset as CPU tensors (cached per process)."""
-    if name == "digits":
-        return load_digits_data(train_subset, validation)
-    if name == "cifar10":
-        return load_cifar10_data(root, download, train_subset, validation)
-    raise ValueError(f"dataset must be one of digits, cifar10; got {name!r}")
+def load_dataset(config) -> TensorData | StreamedData:
+    """The dataset a (path-resolved) ``DatasetConfig`` names, on the CPU (cached per process);
+    downloaded first where ``download`` is set and it is not there."""
+    info = datasets.describe(config)
+    if config.name == IMAGEFOLDER:
+        return _image_folder(config, info)
+    if config.name == "digits":
+        parts = _digits()
+    else:
+        if config.download:
+            datasets.download(config.name, config.root)
+        parts = (*datasets.read_torchvision(config.name, config.root, True),
+                 *datasets.read_torchvision(config.name, config.root, False))
+    return _split_train(*parts, info, config.train_subset, config.validation)
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop (zero padding of ``pad``) and horizontal flip, for a whole batch."""
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop (zero padding of ``pad``) and, with ``flip``, horizontal flip, for a whole batch."""
     b, c, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -150,33 +238,32 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     rows = (shifts[0, :, None] + torch.arange(h, device=dev)).view(b, 1, h, 1)
     cols = (shifts[1, :, None] + torch.arange(w, device=dev)).view(b, 1, 1, w)
     out = padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
-    flip = torch.rand(b, generator=generator, device=dev) < 0.5
-    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+    if not flip:
+        return out
+    flipped = torch.rand(b, generator=generator, device=dev) < 0.5
+    return torch.where(flipped.view(b, 1, 1, 1), out.flip(3), out)
 
 
 class DeviceLoader:
-    """Shuffled, normalised mini-batches of a dataset already on the device, augmented
-    (crop with zero padding, then flip, as torchvision does before ``Normalize``) in whole batches.
+    """Shuffled, normalised mini-batches of a dataset (held on the device, or streamed to it),
+    augmented on the device in whole batches (crop with zero padding, then flip where the
+    dataset's recipe flips, as torchvision does before ``Normalize``).
 
-    The order and augmentation come from ``generator`` alone, so a run is repeatable and a
-    checkpoint of the generator's state resumes the exact data stream.
+    The order and augmentation come from ``generator`` alone, so a run is repeatable, a checkpoint
+    of the generator's state resumes the exact data stream, and both data paths give the same batches.
     """
 
-    def __init__(self, data: TensorData, batch_size: int, generator: torch.Generator, augment: bool = False):
+    def __init__(self, data: TensorData | StreamedData, batch_size: int, generator: torch.Generator,
+                 augment: bool = False):
         self.data, self.batch_size = data, batch_size
         self.generator, self.augment = generator, augment
 
     def __len__(self):
-        return -(-self.data.x_train.shape[0] // self.batch_size)
+        return -(-self.data.train_size // self.batch_size)
 
     def __iter__(self):
-        x, y = self.data.x_train, self.data.y_train
-        order = torch.randperm(x.shape[0], generator=self.generator, device=self.generator.device)
-        if order.device != x.device:
-            order = order.to(x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = x[idx]
+        order = torch.randperm(self.data.train_size, generator=self.generator, device=self.generator.device)
+        for xb, yb in self.data.train_batches(order, self.batch_size):
             if self.augment:
-                xb = random_crop_flip(xb, self.data.pad, self.generator)
-            yield self.data.normalise(xb), y[idx]
+                xb = random_crop_flip(xb, self.data.pad, self.generator, self.data.flip)
+            yield self.data.normalise(xb), yb

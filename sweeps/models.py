@@ -1,5 +1,13 @@
-"""Models: the CIFAR ResNets of He et al. (2016) and a small CNN for the embedded dataset."""
+"""Models by name: the built-ins (the CIFAR ResNets of He et al. 2016 and a small CNN for the
+embedded dataset), any classification model of ``torchvision.models`` (``torchvision:<name>``),
+and the user's own builder (``package.module:function``).
+"""
 from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
 
 import torch.nn.functional as F
 from torch import nn
@@ -90,13 +98,116 @@ MODELS = {
         for d in (20, 32, 44, 56, 110)
     },
 }
+TORCHVISION = "torchvision:"
+_BUILDER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """A fresh, randomly initialised model from the registry (uses torch's global RNG)."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
-    return MODELS[name](num_classes, in_channels)
+def torchvision_models() -> list[str]:
+    """Names of ``torchvision.models``' classification builders (``resnet18``, ``vit_b_16``, ...)."""
+    from torchvision import models
+
+    return models.list_models(module=models)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it names a model in one of the three forms, else ValueError saying what is allowed."""
+    if name.startswith(TORCHVISION):
+        known = torchvision_models()
+        if name[len(TORCHVISION):] in known:
+            return name
+        raise ValueError(f"torchvision has no classification model {name[len(TORCHVISION):]!r} "
+                         f"(got {name!r}); it has {', '.join(known)}")
+    if name in MODELS or _BUILDER.match(name):
+        return name
+    raise ValueError(f"{name!r} is none of a built-in ({', '.join(MODELS)}), torchvision:<name> "
+                     "(e.g. torchvision:resnet18) or package.module:function (your own builder)")
+
+
+def is_user_builder(name: str) -> bool:
+    return name not in MODELS and not name.startswith(TORCHVISION)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as named; the message says why (the caller names the field)."""
+
+
+def import_builder(name: str):
+    """The user's builder function ``package.module:function``, imported with the folder prunesweep
+    was started from on ``sys.path`` (as ``python -m`` would)."""
+    module_name, _, attr = name.partition(":")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ModuleNotFoundError, or anything the module raises while importing
+        raise ModelError(f"cannot import {module_name} ({type(exc).__name__}: {exc}) from {here}") from None
+    builder = getattr(module, attr, None)
+    if builder is None:
+        raise ModelError(f"module {module_name} ({module.__file__}) has no {attr!r}")
+    if not callable(builder):
+        raise ModelError(f"{module_name}.{attr} is a {type(builder).__name__}, not a function")
+    return builder
+
+
+def builder_source(name: str) -> str | None:
+    """The local file or folder that holds a user builder's top-level package, for Ray to ship to
+    its workers (``py_modules``); None for built-in and torchvision models, and for code installed
+    as a package (in site-packages), which the workers' environment must provide."""
+    if not is_user_builder(name):
+        return None
+    import_builder(name)
+    top = sys.modules[name.partition(":")[0].split(".")[0]]
+    file = getattr(top, "__file__", None)
+    path = os.path.dirname(file) if file and os.path.basename(file) == "__init__.py" else file
+    if path is None:  # a namespace package: no __init__.py
+        path = list(top.__path__)[0]
+    parts = os.path.abspath(path).split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return None
+    return os.path.abspath(path)
+
+
+def _adapt_stem(model: nn.Module, in_channels: int) -> None:
+    """Replace the first 3-channel convolution (torchvision's stem) by one with ``in_channels`` inputs."""
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, nn.Conv2d(
+                in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode))
+            return
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, model_args: dict | None = None) -> nn.Module:
+    """A fresh, randomly initialised model (uses torch's global RNG): a built-in, a torchvision
+    classification model built with ``num_classes`` outputs and no pretrained weights (its first
+    convolution takes ``in_channels`` inputs), or the user's ``function(num_classes, in_channels,
+    **model_args)``. Raises :class:`ModelError` when it cannot be built."""
+    model_args = dict(model_args or {})
+    if name in MODELS:
+        if model_args:
+            raise ModelError(f"built-in model {name!r} takes no model_args (got {', '.join(model_args)})")
+        return MODELS[name](num_classes, in_channels)
+    if name.startswith(TORCHVISION):
+        from torchvision import models
+
+        try:
+            model = models.get_model(name[len(TORCHVISION):], weights=None, num_classes=num_classes, **model_args)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"torchvision refused model_args {model_args} ({type(exc).__name__}: {exc})") from None
+        if in_channels != 3:
+            _adapt_stem(model, in_channels)
+        return model
+    builder = import_builder(check_name(name))
+    try:
+        model = builder(num_classes, in_channels, **model_args)
+    except Exception as exc:
+        raise ModelError(f"{name}({num_classes}, {in_channels}, **{model_args}) raised "
+                         f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{name} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def strip_data_parallel(state_dict: dict) -> dict:

@@ -3,17 +3,21 @@
 Local paths (``dataset.root``, ``dense.checkpoint``) are made absolute here, against the folder
 ``prunesweep`` was started from, so that trials, which Ray Tune runs in folders of their own,
 read the same files; the config the trials get holds the resolved paths and never checks the
-disk again. A dataset with ``download: true`` is downloaded here, once.
+disk again. A dataset with ``download: true`` is downloaded here, once. The model is built once
+and one batch of the dataset's shape runs through it, in training and in evaluation mode.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
+import torch
+
 from analysis import storage
 
 from .config import ConfigError, SweepConfig
-from .data import CIFAR10_FOLDER, download_cifar10
+from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, describe, download, present
+from .models import ModelError, build_model
 
 
 def resolve_paths(config: SweepConfig) -> SweepConfig:
@@ -29,35 +33,74 @@ def resolve_paths(config: SweepConfig) -> SweepConfig:
     return config.model_copy(update={"dataset": dataset, "dense": dense})
 
 
-def _present(config: SweepConfig) -> bool:
-    return os.path.isdir(os.path.join(config.dataset.root, CIFAR10_FOLDER))
+def _torchvision_dataset(config: SweepConfig) -> bool:
+    return SPECS[config.dataset.name].torchvision is not None
 
 
 def will_download(config: SweepConfig) -> bool:
     """Whether :func:`preflight` downloads the dataset (``download: true`` and not there yet)."""
     d = config.dataset
-    return d.name == "cifar10" and d.download and not _present(config)
+    return _torchvision_dataset(config) and d.download and not present(d.name, d.root)
 
 
-def _check_dataset(config: SweepConfig, download: bool) -> None:
+def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
     d = config.dataset
-    if d.name != "cifar10":
-        return
-    if storage.is_uri(d.root):
-        raise ConfigError(f"dataset.root {d.root!r}: cifar10 is read from a local folder, not a URI")
-    if not d.download and not _present(config):
-        raise ConfigError(f"dataset.root {d.root!r} holds no {CIFAR10_FOLDER} and dataset.download is false "
-                          "(set dataset.download: true or point dataset.root at the folder that holds it)")
-    if not (download and will_download(config)):
-        return
-    created = not os.path.exists(d.root)
+    if d.root is not None and storage.is_uri(d.root):
+        raise ConfigError(f"dataset.root {d.root!r}: {d.name} is read from a local folder, not a URI")
+    if _torchvision_dataset(config):
+        there = present(d.name, d.root)
+        if not d.download and not there:
+            raise ConfigError(f"dataset.root {d.root!r} holds no {d.name} ({SPECS[d.name].files}, as torchvision "
+                              "checks them) and dataset.download is false (set dataset.download: true or point "
+                              "dataset.root at the folder that holds it)")
+        if download_now and not there:
+            created = not os.path.exists(d.root)
+            try:
+                download(d.name, d.root)
+            except Exception as exc:  # URLError, a proxy's refusal, a corrupt archive, a full disk, ...
+                if created:
+                    shutil.rmtree(d.root, ignore_errors=True)
+                raise ConfigError(f"dataset.download: could not download {d.name} into {d.root!r} "
+                                  f"({storage.one_line(exc)}); put {SPECS[d.name].files} there yourself and set "
+                                  "dataset.download: false") from None
     try:
-        download_cifar10(d.root)
-    except Exception as exc:  # URLError, a proxy's refusal, a corrupt archive, a full disk, ...
-        if created:
-            shutil.rmtree(d.root, ignore_errors=True)
-        raise ConfigError(f"dataset.download: could not download cifar10 into {d.root!r} ({storage.one_line(exc)}); "
-                          f"put {CIFAR10_FOLDER} there yourself and set dataset.download: false") from None
+        info = describe(d)
+    except DatasetError as exc:
+        raise ConfigError(f"dataset.root {d.root!r}: {exc}") from None
+    if d.name == IMAGEFOLDER and d.validation >= info.train_size:
+        raise ConfigError(f"dataset.validation must leave training images: {d.root} has {info.train_size}, "
+                          f"so the allowed range is 0..{info.train_size - 1} (got {d.validation})")
+    return info
+
+
+def _logits_shape(output) -> str:
+    return f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+
+
+def check_model(config: SweepConfig, info: DatasetInfo) -> None:
+    """Build the model once and run a batch of two images of the dataset's shape through it, in
+    training and in evaluation mode: each must give one logit per class; ConfigError otherwise."""
+    name, d = config.model, config.dataset
+    try:
+        model = build_model(name, info.classes, info.channels, config.model_args)
+    except ModelError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None
+    shape = (2, info.channels, info.image_size, info.image_size)
+    batch = torch.zeros(shape)
+    for mode in ("training", "evaluation"):
+        model.train(mode == "training")
+        try:
+            with torch.no_grad():
+                output = model(batch)
+        except Exception as exc:
+            raise ConfigError(f"model {name!r}: a batch of {d.name} images ({'x'.join(map(str, shape[1:]))}) fails "
+                              f"in its forward ({storage.one_line(exc)})") from None
+        if not (isinstance(output, torch.Tensor) and tuple(output.shape) == (2, info.classes)):
+            hint = (" (a model with auxiliary outputs: turn them off through model_args, e.g. aux_logits: false)"
+                    if not isinstance(output, torch.Tensor) else "")
+            raise ConfigError(f"model {name!r}: in {mode} mode a batch of 2 {d.name} images gives "
+                              f"{_logits_shape(output)}, not logits of shape (2, {info.classes}) for its "
+                              f"{info.classes} classes{hint}")
 
 
 def _check_checkpoint(config: SweepConfig) -> None:
@@ -76,6 +119,6 @@ def preflight(config: SweepConfig, download: bool = True) -> SweepConfig:
     """Resolve local paths, check the data (downloading it if asked and ``download``) and find the
     dense checkpoint; returns the config trials get. Raises :class:`ConfigError` naming the field."""
     config = resolve_paths(config)
-    _check_dataset(config, download)
+    check_model(config, _check_dataset(config, download))
     _check_checkpoint(config)
     return config

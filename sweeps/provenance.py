@@ -9,10 +9,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .config import SweepConfig
+from .config import ConfigError, SweepConfig
 
 CONFIG_HASH, VERSION, CODE_HASH, GIT_REVISION = "config_sha256", "prunesweep_version", "code_sha256", "git_revision"
 STARTED_AT, FORCED_RESUMES = "started_at", "forced_resumes"
+MODEL_CODE_HASH = "model_code_sha256"
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = ("pruning_core", "sweeps", "analysis")
 
@@ -31,6 +32,25 @@ def code_hash() -> str:
         for file in sorted((PROJECT / package).rglob("*")):
             if file.suffix in (".py", ".yaml") and "__pycache__" not in file.parts:
                 digest.update(file.relative_to(PROJECT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def model_code_hash(config: SweepConfig) -> str | None:
+    """SHA-256 over the ``.py`` files of the user's model builder (the code Ray ships to the
+    workers), by path and content; None for built-in and torchvision models."""
+    from .models import ModelError, builder_source
+
+    try:
+        source = builder_source(config.model)
+    except ModelError as exc:
+        raise ConfigError(f"model {config.model!r}: {exc}") from None
+    if source is None:
+        return None
+    root = Path(source)
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*.py") if "__pycache__" not in f.parts)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(root.parent).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -62,8 +82,10 @@ def _now() -> str:
 
 def record(config: SweepConfig) -> dict:
     """The provenance block written into the experiment's ``prunesweep.yaml``."""
-    return {CONFIG_HASH: config_hash(config), VERSION: version(), CODE_HASH: code_hash(),
-            GIT_REVISION: git_revision(), STARTED_AT: _now()}
+    recorded = {CONFIG_HASH: config_hash(config), VERSION: version(), CODE_HASH: code_hash(),
+                GIT_REVISION: git_revision(), STARTED_AT: _now()}
+    model = model_code_hash(config)
+    return {**recorded, MODEL_CODE_HASH: model} if model else recorded
 
 
 def differences(config: SweepConfig, recorded: dict) -> list[str]:
@@ -80,6 +102,10 @@ def differences(config: SweepConfig, recorded: dict) -> list[str]:
         found.append(f"the code differs from the run's start (sha256 {str(recorded.get(CODE_HASH))[:12]} at git "
                      f"revision {recorded.get(GIT_REVISION) or 'none'} then, {code[:12]} at "
                      f"{git_revision() or 'none'} now)")
+    model = model_code_hash(config)
+    if recorded.get(MODEL_CODE_HASH) != model:
+        found.append(f"the code of model {config.model} differs from the run's start (sha256 "
+                     f"{str(recorded.get(MODEL_CODE_HASH))[:12]} then, {str(model)[:12]} now)")
     return found
 
 

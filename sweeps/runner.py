@@ -14,6 +14,7 @@ from analysis.schema import CONFIG_FILE, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEE
 
 from . import provenance
 from .config import ConfigError, SweepConfig, expand, validate
+from .models import builder_source
 from .preflight import preflight
 
 
@@ -29,8 +30,16 @@ class RayOptions:
     autoscale: bool = False
 
 
-def connect(options: RayOptions) -> bool:
-    """Use the Ray already initialised here, connect to ``options.address``, or start a local one.
+def worker_code(config: SweepConfig) -> dict | None:
+    """Ray's runtime environment that ships the user's model builder (its top-level package, or its
+    one file) to every worker, on this machine and on a cluster; None when there is nothing to ship."""
+    source = builder_source(config.model)
+    return {"py_modules": [source]} if source else None
+
+
+def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
+    """Use the Ray already initialised here, connect to ``options.address``, or start a local one,
+    with ``runtime_env`` for this job's workers.
 
     Returns True if this call started (and so must shut down) the connection.
     """
@@ -39,12 +48,13 @@ def connect(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.address:
-        ctx = ray.init(address=options.address, log_to_driver=True)
+        ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env)
         url = getattr(ctx, "dashboard_url", None)
         if url:
             print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
     else:
-        ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host)
+        ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
+                       runtime_env=runtime_env)
         url = getattr(ctx, "dashboard_url", None)
         if options.dashboard and url:
             print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
@@ -77,9 +87,12 @@ def _token_hint(remote: bool) -> str:
 def ray_session(config: SweepConfig, options: RayOptions):
     """Connect (:func:`connect`), refuse what the cluster cannot run (:func:`check_resources`),
     and on the way out withdraw an autoscaler request it made and shut down what it started."""
-    started = connect(options)
+    code = worker_code(config)
+    started = connect(options, code)
     requested = False
     try:
+        if code and not started:
+            _check_importable(config.model, code)
         requested = check_resources(config, options.autoscale)
         yield
     finally:
@@ -117,6 +130,27 @@ def check_resources(config: SweepConfig, autoscale: bool = False) -> bool:
     if res.gpu > 0:
         _check_gpu_visible(res.gpu)
     return False
+
+
+def _import_builder(name: str) -> None:
+    from .models import import_builder
+
+    import_builder(name)
+
+
+def _check_importable(name: str, code: dict) -> None:
+    """Refuse a user model the workers of a Ray started elsewhere (whose runtime environment
+    prunesweep cannot set) cannot import."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        ray.get(ray.remote(_import_builder).options(num_cpus=0).remote(name))
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise ConfigError(f"model {name!r}: the workers of the Ray already running here cannot import it "
+                          f"({storage.one_line(cause)}); let prunesweep start Ray, or start it with "
+                          f"runtime_env={code}") from None
 
 
 def _gpu_device() -> str:

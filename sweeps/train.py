@@ -21,7 +21,8 @@ from analysis import storage
 from analysis.schema import BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
 
 from .config import ConfigError, OptimizerConfig, SweepConfig, plan
-from .data import DATASET_SHAPES, DeviceLoader, TensorData, load_dataset
+from .data import DeviceLoader, StreamedData, TensorData, load_dataset
+from .datasets import describe
 from .models import build_model, strip_data_parallel
 
 FINETUNE_SEED_OFFSET = 1_000_003
@@ -104,26 +105,30 @@ def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(model, data: TensorData, device, batch_size: int = 1000, split: str = "test") -> tuple[float, float]:
+def evaluate(model, data: TensorData | StreamedData, device, batch_size: int = 1000,
+             split: str = "test") -> tuple[float, float]:
     """(mean loss, accuracy) on the ``test`` or ``val`` split in ``eval()`` mode: BatchNorm
     statistics are never touched."""
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
-    x, y = data.split(split)
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = data.normalise(x[i:i + batch_size]), y[i:i + batch_size]
+    total_loss, correct, seen = 0.0, 0, 0
+    for xb, yb in data.batches(split, batch_size):
         with _autocast(device):
-            logits = model(xb)
+            logits = model(data.normalise(xb))
         total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += int((logits.argmax(1) == yb).sum())
+        seen += yb.shape[0]
     model.train(was_training)
-    return total_loss / x.shape[0], correct / x.shape[0]
+    return total_loss / seen, correct / seen
 
 
-def dataset_for(sweep: SweepConfig) -> TensorData:
-    d = sweep.dataset
-    return load_dataset(d.name, d.root, d.download, d.train_subset, d.validation)
+def dataset_for(sweep: SweepConfig) -> TensorData | StreamedData:
+    return load_dataset(sweep.dataset)
+
+
+def model_for(sweep: SweepConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """A fresh model of the sweep (torch's global RNG draws its initial weights)."""
+    return build_model(sweep.model, num_classes, in_channels, sweep.model_args)
 
 
 def save_torch(path: str, obj) -> None:
@@ -156,9 +161,9 @@ def dense_checkpoint(sweep: SweepConfig) -> dict:
     except Exception as exc:  # a truncated or foreign file, an unreadable URI
         raise ConfigError(f"dense.checkpoint {path!r} is not a readable torch state_dict "
                           f"({storage.one_line(exc)})") from None
-    num_classes, channels = DATASET_SHAPES[sweep.dataset.name]
+    info = describe(sweep.dataset)
     try:
-        build_model(sweep.model, num_classes, channels).load_state_dict(state)
+        model_for(sweep, info.classes, info.channels).load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(f"dense.checkpoint {path!r} does not fit model {sweep.model!r} on {sweep.dataset.name} "
                           f"({storage.one_line(exc)})") from None
@@ -176,7 +181,7 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_
     """
     data = dataset_for(sweep)
     torch.manual_seed(seed)
-    model = build_model(sweep.model, data.num_classes, data.in_channels)
+    model = model_for(sweep, data.num_classes, data.in_channels)
     start = time.perf_counter()
     if sweep.dense.checkpoint is not None:
         model.load_state_dict(checkpoint_state if checkpoint_state is not None
@@ -233,7 +238,7 @@ class FinetuneRun:
         self.phases = plan(sweep, point)
         self.total_epochs = sum(p.epochs for p in self.phases)
         data = dataset_for(sweep)
-        model = build_model(sweep.model, data.num_classes, data.in_channels)
+        model = model_for(sweep, data.num_classes, data.in_channels)
         model.load_state_dict(dense["state_dict"])
         self.model, self.data = prepare(model, data, device)
         self.dense_test_accuracy = dense["test_accuracy"]
@@ -320,7 +325,7 @@ class FinetuneRun:
         self.epoch += 1
         measured = pc.sparsity(self.model)
         validation = {}
-        if self.data.x_val is not None:
+        if self.data.has_validation:
             validation["val_loss"], validation["val_accuracy"] = evaluate(self.model, self.data, self.device, split="val")
         return {
             **self.point.report_fields(phase.target),
@@ -340,7 +345,7 @@ class FinetuneRun:
             "nonzero_params": pc.nonzero_params(self.model),
             "prunable_params": self.prunable,
             "epoch_time_s": seconds,
-            "samples_per_s": self.data.x_train.shape[0] / seconds,
+            "samples_per_s": self.data.train_size / seconds,
             LAYER_SPARSITY: pc.layer_sparsity(self.model),
         }
 

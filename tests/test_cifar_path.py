@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks.synthetic import without_md5_check, write_cifar10_format
-from sweeps.config import expand, validate
+from sweeps.config import DatasetConfig, expand, validate
 from sweeps.data import load_dataset, random_crop_flip
 from sweeps.train import FinetuneRun, train_dense
 
@@ -21,7 +21,7 @@ def cifar_root(tmp_path):
 
 
 def test_cifar10_loads_through_torchvision(cifar_root):
-    data = load_dataset("cifar10", str(cifar_root), False)
+    data = load_dataset(DatasetConfig(name="cifar10", root=str(cifar_root)))
     assert data.x_train.shape == (60, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
     with open(cifar_root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         first = pickle.load(f, encoding="latin1")
@@ -62,8 +62,8 @@ def test_batch_augmentation_is_a_crop_and_flip():
 
 
 def test_validation_split_is_held_out_of_training(cifar_root):
-    whole = load_dataset("cifar10", str(cifar_root), False)
-    data = load_dataset("cifar10", str(cifar_root), False, train_subset=30, validation=12)
+    whole = load_dataset(DatasetConfig(name="cifar10", root=str(cifar_root)))
+    data = load_dataset(DatasetConfig(name="cifar10", root=str(cifar_root), train_subset=30, validation=12))
     # the last 12 training images are the validation split; training takes the first 30 of the rest
     assert torch.equal(data.x_val, whole.x_train[-12:]) and torch.equal(data.y_val, whole.y_train[-12:])
     assert torch.equal(data.x_train, whole.x_train[:30])

@@ -14,7 +14,7 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("changes,pattern", [
-    ({"foo": 1}, r"foo: unknown field; allowed here: name, model, dataset, dense, pruning, finetune"),
+    ({"foo": 1}, r"foo: unknown field; allowed here: name, model, model_args, dataset, dense, pruning, finetune"),
     ({"finetune__epoch": 3}, r"finetune.epoch: unknown field; allowed here: epochs, optimizer, lr_schedule, batch_size"),
     ({"schedules": [{"name": "g", "kind": "instant", "step": 2}]}, r"schedules.0.step: unknown field; allowed here: name, kind, steps"),
     ({"finetune__epochs": "many"}, r"finetune.epochs: Input should be a valid integer.*'many'"),
@@ -24,9 +24,15 @@ def run_cli(capsys, *argv):
     ({"schedules": [{"name": "g", "kind": "gradual", "steps": 0}]}, r"schedules.0.steps: Input should be greater than or equal to 1"),
     ({"schedules": [{"name": "g", "kind": "linear"}]}, r"schedules.0.kind: Input should be 'instant', 'gradual', 'cubic' or 'ladder'"),
     ({"schedules": [{"name": "g", "kind": "gradual", "steps": 3}]}, r"schedules.0.steps: 3 does not divide finetune.epochs=2"),
-    ({"model": "resnet7"}, r"model: Input should be 'small_cnn', 'resnet20'.*'resnet110'.*got 'resnet7'"),
-    ({"dataset__name": "mnist"}, r"dataset.name: Input should be 'digits' or 'cifar10'"),
-    ({"dataset": {"name": "cifar10", "root": "/nonexistent/cifar"}}, r"dataset.root '/nonexistent/cifar' holds no cifar-10-batches-py and dataset.download is false"),
+    ({"model": "resnet7"}, r"model: 'resnet7' is none of a built-in \(small_cnn, resnet20,.*resnet110\), torchvision:<name>"),
+    ({"model": "torchvision:resnet7"}, r"model: torchvision has no classification model 'resnet7' \(got 'torchvision:resnet7'\); it has alexnet,"),
+    ({"dataset__name": "imagenet"}, r"dataset.name: Input should be 'digits', 'cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn' or 'imagefolder'"),
+    ({"dataset": {"name": "cifar10", "root": "/nonexistent/cifar"}}, r"dataset.root '/nonexistent/cifar' holds no cifar10 \(cifar-10-batches-py, as torchvision checks them\) and dataset.download is false"),
+    ({"dataset": {"name": "svhn"}}, r"dataset.root is required for svhn \(a folder holding train_32x32.mat and test_32x32.mat\)"),
+    ({"dataset": {"name": "imagefolder", "root": "/x"}}, r"dataset.image_size is required for imagefolder"),
+    ({"dataset": {"name": "mnist", "root": "/x", "channels": 3}}, r"dataset.channels is only for imagefolder \(mnist images are 1x28x28\)"),
+    ({"dataset": {"name": "imagefolder", "root": "/nonexistent/images", "image_size": 16}}, r"dataset.root '/nonexistent/images': /nonexistent/images has no train/ folder"),
+    ({"model_args": {"width": 8}}, r"model 'small_cnn': built-in model 'small_cnn' takes no model_args \(got width\)"),
     ({"resources__gpu": 1.5}, r"resources.gpu above 1 must be a whole number"),
     ({"pruning__criterion": "taylor"}, r"pruning.criterion: Input should be 'magnitude', 'gradient', 'magnitude_gradient' or 'random'"),
     ({"dense": {"epochs": 2, "checkpoint": "/x.pt"}}, r"give exactly one of dense.epochs"),

@@ -10,15 +10,16 @@ def main(root: str, url: str, md5: str, go: str) -> int:
     from torchvision.datasets import CIFAR10
 
     from benchmarks.synthetic import skip_md5_check
-    from sweeps.data import load_cifar10_data
+    from sweeps.config import DatasetConfig
+    from sweeps.data import load_dataset
 
     CIFAR10.url, CIFAR10.tgz_md5 = url, md5  # the archive's own md5 is still checked
     skip_md5_check()  # the extracted files are generated, not the real ones
     open(f"{go}.ready-{os.getpid()}", "w").close()
     while not os.path.exists(go):
         time.sleep(0.01)
-    data = load_cifar10_data(root, download=True)
-    print(f"LOADED {data.x_train.shape[0]}")
+    data = load_dataset(DatasetConfig(name="cifar10", root=root, download=True))
+    print(f"LOADED {data.train_size}")
     return 0
 
 

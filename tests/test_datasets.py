@@ -1,0 +1,109 @@
+"""The named datasets, each written in its real on-disk format and read through torchvision's own
+classes; image folders held in memory or streamed, with the same batches either way."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.synthetic import without_md5_check
+from sweeps.config import DatasetConfig, validate
+from sweeps.data import DeviceLoader, StreamedData, TensorData, load_dataset
+from sweeps.train import evaluate, train_dense
+
+from .conftest import TINY
+from .helpers.formats import write_cifar100, write_image_folder, write_mnist, write_svhn
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    load_dataset.cache_clear()
+    yield
+    load_dataset.cache_clear()
+
+
+def _same(data: TensorData, written: dict) -> None:
+    for split, (x, y) in written.items():
+        got_x, got_y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+        assert got_x.dtype == torch.uint8 and torch.equal(got_x, torch.from_numpy(x))
+        assert torch.equal(got_y, torch.from_numpy(y))
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_like_idx_files(tmp_path, name, folder):
+    written = write_mnist(tmp_path, folder, n_train=40, n_test=12, seed=3)
+    data = load_dataset(DatasetConfig(name=name, root=str(tmp_path)))
+    _same(data, written)
+    assert (data.num_classes, data.in_channels, data.pad) == (10, 1, 2)
+    assert not DatasetConfig(name=name, root="x").augments  # none unless asked
+    assert data.flip == (name == "fashion_mnist")  # digits are not mirror images; clothes are
+
+
+def test_cifar100_pickles(tmp_path):
+    written = write_cifar100(tmp_path, n_train=30, n_test=10, seed=4)
+    with without_md5_check():  # the files are generated, not the real ones
+        data = load_dataset(DatasetConfig(name="cifar100", root=str(tmp_path)))
+    _same(data, written)
+    assert (data.num_classes, data.pad, data.flip) == (100, 4, True)
+    assert DatasetConfig(name="cifar100", root="x").augments
+
+
+def test_svhn_mat_files_map_label_10_to_0(tmp_path):
+    written = write_svhn(tmp_path, n_train=30, n_test=10, seed=5)
+    with without_md5_check():
+        data = load_dataset(DatasetConfig(name="svhn", root=str(tmp_path)))
+    _same(data, written)
+    assert data.y_train[:3].tolist() == [0, 0, 0]
+    assert (data.num_classes, data.pad, data.flip) == (10, 4, False)  # crop, no flip: digits again
+
+
+def _folder_config(root, **extra) -> DatasetConfig:
+    return DatasetConfig(name="imagefolder", root=str(root), image_size=16, **extra)
+
+
+def test_image_folder_in_memory_exact_pixels_fixed_order_and_training_class_indices(tmp_path):
+    counts = {"train": {"cat": 5, "dog": 4, "emu": 3}, "test": {"cat": 2, "emu": 2}}  # test lacks dog
+    written = write_image_folder(tmp_path, counts, size=16, seed=6)
+    data = load_dataset(_folder_config(tmp_path, validation=2))
+    assert isinstance(data, TensorData)
+    files = [(img, i) for i, c in enumerate(("cat", "dog", "emu")) for img in written["train"][c]]
+    order = np.random.RandomState(0).permutation(len(files))  # the documented fixed order
+    expected = [files[i] for i in order]
+    assert torch.equal(data.x_train, torch.from_numpy(np.stack([img for img, _ in expected[:10]])))
+    assert data.y_train.tolist() == [c for _, c in expected[:10]]
+    assert data.y_val.tolist() == [c for _, c in expected[10:]]
+    assert data.y_test.tolist() == [0, 0, 2, 2]  # emu keeps the training index 2
+    assert (data.num_classes, data.in_channels, data.pad, data.flip) == (3, 3, 2, True)
+
+
+def test_image_folder_resizes_the_shorter_side_and_centre_crops_and_reads_grayscale(tmp_path):
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, PILToTensor, Resize
+
+    write_image_folder(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}}, seed=7,
+                       sizes=[(40, 24), (20, 50)])
+    data = load_dataset(_folder_config(tmp_path, channels=1))
+    assert data.x_train.shape == (4, 1, 16, 16) and data.x_test.shape == (2, 1, 16, 16)
+    with Image.open(tmp_path / "test" / "a" / "0000.png") as im:
+        expected = PILToTensor()(CenterCrop(16)(Resize(16)(im.convert("L"))))
+    assert torch.equal(data.x_test[0], expected)
+
+
+def test_streamed_image_folder_gives_the_same_batches_and_metrics_as_in_memory(tmp_path):
+    write_image_folder(tmp_path, {"train": {"a": 23, "b": 17}, "test": {"a": 6, "b": 5}}, seed=8)
+    in_memory = load_dataset(_folder_config(tmp_path, validation=5, train_subset=30))
+    streamed = load_dataset(_folder_config(tmp_path, validation=5, train_subset=30, in_memory_max_gb=1e-6,
+                                           workers=1))
+    assert isinstance(streamed, StreamedData) and streamed.train_size == in_memory.train_size == 30
+    assert torch.equal(streamed.mean, in_memory.mean) and torch.equal(streamed.std, in_memory.std)
+    loaders = [DeviceLoader(d, 8, torch.Generator().manual_seed(1), augment=True) for d in (in_memory, streamed)]
+    for (xa, ya), (xb, yb) in zip(*loaders, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    sweep = validate({**TINY, "dataset": _folder_config(tmp_path, validation=5, train_subset=30).model_dump(),
+                      "dense": {"epochs": 1, "batch_size": 8}})
+    streamed_sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(
+        update={"in_memory_max_gb": 1e-6, "workers": 1})})
+    a = train_dense(sweep, 0, torch.device("cpu"))
+    b = train_dense(streamed_sweep, 0, torch.device("cpu"))
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    assert evaluate(model, in_memory, torch.device("cpu"), split="val") == evaluate(model, streamed, torch.device("cpu"), split="val")
