@@ -330,7 +330,8 @@ def sweep_storage(quick: bool, address: str | None) -> dict:
                             .read_text())
     cfg = {"name": "storage", "model": "small_cnn" if quick else "resnet20", "dataset": {"name": "digits"},
            "dense": {"epochs": 1, "batch_size": 64}, "pruning": recipe["pruning"],
-           "finetune": {**recipe["finetune"], "epochs": epochs, "batch_size": 64}, "schedules": recipe["schedules"],
+           "finetune": {**recipe["finetune"], "epochs": epochs, "batch_size": 64},
+           "schedules": recipe["schedules"][:1] if quick else recipe["schedules"],
            "sparsities": [0.9], "seeds": 1, "resources": {"cpu": 1}}
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "storage.yaml"

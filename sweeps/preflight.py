@@ -94,7 +94,7 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
                 output = model(batch)
         except Exception as exc:
             raise ConfigError(f"model {name!r}: a batch of {d.name} images ({'x'.join(map(str, shape[1:]))}) fails "
-                              f"in its forward ({storage.one_line(exc)})") from None
+                              f"in its forward ({type(exc).__name__}: {storage.one_line(exc)})") from None
         if not (isinstance(output, torch.Tensor) and tuple(output.shape) == (2, info.classes)):
             hint = (" (a model with auxiliary outputs: turn them off through model_args, e.g. aux_logits: false)"
                     if not isinstance(output, torch.Tensor) else "")
