@@ -74,6 +74,59 @@ def loader_speedup(quick: bool, device: torch.device) -> dict:
     return {"loader_images_per_s": ours, "torchvision_images_per_s": tv, "loader_speedup": ours / tv}
 
 
+def _png_folder(root: str, n_train: int, n_test: int) -> str:
+    """An image folder of 32x32 PNGs in 10 classes: CIFAR-10's own images where
+    ``PRUNESWEEP_CIFAR_ROOT`` holds it, else random ones (noise: larger files, slower to decode)."""
+    from PIL import Image
+
+    cifar = os.environ.get("PRUNESWEEP_CIFAR_ROOT")
+    if cifar:
+        from torchvision.datasets import CIFAR10
+
+        splits = {split: CIFAR10(cifar, train=split == "train") for split in ("train", "test")}
+        images = {s: (d.data[:n], d.targets[:n]) for (s, d), n in zip(splits.items(), (n_train, n_test))}
+    else:
+        rng = np.random.default_rng(0)
+        images = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).tolist())
+                  for s, n in (("train", n_train), ("test", n_test))}
+    for split, (x, y) in images.items():
+        for i, (pixels, label) in enumerate(zip(x, y)):
+            folder = os.path.join(root, split, f"class{label}")
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i:05d}.png"))
+    return "cifar10" if cifar else "random"
+
+
+def data_paths(quick: bool) -> dict:
+    """An image folder of 32x32 PNGs held in memory vs streamed from disk (``DataLoader`` with 2
+    workers decoding, the same augmentation on the device): seconds per training epoch of the
+    small CNN (batch 128, crop+flip; the cheapest model, so the data path weighs most), and how
+    fast the folder decodes into memory."""
+    from sweeps.train import train_epoch
+
+    n = 256 if quick else 10000
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as root:
+        source = _png_folder(root, n, n // 5)
+        config = DatasetConfig(name="imagefolder", root=root, image_size=32, workers=2)
+        load_dataset.cache_clear()
+        start = time.perf_counter()
+        in_memory = load_dataset(config)
+        decode = time.perf_counter() - start
+        streamed = load_dataset(config.model_copy(update={"in_memory_max_gb": 1e-9}))
+        load_dataset.cache_clear()
+        model = build_model("small_cnn", 10, 3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def epoch(data):
+            return lambda: train_epoch(model, DeviceLoader(data, 128, torch.Generator().manual_seed(0), True),
+                                       optimizer, cpu)
+        repeats = 1 if quick else 3
+        memory_s, streamed_s = _median_time(epoch(in_memory), repeats), _median_time(epoch(streamed), repeats)
+    return {"streamed_epoch_s": streamed_s, "in_memory_epoch_s": memory_s, "streamed_vs_in_memory": streamed_s / memory_s,
+            "folder_decode_images_per_s": (n + n // 5) / decode, "folder_images": n, "folder_source": source}
+
+
 def _train_step_time(model, optimizer, x, y, repeats):
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -368,7 +421,7 @@ GOALS = {"loader_speedup": ">= 1 (higher is better)", "mask_overhead": "<= 1.10"
          "prune_speedup_vs_vectorised_numpy": "(context)",
          "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores",
          "analysis_10k_s": "< 30 s, < 2048 MB peak", "state_vs_bare_tune": "state < 10 KB/trial (issue #17)",
-         "checkpoint_upload_reduction": "(context)"}
+         "checkpoint_upload_reduction": "(context)", "streamed_vs_in_memory": "(context)"}
 
 
 def main(argv=None) -> int:
@@ -394,6 +447,7 @@ def main(argv=None) -> int:
     figures.update(tune_overhead(args.quick, args.address))
     figures.update(sweep_storage(args.quick, args.address))
     figures.update(analysis_at_scale(args.quick))
+    figures.update(data_paths(args.quick))
 
     rows = [("loader_speedup", "loader_images_per_s", "torchvision_images_per_s", "images/s"),
             ("mask_overhead", "masked_step_s", "dense_step_s", "s/step"),
@@ -403,6 +457,7 @@ def main(argv=None) -> int:
     rows += [(k, f"prunesweep_s_{k.split('_')[-1]}", f"plain_loop_s_{k.split('_')[-1]}", "s")
              for k in figures if k.startswith("tune_overhead_")]
     rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
+    rows.append(("streamed_vs_in_memory", "streamed_epoch_s", "in_memory_epoch_s", "s"))
     rows.append(("state_vs_bare_tune", "state_bytes_per_trial", "tune_bare_state_bytes_per_trial", "bytes"))
     rows.append(("checkpoint_upload_reduction", "checkpoint_bytes_per_trial_before", "checkpoint_bytes_per_trial",
                  "bytes"))
@@ -415,7 +470,7 @@ def main(argv=None) -> int:
         print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} "
               f"{GOALS.get(key.replace(scale, 'analysis_10k'), '')}")
     for key in (f"{scale}_peak_mb", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
-                "full_checkpoint_bytes"):
+                "full_checkpoint_bytes", "folder_decode_images_per_s"):
         print(f"{key:<36}{figures[key]:>10.4g}")
     for key, value in figures.items():
         if key.startswith("gpu_") and key != "gpu_name":

@@ -32,9 +32,18 @@ class RayOptions:
 
 def worker_code(config: SweepConfig) -> dict | None:
     """Ray's runtime environment that ships the user's model builder (its top-level package, or its
-    one file) to every worker, on this machine and on a cluster; None when there is nothing to ship."""
+    one file) to every worker, on this machine and on a cluster; None when there is nothing to ship,
+    or when the Ray job this driver runs in (``ray job submit``) already ships code of its own
+    (``--working-dir``, ``py_modules``), which Ray would refuse to merge with ours."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
     source = builder_source(config.model)
-    return {"py_modules": [source]} if source else None
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
+    if not source or "working_dir" in job or "py_modules" in job:
+        return None
+    return {"py_modules": [source]}
 
 
 def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:

@@ -19,10 +19,12 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
                 "prune_fraction_of_epoch", "tune_overhead_tiny", "parallel_efficiency", "state_bytes_per_trial",
                 "tune_bare_state_bytes_per_trial", "state_vs_bare_tune", "checkpoint_bytes_per_trial",
-                "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb"):
+                "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb",
+                "streamed_vs_in_memory", "folder_decode_images_per_s"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     table = capsys.readouterr().out
     assert "mask_overhead" in table and "GPU: none" in table and "analysis_400_s" in table
+    assert "streamed_vs_in_memory" in table and figures["folder_source"] in ("random", "cifar10")
     assert figures["analysis_rows"] == 400 * 30
 
 

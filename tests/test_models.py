@@ -275,3 +275,17 @@ def test_a_torchvision_dense_checkpoint_must_fit_the_model_built_for_the_data(tm
     err = _refused(capsys, {**cfg, "dense": {"checkpoint": str(tmp_path / "imagenet.pt")}}, tmp_path)
     assert err.startswith(f"dense.checkpoint '{tmp_path / 'imagenet.pt'}' does not fit model "
                           "'torchvision:mobilenet_v3_small' on digits"), err
+
+
+def test_the_builder_is_shipped_unless_the_ray_job_ships_code_itself(user_folder, monkeypatch):
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from sweeps.runner import worker_code
+
+    folder, _ = user_folder
+    config = validate({**SHORT, "model": "mymodels.nets:build"})
+    assert worker_code(config) == {"py_modules": [str(folder / "mymodels")]}
+    assert worker_code(validate({**SHORT, "model": "torchvision:resnet18"})) is None
+    for shipped in ({"working_dir": "gcs://_ray_pkg_abc.zip"}, {"py_modules": ["gcs://_ray_pkg_def.zip"]}):
+        monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, '{"runtime_env": %s}' % __import__("json").dumps(shipped))
+        assert worker_code(config) is None  # `ray job submit --working-dir .`: the job carries the code
