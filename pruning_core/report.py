@@ -1,10 +1,15 @@
 """Sparsity and cost reports: per layer and total, parameters and multiply-accumulates."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+import inspect
+from collections import defaultdict
 
-from .masks import CONV_TYPES, effective_weight, prunable_modules
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .masks import effective_weight, is_torch_pruned, prunable_modules
 
 
 def _counts(model: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
@@ -41,40 +46,70 @@ def nonzero_params(model: nn.Module) -> int:
     return count
 
 
+class _WeightUses(TorchFunctionMode):
+    """Counts, per prunable layer, the output positions its weight is applied at in a forward pass,
+    however the weight is reached: a module call, ``F.linear`` on another module's weight (Swin's
+    attention), or ``nn.MultiheadAttention``'s fused call, which applies ``out_proj.weight`` itself."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names, self.positions = names, defaultdict(int)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CONVS or func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            name = self.names.get(id(weight))
+            if name is not None:  # one sample: a conv's output positions, a linear's rows
+                self.positions[name] += out[0, 0].numel() if func in _CONVS else out.numel() // weight.shape[0]
+        elif func is F.multi_head_attention_forward:
+            weight = _MHA.bind(*args, **kwargs).arguments["out_proj_weight"]
+            name = self.names.get(id(weight))
+            if name is not None:
+                self.positions[name] += out[0].numel() // weight.shape[0]
+        return out
+
+
+_CONVS = (F.conv1d, F.conv2d, F.conv3d)
+_MHA = inspect.signature(F.multi_head_attention_forward)
+
+
+def _positions(model: nn.Module, rows, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Output positions per prunable layer in one forward pass of a zero sample of ``input_shape``."""
+    names = {id(module.weight): name for name, module, _, _ in rows}
+    seen, handles = [], []
+    for name, module, _, _ in rows:
+        if is_torch_pruned(module):  # its weight is recomputed before each call: learn it then
+            def learn(mod, inputs, name=name):
+                seen.append(mod.weight)
+                names[id(mod.weight)] = name
+            handles.append(module.register_forward_pre_hook(learn))
+    param = next(model.parameters())
+    was_training = model.training
+    uses = _WeightUses(names)
+    try:
+        model.eval()
+        with torch.no_grad(), uses:
+            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return uses.positions
+
+
 def sparsity_report(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict:
     """Per-layer and total weights, nonzeros, sparsity and compression ratio.
 
     With ``input_shape`` (one sample, no batch dimension, e.g. ``(3, 32, 32)``) each layer
     also gets ``macs_dense`` and ``macs_sparse``: multiply-accumulates of one forward pass,
-    dense and with zero weights skipped (a layer the forward pass never calls counts none).
-    ``nn.MultiheadAttention`` uses its ``out_proj`` weight without calling it; it is counted at
-    the attention layer's output.
+    dense and with zero weights skipped. They count every use of the layer's weight, however it
+    is reached (a module call, a functional call on the module's weight, attention's fused
+    projection; a weight used twice counts twice, one never used counts none).
     """
     rows = _counts(model)
-    positions: dict[str, int] = {}
-    if input_shape is not None:
-        handles = []
-        attention = {f"{name}.out_proj" if name else "out_proj": m for name, m in model.named_modules()
-                     if isinstance(m, nn.MultiheadAttention)}
-        for name, module, _, _ in rows:
-            def hook(mod, inputs, output, name=name):
-                if isinstance(mod, nn.MultiheadAttention):  # output: (attention output, weights); batch of one
-                    positions[name] = output[0].numel() // mod.embed_dim
-                elif isinstance(mod, CONV_TYPES):
-                    positions[name] = output[0, 0].numel()
-                else:
-                    positions[name] = output[0].numel() // mod.out_features
-            handles.append(attention.get(name, module).register_forward_hook(hook))
-        param = next(model.parameters())
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
-        finally:
-            model.train(was_training)
-            for h in handles:
-                h.remove()
+    positions = _positions(model, rows, input_shape) if input_shape is not None else {}
     layers = []
     for name, module, total, nonzero in rows:
         row = {

@@ -72,11 +72,11 @@ class TensorData:
             yield x[i:i + batch_size], y[i:i + batch_size]
 
     def train_batches(self, order: torch.Tensor, batch_size: int):
-        """Raw ``(images, labels)`` of the training set in ``order``, ``batch_size`` at a time."""
+        """Raw ``(images, labels)`` of the training set in ``order``, in :func:`batch_bounds`."""
         if order.device != self.x_train.device:
             order = order.to(self.x_train.device)
-        for i in range(0, order.shape[0], batch_size):
-            idx = order[i:i + batch_size]
+        for start, end in batch_bounds(order.shape[0], batch_size):
+            idx = order[start:end]
             yield self.x_train[idx], self.y_train[idx]
 
     def to(self, device, channels_last: bool = False) -> "TensorData":
@@ -118,8 +118,10 @@ class StreamedData:
     def _load(self, dataset, batch_sampler):
         from torch.utils.data import DataLoader
 
+        # its own generator: a DataLoader otherwise seeds its workers from torch's global RNG, which
+        # would then differ from the in-memory path's (dropout, the random criterion)
         loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator())
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
@@ -130,12 +132,22 @@ class StreamedData:
 
     def train_batches(self, order: torch.Tensor, batch_size: int):
         order = order.tolist()
-        yield from self._load(self.train, [order[i:i + batch_size] for i in range(0, len(order), batch_size)])
+        yield from self._load(self.train, [order[start:end] for start, end in batch_bounds(len(order), batch_size)])
 
     def to(self, device, channels_last: bool = False) -> "StreamedData":
         device = torch.device(device)
         return dataclasses.replace(self, mean=self.mean.to(device), std=self.std.to(device), device=device,
                                    channels_last=channels_last)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each training batch of ``n`` images: ``batch_size`` at a time, except that a
+    last batch of one image joins the one before (BatchNorm cannot train on a single image whose
+    feature maps have shrunk to 1x1, as a torchvision model's do on small images)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +187,7 @@ def _decode(dataset, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.utils.data import DataLoader
 
     xs, ys = [], []
-    for xb, yb in DataLoader(dataset, batch_size=DECODE_BATCH, num_workers=workers):
+    for xb, yb in DataLoader(dataset, batch_size=DECODE_BATCH, num_workers=workers, generator=torch.Generator()):
         xs.append(xb)
         ys.append(yb)
     return torch.cat(xs), torch.cat(ys)
@@ -259,7 +271,7 @@ class DeviceLoader:
         self.generator, self.augment = generator, augment
 
     def __len__(self):
-        return -(-self.data.train_size // self.batch_size)
+        return len(batch_bounds(self.data.train_size, self.batch_size))
 
     def __iter__(self):
         order = torch.randperm(self.data.train_size, generator=self.generator, device=self.generator.device)

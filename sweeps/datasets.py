@@ -125,8 +125,27 @@ def present(name: str, root: str) -> bool:
 def _open_image(mode: str, path: str):
     from PIL import Image
 
-    with open(path, "rb") as f:
-        return Image.open(f).convert(mode)
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert(mode)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise OSError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def check_images(root: str, channels: int, image_size: int) -> None:
+    """Open every image of an image folder (its header only: about 30 us a file) and raise
+    DatasetError naming the first file Pillow cannot identify, so that a bad file is refused once,
+    before any trial reads it."""
+    from PIL import Image
+
+    train, test = image_folders(root, channels, image_size)
+    for path, _ in train.samples + test.samples:
+        try:
+            with Image.open(path):
+                pass
+        except Exception as exc:
+            raise DatasetError(f"{path} is not an image Pillow can read "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
 
 
 def _folder(root: str, split: str, channels: int, image_size: int):

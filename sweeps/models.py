@@ -12,6 +12,8 @@ import sys
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.storage import one_line
+
 
 class _ShortcutA(nn.Module):
     """Option-A shortcut: subsample by 2 and zero-pad the new channels (no parameters)."""
@@ -131,17 +133,22 @@ class ModelError(ValueError):
     """A model that cannot be built as named; the message says why (the caller names the field)."""
 
 
+OWN_PACKAGES = ("analysis", "benchmarks", "pruning_core", "sweeps")
+
+
 def import_builder(name: str):
     """The user's builder function ``package.module:function``, imported with the folder prunesweep
-    was started from on ``sys.path`` (as ``python -m`` would)."""
+    was started from on ``sys.path`` (after the installed packages, which it never shadows)."""
     module_name, _, attr = name.partition(":")
+    if module_name.split(".")[0] in OWN_PACKAGES:
+        raise ModelError(f"{module_name.split('.')[0]} is a package of prunesweep itself; give yours another name")
     here = os.getcwd()
     if here not in sys.path:
-        sys.path.insert(0, here)
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ModuleNotFoundError, or anything the module raises while importing
-        raise ModelError(f"cannot import {module_name} ({type(exc).__name__}: {exc}) from {here}") from None
+        raise ModelError(f"cannot import {module_name} ({type(exc).__name__}: {one_line(exc)}) from {here}") from None
     builder = getattr(module, attr, None)
     if builder is None:
         raise ModelError(f"module {module_name} ({module.__file__}) has no {attr!r}")
@@ -194,8 +201,9 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, model_ar
 
         try:
             model = models.get_model(name[len(TORCHVISION):], weights=None, num_classes=num_classes, **model_args)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"torchvision refused model_args {model_args} ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # TypeError for an unknown argument, AssertionError or ValueError for a bad value
+            raise ModelError(f"torchvision cannot build it with model_args {model_args} "
+                             f"({type(exc).__name__}: {one_line(exc)})") from None
         if in_channels != 3:
             _adapt_stem(model, in_channels)
         return model
@@ -204,7 +212,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, model_ar
         model = builder(num_classes, in_channels, **model_args)
     except Exception as exc:
         raise ModelError(f"{name}({num_classes}, {in_channels}, **{model_args}) raised "
-                         f"{type(exc).__name__}: {exc}") from None
+                         f"{type(exc).__name__}: {one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{name} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -13,10 +13,11 @@ import shutil
 
 import torch
 
+import pruning_core as pc
 from analysis import storage
 
 from .config import ConfigError, SweepConfig
-from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, describe, download, present
+from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, present
 from .models import ModelError, build_model
 
 
@@ -65,6 +66,8 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
                                   "dataset.download: false") from None
     try:
         info = describe(d)
+        if d.name == IMAGEFOLDER:
+            check_images(d.root, info.channels, info.image_size)
     except DatasetError as exc:
         raise ConfigError(f"dataset.root {d.root!r}: {exc}") from None
     if d.name == IMAGEFOLDER and d.validation >= info.train_size:
@@ -77,6 +80,21 @@ def _logits_shape(output) -> str:
     return f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
 
 
+AUX_HINT = " (a model with auxiliary outputs: turn them off through model_args, e.g. aux_logits: false)"
+
+
+def _check_layer_patterns(config: SweepConfig, model: torch.nn.Module) -> None:
+    """Refuse a ``pruning.include``/``exclude`` entry that names no prunable layer of the model
+    (a pattern written for another model would otherwise change nothing, silently)."""
+    layers = [n for n, _ in pc.prunable_modules(model)]
+    for field in ("include", "exclude"):
+        for pattern in getattr(config.pruning, field) or []:
+            if not pc.prunable_modules(model, include=[pattern]):
+                shown = ", ".join(layers[:10]) + (f", ... ({len(layers)} in all)" if len(layers) > 10 else "")
+                raise ConfigError(f"pruning.{field}: {pattern!r} matches no prunable layer of model "
+                                  f"{config.model!r} (its prunable layers: {shown})")
+
+
 def check_model(config: SweepConfig, info: DatasetInfo) -> None:
     """Build the model once and run a batch of two images of the dataset's shape through it, in
     training and in evaluation mode: each must give one logit per class; ConfigError otherwise."""
@@ -85,6 +103,7 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
         model = build_model(name, info.classes, info.channels, config.model_args)
     except ModelError as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None
+    _check_layer_patterns(config, model)
     shape = (2, info.channels, info.image_size, info.image_size)
     batch = torch.zeros(shape)
     for mode in ("training", "evaluation"):
@@ -93,11 +112,11 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
             with torch.no_grad():
                 output = model(batch)
         except Exception as exc:
+            hint = AUX_HINT if getattr(model, "aux_logits", False) and mode == "training" else ""
             raise ConfigError(f"model {name!r}: a batch of {d.name} images ({'x'.join(map(str, shape[1:]))}) fails "
-                              f"in its forward ({type(exc).__name__}: {storage.one_line(exc)})") from None
+                              f"in its {mode} forward ({type(exc).__name__}: {storage.one_line(exc)}){hint}") from None
         if not (isinstance(output, torch.Tensor) and tuple(output.shape) == (2, info.classes)):
-            hint = (" (a model with auxiliary outputs: turn them off through model_args, e.g. aux_logits: false)"
-                    if not isinstance(output, torch.Tensor) else "")
+            hint = AUX_HINT if not isinstance(output, torch.Tensor) else ""
             raise ConfigError(f"model {name!r}: in {mode} mode a batch of 2 {d.name} images gives "
                               f"{_logits_shape(output)}, not logits of shape (2, {info.classes}) for its "
                               f"{info.classes} classes{hint}")

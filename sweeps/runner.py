@@ -100,8 +100,9 @@ def ray_session(config: SweepConfig, options: RayOptions):
     started = connect(options, code)
     requested = False
     try:
-        if code and not started:
-            _check_importable(config.model, code)
+        source = builder_source(config.model)
+        if source and not (code and started):  # a builder prunesweep did not ship: can the workers import it?
+            _check_importable(config.model, {"py_modules": [source]})
         requested = check_resources(config, options.autoscale)
         yield
     finally:
@@ -148,8 +149,8 @@ def _import_builder(name: str) -> None:
 
 
 def _check_importable(name: str, code: dict) -> None:
-    """Refuse a user model the workers of a Ray started elsewhere (whose runtime environment
-    prunesweep cannot set) cannot import."""
+    """Refuse a user model that the workers cannot import, where prunesweep did not ship it itself
+    (a Ray this process already runs, a Ray job that ships code of its own)."""
     import ray
     from ray.exceptions import RayTaskError
 
@@ -157,9 +158,8 @@ def _check_importable(name: str, code: dict) -> None:
         ray.get(ray.remote(_import_builder).options(num_cpus=0).remote(name))
     except RayTaskError as exc:
         cause = getattr(exc, "cause", None) or exc
-        raise ConfigError(f"model {name!r}: the workers of the Ray already running here cannot import it "
-                          f"({storage.one_line(cause)}); let prunesweep start Ray, or start it with "
-                          f"runtime_env={code}") from None
+        raise ConfigError(f"model {name!r}: the Ray workers cannot import it ({storage.one_line(cause)}); let "
+                          f"prunesweep start or connect to Ray, or give the job runtime_env={code}") from None
 
 
 def _gpu_device() -> str:

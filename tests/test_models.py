@@ -103,9 +103,9 @@ def _refused(capsys, cfg: dict, folder: Path) -> str:
     ("mymodels.nets:build", {"depth": 3}, r"^model 'mymodels.nets:build': mymodels.nets:build\(10, 1, \*\*\{'depth': 3\}\) "
                                           r"raised TypeError: build\(\) got an unexpected keyword argument 'depth'$"),
     ("torchvision:inception_v3", {}, r"^model 'torchvision:inception_v3': a batch of digits images \(1x8x8\) fails in "
-                                     r"its forward \(RuntimeError: "),
+                                     r"its training forward \(RuntimeError: "),
     ("torchvision:googlenet", {"aux_logits": True}, r"^model 'torchvision:googlenet': a batch of digits images"),
-    ("torchvision:resnet18", {"depth": 3}, r"^model 'torchvision:resnet18': torchvision refused model_args "
+    ("torchvision:resnet18", {"depth": 3}, r"^model 'torchvision:resnet18': torchvision cannot build it with model_args "
                                            r"\{'depth': 3\} \(TypeError: "),
 ])
 def test_a_model_that_cannot_run_is_refused_before_ray(user_folder, capsys, model, model_args, says):
@@ -137,11 +137,29 @@ def test_an_image_folder_that_cannot_be_read_is_refused_before_ray(tmp_path, cap
         err = _refused(capsys, {**SHORT, "dataset": {"name": "imagefolder", "root": str(tmp_path / root),
                                                      "image_size": 8}}, tmp_path)
         assert err.startswith(f"dataset.root '{tmp_path / root}': ") and says in err, err
+    write_image_folder(tmp_path / "bad", {"train": {"a": 2, "b": 2}, "test": {"a": 1}}, size=8)
+    (tmp_path / "bad" / "train" / "b" / "0001.png").write_bytes(b"not a png at all")
+    err = _refused(capsys, {**SHORT, "dataset": {"name": "imagefolder", "root": str(tmp_path / "bad"),
+                                                 "image_size": 8}}, tmp_path)
+    assert err.startswith(f"dataset.root '{tmp_path / 'bad'}': {tmp_path / 'bad' / 'train' / 'b' / '0001.png'} is not "
+                          "an image Pillow can read (UnidentifiedImageError: "), err
     write_image_folder(tmp_path / "ok", {"train": {"a": 2, "b": 2}, "test": {"a": 1}}, size=8)
     err = _refused(capsys, {**SHORT, "dataset": {"name": "imagefolder", "root": str(tmp_path / "ok"),
                                                  "image_size": 8, "validation": 4}}, tmp_path)
     assert err == (f"dataset.validation must leave training images: {tmp_path / 'ok'} has 4, so the allowed "
                    "range is 0..3 (got 4)")
+
+
+def test_a_pruning_pattern_that_names_no_layer_of_the_model_is_refused(tmp_path, capsys):
+    err = _refused(capsys, {**SHORT, "model": "torchvision:resnet18", "pruning": {"exclude": ["features.0", "fc"]}},
+                   tmp_path)
+    assert err == ("pruning.exclude: 'features.0' matches no prunable layer of model 'torchvision:resnet18' (its "
+                   "prunable layers: conv1, layer1.0.conv1, layer1.0.conv2, layer1.1.conv1, layer1.1.conv2, "
+                   "layer2.0.conv1, layer2.0.conv2, layer2.0.downsample.0, layer2.1.conv1, layer2.1.conv2, ... "
+                   "(21 in all))")
+    err = _refused(capsys, {**SHORT, "pruning": {"include": ["layer3.*"]}}, tmp_path)
+    assert err == ("pruning.include: 'layer3.*' matches no prunable layer of model 'small_cnn' (its prunable "
+                   "layers: conv1, conv2, conv3, fc)")
 
 
 def test_torchvision_models_take_the_datas_channels_and_classes():
@@ -172,6 +190,18 @@ def test_pruning_and_macs_are_right_for_depthwise_and_attention_layers():
     report = pc.sparsity_report(vit, (3, 64, 64))
     attention = next(r for r in report["layers"] if r["name"].endswith("self_attention.out_proj"))
     assert attention["macs_dense"] == 768 * 768 * (4 + 1)  # four patches and the class token
+    # Swin applies its attention layers' weights with F.linear, never calling those modules
+    swin = pc.sparsity_report(build_model("torchvision:swin_t", 10, 3), (3, 64, 64))
+    assert all(r["macs_dense"] > 0 for r in swin["layers"]), [r["name"] for r in swin["layers"] if not r["macs_dense"]]
+
+    class Twice(nn.Module):  # one weight used twice in a forward pass counts twice
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(self.fc(x), self.fc.weight)
+    assert pc.sparsity_report(Twice(), (6,))["macs_dense"] == 2 * 36
 
 
 def test_user_model_code_changes_are_resume_differences(user_folder):
@@ -188,7 +218,7 @@ def test_user_model_code_changes_are_resume_differences(user_folder):
 def test_a_ray_already_running_whose_workers_cannot_import_the_model_is_refused(ray_session, user_folder, capsys):
     folder, _ = user_folder
     err = _refused(capsys, {**SHORT, "model": "mymodels.nets:build"}, folder)
-    assert err.startswith("model 'mymodels.nets:build': the workers of the Ray already running here cannot import it "
+    assert err.startswith("model 'mymodels.nets:build': the Ray workers cannot import it "
                           "(cannot import mymodels.nets (ModuleNotFoundError: No module named 'mymodels')"), err
     assert f"runtime_env={{'py_modules': ['{folder / 'mymodels'}']}}" in err
 
@@ -211,7 +241,9 @@ def test_user_model_sweep_from_its_folder_ships_the_code_to_rays_workers(ray_ses
     driver = [i for i in imports if i[2] == "False"]
     workers = [i for i in imports if i[2] == "True"]
     # the driver imported it from the folder; every worker that built it has the copy Ray shipped
-    # (py_modules) on its path: on a cluster, where the folder is not, that copy is what it imports
+    # (py_modules) on its path. On this one machine Ray also puts the driver's folder first on the
+    # workers' path, so they import from there; on a cluster's other nodes, where the folder is
+    # not, the shipped copy is what they import (without py_modules, no worker here has it)
     assert len(driver) == 1 and driver[0][1] == str(tmp_path / "mymodels"), imports
     assert workers and len(driver) + len(workers) == len(imports), imports
 
