@@ -382,7 +382,8 @@ def sweep_storage(quick: bool, address: str | None) -> dict:
     recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "configs" / "cifar10_resnet20.yaml")
                             .read_text())
     cfg = {"name": "storage", "model": "small_cnn" if quick else "resnet20", "dataset": {"name": "digits"},
-           "dense": {"epochs": 1, "batch_size": 64}, "pruning": recipe["pruning"],
+           "dense": {"epochs": 1, "batch_size": 64},
+           "pruning": {**recipe["pruning"], "exclude": ["conv1", "fc"]} if quick else recipe["pruning"],
            "finetune": {**recipe["finetune"], "epochs": epochs, "batch_size": 64},
            "schedules": recipe["schedules"][:1] if quick else recipe["schedules"],
            "sparsities": [0.9], "seeds": 1, "resources": {"cpu": 1}}
