@@ -261,7 +261,8 @@ def test_torchvision_model_short_sweep(ray_session, tmp_path, model, dataset):
         data = {"name": "mnist", "root": str(tmp_path / "data")}
     else:
         write_image_folder(tmp_path / "data", {"train": {"a": 24, "b": 24}, "test": {"a": 8, "b": 8}}, size=16)
-        data = {"name": "imagefolder", "root": str(tmp_path / "data"), "image_size": 16}
+        # streamed: DataLoader workers decoding inside Ray's trial and dense-training processes
+        data = {"name": "imagefolder", "root": str(tmp_path / "data"), "image_size": 16, "in_memory_max_gb": 1e-6}
     cfg = {**SHORT, "name": dataset, "model": model, "dataset": data, "pruning": {"exclude": []}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     load_dataset.cache_clear()
