@@ -110,14 +110,20 @@ def download(name: str, root: str) -> None:
             _torchvision_split(name, root, train, download=True)
 
 
-def present(name: str, root: str) -> bool:
-    """Whether ``root`` holds the dataset's files, as torchvision checks them (md5 where it has one)."""
+def missing(name: str, root: str) -> str | None:
+    """Why ``root`` does not hold the dataset's files as torchvision reads and checks them (md5s
+    where it keeps them), or None when it does."""
     try:
         for train in (True, False):
             _torchvision_split(name, root, train)
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        return False
-    return True
+    except Exception as exc:  # torchvision's "Dataset not found or corrupted", a truncated file, ...
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return None
+
+
+def present(name: str, root: str) -> bool:
+    """Whether ``root`` holds the dataset's files, as torchvision reads and checks them."""
+    return missing(name, root) is None
 
 
 # ------------------------------------------------------------------ image folders

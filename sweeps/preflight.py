@@ -17,7 +17,7 @@ import pruning_core as pc
 from analysis import storage
 
 from .config import ConfigError, SweepConfig
-from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, present
+from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, missing, present
 from .models import ModelError, build_model
 
 
@@ -49,11 +49,12 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
     if d.root is not None and storage.is_uri(d.root):
         raise ConfigError(f"dataset.root {d.root!r}: {d.name} is read from a local folder, not a URI")
     if _torchvision_dataset(config):
-        there = present(d.name, d.root)
+        why = missing(d.name, d.root)
+        there = why is None
         if not d.download and not there:
             raise ConfigError(f"dataset.root {d.root!r} holds no {d.name} ({SPECS[d.name].files}, as torchvision "
-                              "checks them) and dataset.download is false (set dataset.download: true or point "
-                              "dataset.root at the folder that holds it)")
+                              f"reads them: {why}) and dataset.download is false (set dataset.download: true or "
+                              "point dataset.root at the folder that holds it)")
         if download_now and not there:
             created = not os.path.exists(d.root)
             try:

@@ -27,7 +27,7 @@ def run_cli(capsys, *argv):
     ({"model": "resnet7"}, r"model: 'resnet7' is none of a built-in \(small_cnn, resnet20,.*resnet110\), torchvision:<name>"),
     ({"model": "torchvision:resnet7"}, r"model: torchvision has no classification model 'resnet7' \(got 'torchvision:resnet7'\); it has alexnet,"),
     ({"dataset__name": "imagenet"}, r"dataset.name: Input should be 'digits', 'cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn' or 'imagefolder'"),
-    ({"dataset": {"name": "cifar10", "root": "/nonexistent/cifar"}}, r"dataset.root '/nonexistent/cifar' holds no cifar10 \(cifar-10-batches-py, as torchvision checks them\) and dataset.download is false"),
+    ({"dataset": {"name": "cifar10", "root": "/nonexistent/cifar"}}, r"dataset.root '/nonexistent/cifar' holds no cifar10 \(cifar-10-batches-py, as torchvision reads them: RuntimeError: Dataset not found or corrupted.*\) and dataset.download is false"),
     ({"dataset": {"name": "svhn"}}, r"dataset.root is required for svhn \(a folder holding train_32x32.mat and test_32x32.mat\)"),
     ({"dataset": {"name": "imagefolder", "root": "/x"}}, r"dataset.image_size is required for imagefolder"),
     ({"dataset": {"name": "mnist", "root": "/x", "channels": 3}}, r"dataset.channels is only for imagefolder \(mnist images are 1x28x28\)"),
