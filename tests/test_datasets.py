@@ -116,3 +116,27 @@ def test_a_last_batch_of_one_joins_the_batch_before():
     assert batch_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
     assert batch_bounds(9, 3) == [(0, 3), (3, 6), (6, 9)]
     assert batch_bounds(1, 4) == [(0, 1)] and batch_bounds(5, 4) == [(0, 5)]
+
+
+def test_a_truncated_or_foreign_file_is_refused_with_the_readers_reason(tmp_path, capsys):
+    from sweeps.cli import main
+
+    write_mnist(tmp_path / "mnist", n_train=10, n_test=5)
+    images = tmp_path / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100])  # torchvision checks no md5 for MNIST: the read fails
+    root = tmp_path / "mnist"
+    assert main(["validate", "quickstart", "--set", "dataset.name=mnist", "--set", f"dataset.root={root}"]) == 2
+    assert capsys.readouterr().err == (
+        f"prunesweep: error: dataset.root '{root}' holds no mnist (MNIST/raw (the idx files), as torchvision reads "
+        "them: RuntimeError: shape '[10, 28, 28]' is invalid for input of size 84) and dataset.download is false "
+        "(set dataset.download: true or point dataset.root at the folder that holds it)\n")
+    (tmp_path / "svhn").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "svhn" / f"{split}_32x32.mat").write_bytes(b"not a MATLAB file")
+    with without_md5_check():  # past the md5 comparison, scipy's reader itself refuses the file
+        assert main(["validate", "quickstart", "--set", "dataset.name=svhn",
+                     "--set", f"dataset.root={tmp_path / 'svhn'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prunesweep: error: dataset.root '{tmp_path / 'svhn'}' holds no svhn (train_32x32.mat and "
+                          "test_32x32.mat, as torchvision reads them: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "RuntimeError: Dataset not found" not in err, err
