@@ -160,13 +160,14 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).view(1, -1, 1, 1), torch.stack(stds).view(1, -1, 1, 1)
 
 
-def _split_train(x, y, x_test, y_test, info, train_subset, validation) -> TensorData:
+def _split_train(x, y, x_test, y_test, info, train_subset, validation, sampled_stats: bool = False) -> TensorData:
     """Hold the last ``validation`` training images out, keep the first ``train_subset`` of the
-    rest, and normalise with the statistics of what is trained on."""
+    rest, and normalise with the statistics of what is trained on (with ``sampled_stats``, of its
+    :func:`_stats_sample`)."""
     n = x.shape[0] - validation
     x_val, y_val = (x[n:], y[n:]) if validation else (None, None)
     x_train, y_train = x[:n][:train_subset], y[:n][:train_subset]
-    mean, std = channel_stats(x_train)
+    mean, std = channel_stats(x_train[_stats_sample(x_train.shape[0])] if sampled_stats else x_train)
     return TensorData(x_train, y_train, x_test, y_test, info.classes, info.pad, mean, std, x_val=x_val, y_val=y_val,
                       flip=info.flip)
 
@@ -214,9 +215,7 @@ def _image_folder(config, info) -> TensorData | StreamedData:
         x, y = _decode(train, config.workers)
         x, y = x[order], y[order]
         x_test, y_test = _decode(test, config.workers)
-        data = _split_train(x, y, x_test, y_test, info, config.train_subset, config.validation)
-        data.mean, data.std = channel_stats(data.x_train[_stats_sample(data.train_size)])
-        return data
+        return _split_train(x, y, x_test, y_test, info, config.train_subset, config.validation, sampled_stats=True)
     training = Subset(train, train_idx)
     sample, _ = _decode(Subset(training, _stats_sample(len(training))), config.workers)
     mean, std = channel_stats(sample)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from analysis.storage import one_line
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -117,7 +119,7 @@ def missing(name: str, root: str) -> str | None:
         for train in (True, False):
             _torchvision_split(name, root, train)
     except Exception as exc:  # torchvision's "Dataset not found or corrupted", a truncated file, ...
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        return f"{type(exc).__name__}: {one_line(exc)}"
     return None
 
 
@@ -150,8 +152,8 @@ def check_images(root: str, channels: int, image_size: int) -> None:
             with Image.open(path):
                 pass
         except Exception as exc:
-            raise DatasetError(f"{path} is not an image Pillow can read "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+            raise DatasetError(f"{path} is not an image Pillow can read ({type(exc).__name__}: {one_line(exc)})") \
+                from None
 
 
 def _folder(root: str, split: str, channels: int, image_size: int):
@@ -170,9 +172,12 @@ def _folder(root: str, split: str, channels: int, image_size: int):
         raise DatasetError(f"{folder}: {exc}") from None
 
 
+@functools.lru_cache(maxsize=4)
 def image_folders(root: str, channels: int, image_size: int):
     """The train and test ``ImageFolder`` of ``root``, the test set's labels renumbered to the
-    training classes' indices (a test set that lacks a class keeps the others' indices)."""
+    training classes' indices (a test set that lacks a class keeps the others' indices). Listed
+    once per process (like :func:`sweeps.data.load_dataset`): describing, checking and loading a
+    folder of a million files each walk it otherwise."""
     train = _folder(root, "train", channels, image_size)
     test = _folder(root, "test", channels, image_size)
     extra = sorted(set(test.classes) - set(train.classes))
