@@ -9,9 +9,9 @@ import pandas as pd
 import yaml
 
 from . import storage, trial_results
-from .schema import (BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, PARAM, RESULT_FILE, SCHEDULE,
-                     SCHEDULE_KIND, SEED, TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID, TRIAL_RESULTS_FILE,
-                     TUNER_FILE, is_diverged, is_finished, split_provenance, trial_points)
+from .schema import (ARM, BUDGET_EPOCHS, CONFIG_FILE, EPOCH, EXPERIMENT_STATE_GLOB, FINETUNE, PARAM, RESULT_FILE,
+                     RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TRAINING_ITERATION, TRIAL_ID,
+                     TRIAL_RESULTS_FILE, TUNER_FILE, arm, is_diverged, is_finished, split_provenance, trial_points)
 
 KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 
@@ -22,7 +22,7 @@ class NotAnExperiment(ValueError):
 
 def load_experiment(path) -> pd.DataFrame:
     """One row per epoch of every trial: ``trial_id``, the declared metrics (``layer_sparsity.<layer>``
-    one column per layer), sorted by trial and epoch.
+    one column per layer) and the trial's ``arm`` (:func:`with_arms`), sorted by trial and epoch.
 
     Reads each trial's results file (:data:`analysis.schema.TRIAL_RESULTS_FILE`) as one columnar
     dataset, from a local folder or straight from a URI (``s3://bucket/prefix/name``); needs Ray
@@ -54,7 +54,16 @@ def load_experiment(path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=KEYS + [EPOCH])
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return df.sort_values([TRIAL_ID, EPOCH], kind="stable").reset_index(drop=True)
+    return with_arms(df.sort_values([TRIAL_ID, EPOCH], kind="stable").reset_index(drop=True))
+
+
+def with_arms(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its ``retrain`` column (``finetune`` for trials from before retraining regimes)
+    and ``arm``, what the analysis compares: the schedule with its regime (:func:`analysis.schema.arm`)."""
+    if SCHEDULE not in df:
+        return df
+    df = df.assign(**{RETRAIN: df[RETRAIN].fillna(FINETUNE) if RETRAIN in df else FINETUNE})
+    return df.assign(**{ARM: [arm(s, r) for s, r in zip(df[SCHEDULE], df[RETRAIN])]})
 
 
 def _folder(path: str) -> str:
@@ -77,7 +86,7 @@ def _read_tune_results(files: list[str]) -> pd.DataFrame:
     if EPOCH not in df:
         return pd.DataFrame()
     df = df[df[EPOCH].notna()]
-    for field in (SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED):  # Tune's rows carry only the trial point
+    for field in (SCHEDULE, SCHEDULE_KIND, RETRAIN, TARGET_SPARSITY, SEED):  # Tune's rows carry only the trial point
         point = f"config.{PARAM}.{field}"
         if point in df:
             df[field] = df[field].fillna(df[point]) if field in df else df[point]

@@ -11,8 +11,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .load import final_results, healthy
-from .schema import EPOCH, LAYER_SPARSITY, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, is_percent
+from .load import final_results, healthy, with_arms
+from .schema import (ARM, EPOCH, LAYER_SPARSITY, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, arm,
+                     is_percent)
 from .stats import ERROR_BARS, describe, error_bars, summarize
 
 
@@ -29,7 +30,8 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Axes, bool]:
 
 def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error: str = "ci95",
                             ax: Axes | None = None) -> Figure:
-    """Final ``metric`` vs target sparsity, one line per schedule, with error bars.
+    """Final ``metric`` vs target sparsity, one line per arm (a schedule, with its retraining regime
+    unless that is plain fine-tuning), with error bars.
 
     The x axis is the compression ratio 1/(1-sparsity) on a log scale, labelled in sparsity,
     so 0.9, 0.95 and 0.98 do not crowd together.
@@ -37,10 +39,11 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     summary = summarize(df, metric)
     ylabel, scale = _label(metric)
     ax, ours = _axes(ax, (7.5, 4.8))
-    schedules = list(summary[SCHEDULE].unique())
-    offsets = np.linspace(-0.02, 0.02, len(schedules)) if len(schedules) > 1 else [0.0]
-    for schedule, off in zip(schedules, offsets):
-        s = summary[summary[SCHEDULE] == schedule].sort_values(TARGET_SPARSITY)
+    arms = [arm(s, r) for s, r in zip(summary[SCHEDULE], summary[RETRAIN])]
+    names = list(dict.fromkeys(arms))
+    offsets = np.linspace(-0.02, 0.02, len(names)) if len(names) > 1 else [0.0]
+    for schedule, off in zip(names, offsets):
+        s = summary[[a == schedule for a in arms]].sort_values(TARGET_SPARSITY)
         x = 1.0 / (1.0 - s[TARGET_SPARSITY].to_numpy(float)) * (1 + off)
         lo, hi = error_bars(s, error)
         n = ",".join(str(v) for v in sorted(s["n"].unique()))
@@ -64,7 +67,7 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
 def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Figure | None = None) -> Figure:
     """``metric`` after every fine-tuning epoch, per schedule (mean and 95% CI band), one panel per
     target; diverged trials are left out."""
-    df = healthy(df)
+    df = with_arms(healthy(df))
     targets = sorted(df[TARGET_SPARSITY].dropna().unique())
     cols = min(3, len(targets))
     rows = -(-len(targets) // cols)
@@ -73,8 +76,8 @@ def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Fig
     axes = fig.subplots(rows, cols, squeeze=False)
     ylabel, scale = _label(metric)
     for ax, target in zip(axes.flat, targets):
-        curves = describe(df[df[TARGET_SPARSITY] == target], [SCHEDULE, EPOCH], metric)
-        for schedule, g in curves.groupby(SCHEDULE, sort=True):
+        curves = describe(df[df[TARGET_SPARSITY] == target], [ARM, EPOCH], metric)
+        for schedule, g in curves.groupby(ARM, sort=True):
             x = g[EPOCH].to_numpy()
             low, high = g["ci95_low"].fillna(g["mean"]), g["ci95_high"].fillna(g["mean"])
             ax.plot(x, g["mean"] * scale, marker=".", label=f"{schedule} (n={int(g['n'].max())})")
@@ -100,20 +103,20 @@ def layer_columns(df: pd.DataFrame) -> list[str]:
 def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None, ax: Axes | None = None) -> Figure:
     """Per-layer sparsity of the final model of each schedule's trial at ``target`` (default: the
     highest); diverged trials are left out."""
-    finals = final_results(healthy(df))
+    finals = with_arms(final_results(healthy(df)))
     columns = layer_columns(finals)
     if not columns:
         raise ValueError(f"the experiment has no {LAYER_SPARSITY} reports")
     target = finals[TARGET_SPARSITY].max() if target is None else target
     part = finals[finals[TARGET_SPARSITY] == target]
     seed = part[SEED].min() if seed is None else seed
-    part = part[part[SEED] == seed].sort_values(SCHEDULE)
+    part = part[part[SEED] == seed].sort_values(ARM)
     layers = [c.removeprefix(f"{LAYER_SPARSITY}.") for c in columns]
     ax, ours = _axes(ax, (max(6.0, 0.35 * len(layers) + 2), 4.5))
     width = 0.8 / max(len(part), 1)
     x = np.arange(len(layers))
     for i, (_, row) in enumerate(part.iterrows()):
-        ax.bar(x + i * width, row[columns].to_numpy(float) * 100, width, label=row[SCHEDULE])
+        ax.bar(x + i * width, row[columns].to_numpy(float) * 100, width, label=row[ARM])
     ax.set_xticks(x + width * (len(part) - 1) / 2)
     ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("layer sparsity (% of weights pruned)")

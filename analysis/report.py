@@ -9,7 +9,8 @@ import pandas as pd
 from . import storage
 from .load import completion, healthy, load_experiment, read_config
 from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
-from .schema import ANALYSIS_DIR, DIVERGED, SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, higher_is_better, is_percent
+from .schema import (ANALYSIS_DIR, DIVERGED, FINETUNE, LADDER, RETRAIN, SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, arm,
+                     higher_is_better, is_percent, regimes)
 from .stats import ERROR_BARS, compare_all, summarize
 
 
@@ -49,8 +50,46 @@ def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         lines.append(
             f"- **sparsity {r[TARGET_SPARSITY]:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
             f"(95% CI {_fmt(r['ci95_low'], metric, True)} to {_fmt(r['ci95_high'], metric, True)}; "
-            f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}); {sig}."
+            f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}{_budgets(r)}); {sig}."
         )
+    return lines
+
+
+def _budgets(r) -> str:
+    """``; after 12 vs 4 epochs`` when the two sides had trained different budgets, else ``""``."""
+    a, b = r.get("epochs_a", math.nan), r.get("epochs_b", math.nan)
+    if math.isnan(a) or math.isnan(b) or a == b:
+        return ""
+    return f"; after {a:g} vs {b:g} retraining epochs"
+
+
+REGIME_MEANINGS = {
+    FINETUNE: "fine-tuning: the pruned weights train on at the fine-tuning optimizer's learning rate",
+    "lr_rewind": "learning-rate rewinding: each prune's P epochs replay the dense run's last P learning rates, "
+                 "with the dense optimizer",
+    "weight_rewind": "weight rewinding: as learning-rate rewinding, from the dense weights of epoch T − P",
+    "reinit": "random reinitialisation of the kept weights (the lottery-ticket control), retrained as "
+              "learning-rate rewinding",
+}
+
+
+def _protocol(config: dict) -> list[str]:
+    """What the compared arms trained: the retraining regimes and, with a ladder, its budget rule."""
+    finetune = config.get("finetune") or {}
+    lines = []
+    used = regimes(finetune.get(RETRAIN, FINETUNE))
+    if used != [FINETUNE]:
+        lines.append("Retraining regimes (an arm is `schedule+regime`; plain fine-tuning has no suffix): "
+                     + "; ".join(f"`{r}`: {REGIME_MEANINGS.get(r, r)}" for r in used) + ".")
+    if any(s.get("kind") == LADDER for s in config.get("schedules") or []):
+        epochs = finetune.get("epochs", "?")
+        if finetune.get("ladder_budget", "cumulative") == "per_prune":
+            lines.append(f"Budget `per_prune`: every prune is retrained {epochs} epochs, so at its j-th rung the "
+                         "ladder has trained j times as long as a one-shot trial at that sparsity "
+                         "(`epochs_a`/`epochs_b` in the comparisons).")
+        else:
+            lines.append(f"Budget `cumulative`: at the j-th sparsity every schedule has trained as long as the "
+                         f"ladder by its j-th rung (j × {epochs} epochs): equal compute at every point.")
     return lines
 
 
@@ -114,7 +153,8 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
                  f"expected ({done['started']} started).")
     if done["diverged"]:
         lost = summary[summary[DIVERGED] > 0]
-        where = ", ".join(f"{r[SCHEDULE]} at {r[TARGET_SPARSITY]:g}: {r[DIVERGED]}" for _, r in lost.iterrows())
+        where = ", ".join(f"{arm(r[SCHEDULE], r[RETRAIN])} at {r[TARGET_SPARSITY]:g}: {r[DIVERGED]}"
+                          for _, r in lost.iterrows())
         lines.append(f"**{done['diverged']} trial(s) diverged** (loss or weights became NaN or infinite; {where}): "
                      "they ended there, are not retried, and are left out of the means, intervals and paired "
                      "tests; the summary's `diverged` column counts them (a diverged ladder keeps the rungs it "
@@ -122,6 +162,7 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     if done["missing"] > 0:
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the reports that exist (`prunesweep resume` finishes the rest).")
+    lines += _protocol(config)
     lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
               f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
     lines += ["## Verdict", ""]

@@ -47,6 +47,7 @@ def dense_file(seed: int) -> str:
 PARAM = "trial"                   # the trial point's key in each trial's Tune config
 INSTANT = "instant"               # the schedule kind the other schedules are compared against
 LADDER = "ladder"                 # one trial per seed that walks up every sparsity in order
+FINETUNE = "finetune"             # the retraining regime the other regimes are compared against
 # Ray Tune's own columns
 TRIAL_ID = "trial_id"
 TRAINING_ITERATION = "training_iteration"
@@ -54,7 +55,7 @@ TRAINING_ITERATION = "training_iteration"
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """What one trial is: which schedule, at which target sparsity, from which seed.
+    """What one trial is: which schedule, retrained how, at which target sparsity, from which seed.
 
     ``target_sparsity`` is None for a ladder, which reports at every rung.
     """
@@ -64,6 +65,7 @@ class TrialPoint:
     steps: int
     target_sparsity: Optional[float]
     seed: int
+    retrain: str = FINETUNE
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,19 +74,36 @@ class TrialPoint:
     def from_dict(cls, values: Mapping[str, Any]) -> "TrialPoint":
         if "schedule_kind" not in values and "kind" in values:  # experiments begun before this contract
             values = {**values, "schedule_kind": values["kind"]}
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values or f.name != RETRAIN})
+
+    @property
+    def arm(self) -> str:
+        """What the analysis compares: :func:`arm`."""
+        return arm(self.schedule, self.retrain)
 
     @property
     def label(self) -> str:
-        """Readable and unique within a sweep: ``gradual4_s0.9_seed3``, ``ladder_ladder_seed0``."""
+        """Readable and unique within a sweep: ``gradual4_s0.9_seed3``, ``ladder_ladder_seed0``,
+        ``instant+lr_rewind_s0.9_seed3``."""
         target = LADDER if self.target_sparsity is None else f"s{self.target_sparsity:g}"
-        return f"{self.schedule}_{target}_seed{self.seed}"
+        return f"{self.arm}_{target}_seed{self.seed}"
 
     def report_fields(self, target_sparsity: float) -> dict:
         """The point's fields every report carries; ``target_sparsity`` is the one reported at
         (a ladder's current rung, else the point's own)."""
-        return {SCHEDULE: self.schedule, SCHEDULE_KIND: self.schedule_kind,
+        return {SCHEDULE: self.schedule, SCHEDULE_KIND: self.schedule_kind, RETRAIN: self.retrain,
                 TARGET_SPARSITY: target_sparsity, SEED: self.seed}
+
+
+def arm(schedule: str, retrain: str = FINETUNE) -> str:
+    """The arm of an experiment that the analysis compares: the schedule's name, followed by
+    ``+<regime>`` when its trials are not retrained by plain fine-tuning (``ladder+lr_rewind``)."""
+    return schedule if retrain in (None, FINETUNE) or retrain != retrain else f"{schedule}+{retrain}"
+
+
+def regimes(retrain):
+    """A config's ``finetune.retrain`` as a list: it names one regime or lists several."""
+    return [retrain] if isinstance(retrain, str) else retrain
 
 
 def seed_list(seeds) -> list[int]:
@@ -94,16 +113,18 @@ def seed_list(seeds) -> list[int]:
 
 def trial_points(config: Mapping[str, Any]) -> list[TrialPoint]:
     """Every trial of a sweep config (the validated config as plain data, as in
-    :data:`CONFIG_FILE`): one per (schedule, sparsity, seed), one per seed for a ladder."""
+    :data:`CONFIG_FILE`): one per (schedule, retraining regime, sparsity, seed), one per
+    (regime, seed) for a ladder."""
     points = []
     for schedule in config["schedules"]:
         kind = schedule["kind"]
-        for seed in seed_list(config["seeds"]):
-            if kind == LADDER:
-                points.append(TrialPoint(schedule["name"], kind, len(config["sparsities"]), None, seed))
-                continue
-            for target in config["sparsities"]:
-                points.append(TrialPoint(schedule["name"], kind, schedule["steps"], target, seed))
+        for retrain in regimes(config["finetune"].get(RETRAIN, FINETUNE)):
+            for seed in seed_list(config["seeds"]):
+                if kind == LADDER:
+                    points.append(TrialPoint(schedule["name"], kind, len(config["sparsities"]), None, seed, retrain))
+                    continue
+                for target in config["sparsities"]:
+                    points.append(TrialPoint(schedule["name"], kind, schedule["steps"], target, seed, retrain))
     return points
 
 
@@ -124,12 +145,15 @@ class Metric:
 
 
 SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED = "schedule", "schedule_kind", "target_sparsity", "seed"
+RETRAIN, ARM = "retrain", "arm"
 EPOCH, BUDGET_EPOCHS, TEST_ACCURACY, LAYER_SPARSITY = "epoch", "budget_epochs", "test_accuracy", "layer_sparsity"
 DIVERGED, DIVERGED_EPOCH = "diverged", "diverged_epoch"
 
 METRICS: tuple[Metric, ...] = (
     Metric(SCHEDULE, "the schedule's name from the config", dtype="string"),
     Metric(SCHEDULE_KIND, "`instant`, `gradual`, `cubic` or `ladder`", dtype="string"),
+    Metric(RETRAIN, "how the trial retrains after each prune: `finetune`, `lr_rewind`, `weight_rewind` or `reinit` "
+                    "(`finetune.retrain`); the analysis compares arms, a schedule with its regime", dtype="string"),
     Metric(TARGET_SPARSITY, "the point this trial is compared at: the final target (a gradual trial's too, "
                             "during its early steps), or a ladder's current rung"),
     Metric(SEED, "the trial's seed", dtype="int64"),

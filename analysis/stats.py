@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import final_results, healthy
-from .schema import (DIVERGED, EPOCH, INSTANT, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TEST_ACCURACY,
-                     TRIAL_ID, higher_is_better, is_diverged)
+from .load import final_results, healthy, with_arms
+from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
+                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_diverged)
 
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
 
 
 def _finals(df: pd.DataFrame) -> pd.DataFrame:
+    df = with_arms(df)
     return final_results(df) if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any() else df
 
 
@@ -41,12 +42,12 @@ def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd
 
 
 def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Per (schedule, target_sparsity) of the final results: n, mean, std, sem, 95% CI (t), min, max,
-    and ``diverged``: how many trials diverged and are left out of n and the rest.
+    """Per (schedule, retraining regime, target_sparsity) of the final results: n, mean, std, sem,
+    95% CI (t), min, max, and ``diverged``: how many trials diverged and are left out of n and the rest.
 
     ``std`` uses n-1; with n = 1 the spread columns are NaN.
     """
-    by = [SCHEDULE, TARGET_SPARSITY]
+    by = [SCHEDULE, RETRAIN, TARGET_SPARSITY]
     finals = _finals(df)
     table = describe(healthy(finals), by, metric)
     lost = finals[is_diverged(finals)].groupby(by).size().rename(DIVERGED).reset_index()
@@ -58,20 +59,24 @@ def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
 
 
 COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
-                   "ci95_low", "ci95_high", "t_statistic", "p_value", "a_wins", "b_wins", "ties"]
+                   "ci95_low", "ci95_high", "t_statistic", "p_value", "a_wins", "b_wins", "ties", "epochs_a", "epochs_b"]
 
 
 def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Schedule ``a`` vs ``b`` per target sparsity, paired by seed (a seed where either diverged
-    is no pair): mean difference a-b, its 95% CI,
-    the paired t-test's p-value and how many seeds each won (by ``metric``'s direction).
+    """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
+    per target sparsity, paired by seed (a seed where either diverged is no pair): mean difference
+    a-b, its 95% CI, the paired t-test's p-value, how many seeds each won (by ``metric``'s
+    direction), and the budget each side had trained when compared (``epochs_a``, ``epochs_b``:
+    mean fine-tuning epochs; a ladder's count every rung so far).
 
     When all differences are equal the t-test is undefined: p is 1.0 if they are all zero,
     else 0.0 (every seed agrees exactly).
     """
     finals = healthy(_finals(df))
-    table = finals[finals[SCHEDULE].isin([a, b])].pivot_table(
-        index=[TARGET_SPARSITY, SEED], columns=SCHEDULE, values=metric, aggfunc="last")
+    chosen = finals[finals[ARM].isin([a, b])]
+    table = chosen.pivot_table(index=[TARGET_SPARSITY, SEED], columns=ARM, values=metric, aggfunc="last")
+    spent = (chosen.pivot_table(index=[TARGET_SPARSITY, SEED], columns=ARM, values=EPOCH, aggfunc="last")
+             if EPOCH in chosen else None)
     rows = []
     better = 1 if higher_is_better(metric) else -1
     for target, group in table.groupby(level=0, sort=True):
@@ -95,20 +100,31 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd
             t, p = float(res.statistic), float(res.pvalue)
         wins_a = int((better * diff > 0).sum())
         wins_b = int((better * diff < 0).sum())
+        epochs = [float(spent.loc[pairs.index, side].mean()) if spent is not None and side in spent else float("nan")
+                  for side in (a, b)]
         rows.append([a, b, target, metric, n, float(pairs[a].mean()), float(pairs[b].mean()), mean, low, high,
-                     t, p, wins_a, wins_b, n - wins_a - wins_b])
+                     t, p, wins_a, wins_b, n - wins_a - wins_b, *epochs])
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
 def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """Each schedule against each instant schedule; without one, the first against the rest."""
+    """The arms each report compares: every other schedule against each instant schedule retrained
+    the same way, and every schedule retrained by a regime against the same schedule fine-tuned
+    (``ladder+lr_rewind`` vs ``ladder``). Without any such pair, the first arm against the rest."""
     finals = _finals(df)
-    schedules = sorted(finals[SCHEDULE].unique())
-    kinds = finals.groupby(SCHEDULE)[SCHEDULE_KIND].first().to_dict() if SCHEDULE_KIND in finals else {}
-    instants = [s for s in schedules if kinds.get(s) == INSTANT]
-    if instants:
-        return [(s, i) for i in instants for s in schedules if s not in instants]
-    return [(schedules[0], s) for s in schedules[1:]]
+    arms = finals.groupby(ARM, sort=True)[[SCHEDULE, RETRAIN]].first()
+    arms[SCHEDULE_KIND] = (finals.groupby(ARM)[SCHEDULE_KIND].first() if SCHEDULE_KIND in finals else None)
+    pairs = []
+    for regime in sorted(arms[RETRAIN].unique(), key=lambda r: (r != FINETUNE, r)):
+        group = arms[arms[RETRAIN] == regime]
+        instants = [i for i in group.index if group.loc[i, SCHEDULE_KIND] == INSTANT]
+        pairs += [(s, i) for i in instants for s in group.index if s not in instants]
+    pairs += [(name, arm(row[SCHEDULE])) for name, row in arms.iterrows()
+              if row[RETRAIN] != FINETUNE and arm(row[SCHEDULE]) in arms.index]
+    if pairs:
+        return pairs
+    names = list(arms.index)
+    return [(names[0], name) for name in names[1:]]
 
 
 def holm(p_values) -> np.ndarray:

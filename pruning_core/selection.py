@@ -262,16 +262,25 @@ def prune_threshold(
 
 
 def accumulate_gradients(model: nn.Module, batches, loss_fn=None) -> int:
-    """Zero ``.grad`` and run backward over ``batches`` of ``(inputs, targets)``.
+    """Zero ``.grad`` and run backward over ``batches`` of ``(inputs, targets)``, in the model's
+    current mode; normalisation layers' running statistics are left exactly as they were.
 
     Prepares the ``gradient`` and ``magnitude_gradient`` criteria; returns the batch count.
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [{k: b.clone() for k, b in m._buffers.items() if b is not None} for m in norms]
     model.zero_grad(set_to_none=True)
     count = 0
-    for inputs, targets in batches:
-        loss_fn(model(inputs), targets).backward()
-        count += 1
+    try:
+        for inputs, targets in batches:
+            loss_fn(model(inputs), targets).backward()
+            count += 1
+    finally:
+        with torch.no_grad():
+            for module, buffers in zip(norms, saved):
+                for key, value in buffers.items():
+                    module._buffers[key].copy_(value)
     if count == 0:
         raise ValueError("accumulate_gradients needs at least one batch")
     return count

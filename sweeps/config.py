@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from analysis import schema
-from analysis.schema import INSTANT, LADDER, TrialPoint
+from analysis.schema import FINETUNE, INSTANT, LADDER, TrialPoint
 from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
 
 from .datasets import IMAGEFOLDER, SPECS
 from .models import check_name
+from .retrain import REGIMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ModelName = Annotated[str, AfterValidator(check_name)]
@@ -103,11 +104,17 @@ class PruningConfig(_Strict):
     gradient_batches: int = Field(8, ge=1)
 
 
+Regime = Literal[tuple(REGIMES)]  # type: ignore[valid-type]
+CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"
+
+
 class FinetuneConfig(_Strict):
     epochs: int = Field(..., ge=1)
     optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=1e-3, weight_decay=1e-4)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     batch_size: int = Field(128, ge=1)
+    retrain: Annotated[list[Regime], BeforeValidator(schema.regimes), Field(min_length=1)] = [FINETUNE]
+    ladder_budget: Literal[CUMULATIVE, PER_PRUNE] = CUMULATIVE
 
 
 class ScheduleConfig(_Strict):
@@ -149,6 +156,28 @@ AUTO_CHECKPOINTS = 10
 Sparsity = Annotated[float, AfterValidator(lambda v: check_sparsity(v))]
 
 
+def geometric_grid(value):
+    """``sparsities: {geometric: r, levels: L}`` as its list ``[1 - (1 - r)^l for l = 1..L]`` (r = 0.2:
+    iterative magnitude pruning's 20% of the remaining weights per round); a list stays as it is."""
+    if not isinstance(value, dict):
+        return value
+    rate, levels = value.get("geometric"), value.get("levels")
+    usage = "a grid is {geometric: r, levels: L} with 0 < r < 1 and a whole L >= 1"
+    if set(value) != {"geometric", "levels"}:
+        raise ValueError(f"{usage}, or give a list (got fields {', '.join(map(str, value))})")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise ValueError(f"{usage} (got geometric: {rate!r})")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{usage} (got levels: {levels!r})")
+    # rounded far below any weight count's resolution, so that 1 - 0.8**2 is 0.36, not 0.35999999999999999
+    values = [round(1.0 - (1.0 - rate) ** level, 12) for level in range(1, levels + 1)]
+    usable = next((i for i, v in enumerate(values) if v >= 1.0 or (i and v == values[i - 1])), levels)
+    if usable < levels:
+        raise ValueError(f"{usage}; with geometric: {rate}, level {usable + 1} rounds to the level before it or to 1 "
+                         f"(allowed: levels up to {usable}, got {levels})")
+    return values
+
+
 class SweepConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelName
@@ -158,7 +187,7 @@ class SweepConfig(_Strict):
     pruning: PruningConfig = PruningConfig()
     finetune: FinetuneConfig
     schedules: list[ScheduleConfig] = Field(..., min_length=1)
-    sparsities: list[Sparsity] = Field(..., min_length=1)
+    sparsities: Annotated[list[Sparsity], BeforeValidator(geometric_grid), Field(min_length=1)]
     seeds: Union[Annotated[int, Field(ge=1)], Annotated[list[int], Field(min_length=1)]] = 1
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
@@ -182,7 +211,33 @@ class SweepConfig(_Strict):
                     f"schedules.{i}.steps: {s.steps} does not divide finetune.epochs={self.finetune.epochs}; "
                     "every schedule must spend the same budget, split evenly after each prune"
                 )
+        self._check_retraining()
         return self
+
+    def _check_retraining(self) -> None:
+        ft = self.finetune
+        if len(set(ft.retrain)) != len(ft.retrain):
+            raise ValueError(f"finetune.retrain: duplicate regime(s) in {ft.retrain}")
+        if (FINETUNE in ft.retrain and self.has_ladder and ft.lr_schedule == "cosine"
+                and ft.ladder_budget == CUMULATIVE):
+            raise ValueError(
+                "finetune.lr_schedule: cosine with a ladder and finetune.ladder_budget: cumulative would compare "
+                "different learning-rate curves at each rung (the ladder's cosine restarts every finetune.epochs, "
+                "an instant trial's spans all its epochs); use finetune.ladder_budget: per_prune (the same curve "
+                "after every prune) or finetune.lr_schedule: constant")
+        rewinding = [r for r in ft.retrain if REGIMES[r].fresh_optimizer]
+        if not rewinding:
+            return
+        dense = self.dense.epochs or 0
+        if dense == 0:
+            raise ValueError(f"finetune.retrain: {rewinding[0]} replays the dense training's learning-rate schedule, "
+                             "so it needs dense.epochs >= 1 (a dense.checkpoint comes without one)")
+        longest = max(phase.epochs for point in expand(self) for phase in plan(self, point))
+        if longest > dense:
+            raise ValueError(
+                f"finetune.retrain: {rewinding[0]} rewinds a prune's {longest} retraining epochs to dense epoch "
+                f"{dense} - {longest} < 0 (dense.epochs is {dense}); allowed: at most dense.epochs epochs after one "
+                "prune (raise dense.epochs, or lower finetune.epochs)")
 
     @property
     def seed_list(self) -> list[int]:
@@ -203,12 +258,13 @@ class Phase:
 
 
 def budget(config: SweepConfig, target: float) -> int:
-    """Fine-tuning epochs a trial at ``target`` gets.
+    """Fine-tuning epochs a (non-ladder) trial at ``target`` gets.
 
-    ``finetune.epochs``, or, when a ladder is in the sweep, the ladder's cumulative budget at
-    that rung, so that every point compares equal compute.
+    ``finetune.epochs``; with a ladder in the sweep and ``finetune.ladder_budget: cumulative``,
+    the ladder's cumulative budget at that rung, so that every point compares equal compute
+    (``per_prune``, Renda et al.'s protocol: ``finetune.epochs`` after every prune, the ladder's too).
     """
-    if not config.has_ladder:
+    if not config.has_ladder or config.finetune.ladder_budget == PER_PRUNE:
         return config.finetune.epochs
     rung = sorted(config.sparsities).index(target)
     return (rung + 1) * config.finetune.epochs

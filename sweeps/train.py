@@ -18,35 +18,16 @@ from torch import nn
 import pruning_core as pc
 
 from analysis import storage
-from analysis.schema import BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY, TrialPoint
+from analysis.schema import (BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LADDER, LAYER_SPARSITY, TEST_ACCURACY,
+                             TrialPoint)
 
-from .config import ConfigError, OptimizerConfig, SweepConfig, plan
+from .config import ConfigError, SweepConfig, plan
 from .data import DeviceLoader, StreamedData, TensorData, load_dataset
 from .datasets import describe
 from .models import build_model, strip_data_parallel
+from .retrain import REGIMES, REWIND, make_optimizer, make_scheduler, rewind_epochs
 
 FINETUNE_SEED_OFFSET = 1_000_003
-
-
-def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(kind: str, optimizer, epochs: int):
-    """Per-epoch learning-rate schedule (torch's own): constant, cosine to zero over ``epochs``,
-    or step (x0.1 at 50% and at 75% of ``epochs``)."""
-    schedulers = torch.optim.lr_scheduler
-    epochs = max(epochs, 1)
-    if kind == "cosine":
-        return schedulers.CosineAnnealingLR(optimizer, T_max=epochs)
-    if kind == "step":
-        return schedulers.MultiStepLR(optimizer, milestones=[epochs // 2, (3 * epochs) // 4], gamma=0.1)
-    return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 LOGICAL_GPU_ENV = "PRUNESWEEP_ALLOW_LOGICAL_GPU"
@@ -172,7 +153,9 @@ def dense_checkpoint(sweep: SweepConfig) -> dict:
 
 def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_state: dict | None = None,
                 resume: dict | None = None, on_epoch=None) -> dict:
-    """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics.
+    """Train (or load) the dense model of ``seed``; returns its CPU state_dict and test metrics, and
+    under :data:`sweeps.retrain.REWIND` the weights of the dense epochs that the sweep's weight
+    rewinding starts from (:func:`sweeps.retrain.rewind_epochs`; epoch 0: the initial weights).
 
     With ``dense.checkpoint`` the weights are ``checkpoint_state`` (read once by the driver and
     shipped through Ray), else read from the checkpoint here. ``on_epoch(epoch, epochs, state)``
@@ -189,6 +172,8 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_
     model, data = prepare(model, data, device)
     epochs = sweep.dense.epochs or 0
     before = 0.0  # seconds trained before a resume
+    keep = set(rewind_epochs(sweep))
+    snapshots = {0: _cpu_state(model)} if 0 in keep else {}
     if epochs:
         optimizer = make_optimizer(sweep.dense.optimizer, model.parameters())
         scheduler = make_scheduler(sweep.dense.lr_schedule, optimizer, epochs)
@@ -204,9 +189,10 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_
             if "cuda_rng" in resume and device.type == "cuda":
                 torch.cuda.set_rng_state(resume["cuda_rng"], device)
             done, before = resume["epoch"], resume["seconds"]
+            snapshots = resume.get(REWIND, {})
 
         def state(epoch: int) -> dict:
-            saved = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            saved = {"model": _cpu_state(model), REWIND: snapshots,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
                      "seconds": before + time.perf_counter() - start}
@@ -217,44 +203,65 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_
         for epoch in range(done, epochs):
             train_epoch(model, loader, optimizer, device)
             scheduler.step()
+            if epoch + 1 in keep:
+                snapshots[epoch + 1] = _cpu_state(model)
             if on_epoch is not None:
                 on_epoch(epoch + 1, epochs, lambda e=epoch + 1: state(e))
     loss, acc = evaluate(model, data, device)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return {"state_dict": weights, "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
-            "seconds": before + time.perf_counter() - start, "seed": seed}
+    return {"state_dict": _cpu_state(model), "test_accuracy": acc, "test_loss": loss, "epochs": epochs,
+            "seconds": before + time.perf_counter() - start, "seed": seed, REWIND: snapshots}
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    """A copy of ``model``'s state_dict on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 class FinetuneRun:
-    """One trial: start from the dense model, follow the schedule's prune/train phases.
+    """One trial: start from the dense model, follow the schedule's prune/retrain phases, each
+    retrained as the trial's regime (:mod:`sweeps.retrain`) says.
 
     Call :meth:`run_epoch` until :attr:`done`; :meth:`state` and :meth:`load_state` hold
-    everything needed to continue bit for bit: model with masks, optimizer, LR schedule,
-    the data generator, torch's RNG, the epoch and the prunes done.
+    everything needed to continue bit for bit: model with masks, optimizer, the data generator,
+    torch's RNG, the epoch and the prunes done (each epoch's learning rate follows from the config).
     """
 
     def __init__(self, sweep: SweepConfig, point: TrialPoint, dense: dict, device: torch.device):
-        self.sweep, self.point, self.device = sweep, point, device
+        self.sweep, self.point, self.device, self.dense = sweep, point, device, dense
+        self.regime = REGIMES[point.retrain]
         self.phases = plan(sweep, point)
         self.total_epochs = sum(p.epochs for p in self.phases)
+        self.lrs = self.regime.learning_rates(sweep, self.phases, ladder=point.schedule_kind == LADDER)
         data = dataset_for(sweep)
         model = model_for(sweep, data.num_classes, data.in_channels)
         model.load_state_dict(dense["state_dict"])
         self.model, self.data = prepare(model, data, device)
         self.dense_test_accuracy = dense["test_accuracy"]
-        ft = sweep.finetune
-        self.optimizer = pc.attach_optimizer(self.model, make_optimizer(ft.optimizer, self.model.parameters()))
-        self.scheduler = make_scheduler(ft.lr_schedule, self.optimizer, self.total_epochs)
+        self._step_hooks: list = []
+        self.optimizer = self._new_optimizer()
         seed = point.seed
         torch.manual_seed(seed + FINETUNE_SEED_OFFSET)
         self.generator = torch.Generator(device=device).manual_seed(seed + FINETUNE_SEED_OFFSET)
-        self.loader = DeviceLoader(self.data, ft.batch_size, self.generator, sweep.dataset.augments)
+        self.loader = DeviceLoader(self.data, sweep.finetune.batch_size, self.generator, sweep.dataset.augments)
         self.epoch = 0
         self.prunes_done = 0
         self.diverged_at: int | None = None
         modules = pc.prunable_modules(self.model)
         self.layers = [name for name, _ in modules]
         self.prunable = sum(m.weight.numel() for _, m in modules)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """The regime's optimizer, with fresh state, keeping pruned weights at zero, with the step hooks."""
+        optimizer = make_optimizer(self.regime.optimizer(self.sweep), self.model.parameters())
+        for hook in self._step_hooks:
+            optimizer.register_step_pre_hook(hook)
+        return pc.attach_optimizer(self.model, optimizer)
+
+    def add_step_hook(self, hook) -> None:
+        """Run ``hook(optimizer, args, kwargs)`` before every optimizer step, whichever optimizer a
+        phase trains with."""
+        self._step_hooks.append(hook)
+        self.optimizer.register_step_pre_hook(hook)
 
     @property
     def done(self) -> bool:
@@ -302,6 +309,19 @@ class FinetuneRun:
         self.model.zero_grad(set_to_none=True)
         return True
 
+    def _start_phase(self, phase) -> None:
+        """After a prune: the weights the phase starts from, where the masks keep them, and a fresh
+        optimizer if the regime wants one."""
+        start = self.regime.start_weights(self, phase.epochs)
+        if start is not None:
+            loaded = self.model.load_state_dict(start, strict=False)
+            stray = loaded.unexpected_keys + [k for k in loaded.missing_keys if not k.endswith(pc.MASK)]
+            if stray:
+                raise RuntimeError(f"{self.regime.name}: the weights to start from do not fit the model ({stray[:3]})")
+            pc.apply_masks(self.model)
+        if self.regime.fresh_optimizer:
+            self.optimizer = self._new_optimizer()
+
     def run_epoch(self) -> dict:
         """Prune if a phase starts now, train one epoch, evaluate; returns the epoch's metrics.
 
@@ -312,11 +332,13 @@ class FinetuneRun:
         if self.prunes_done <= index:
             if not self._prune(phase):
                 return self._diverged(self.epoch + 1, phase, index)
+            self._start_phase(phase)
             self.prunes_done = index + 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lrs[self.epoch]
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(self.model, self.loader, self.optimizer, self.device)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
         seconds = time.perf_counter() - start
         if not (math.isfinite(train_loss) and self._finite()):
             self.epoch += 1
@@ -353,7 +375,6 @@ class FinetuneRun:
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
@@ -368,7 +389,6 @@ class FinetuneRun:
         pc.load_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         pc.attach_optimizer(self.model, self.optimizer)
-        self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":

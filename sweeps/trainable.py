@@ -60,7 +60,7 @@ def diverge_from_epoch(run: FinetuneRun, epoch: int) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = math.inf
 
-    run.optimizer.register_step_pre_hook(hook)
+    run.add_step_hook(hook)
 
 
 def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> None:
@@ -77,7 +77,7 @@ def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> No
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    run.optimizer.register_step_pre_hook(hook)
+    run.add_step_hook(hook)
 
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,

@@ -42,7 +42,7 @@ def test_summarize_matches_hand_computation():
     assert g["min"] == 0.88 and g["max"] == 0.95
     i = s.loc["instant"]  # n = 1: a mean, no spread
     assert i["n"] == 1 and i["mean"] == 0.8 and math.isnan(i["std"]) and math.isnan(i["ci95_low"])
-    assert list(summarize(df).columns) == ["schedule", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
+    assert list(summarize(df).columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
                                            "ci95_low", "ci95_high", "min", "max"]
 
 
@@ -129,8 +129,8 @@ def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     out = tmp_path / "analysis"
     assert analyze_main([str(tiny_experiment), "--out", str(out), "--error", "std"]) == 0
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["schedule", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
-                                     "ci95_low", "ci95_high", "min", "max"]
+    assert list(summary.columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged", "mean", "std",
+                                     "sem", "ci95_low", "ci95_high", "min", "max"]
     assert set(summary["schedule"]) == {"instant", "gradual2", "ladder"} and (summary["n"] == 2).all()
     comparison = pd.read_csv(out / "comparison.csv")
     assert set(zip(comparison["a"], comparison["b"])) == {("gradual2", "instant"), ("ladder", "instant")}
@@ -169,10 +169,11 @@ def test_load_and_report_without_ray_torch_or_pyplot(tiny_experiment, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "layer_sparsity.png").stat().st_size > 10_000
     df = load_experiment(copy)
-    # the columns are the results files' own: trial_id, every declared metric, one per prunable layer
+    # the columns are the results files' own (trial_id, every declared metric, one per prunable layer),
+    # then the arm each trial belongs to
     layers = [c.removeprefix("layer_sparsity.") for c in df.columns if c.startswith("layer_sparsity.")]
     assert layers == ["conv1", "conv2", "conv3", "fc"]
-    assert list(df.columns) == trial_results.arrow_schema(layers).names
+    assert list(df.columns) == trial_results.arrow_schema(layers).names + ["arm"]
     assert len(final_results(df)) == 12
 
 
@@ -290,3 +291,33 @@ def test_report_when_every_trial_diverged(tmp_path):
     text = (tmp_path / "analysis" / "report.md").read_text()
     assert "**2 trial(s) diverged**" in text and "_vs_epoch.png" not in text
     assert "Trials: 2 finished of 2 expected" in text
+
+
+def test_arms_are_schedule_and_regime_and_each_is_compared_within_its_regime_and_with_finetune():
+    from analysis.report import verdicts
+    from analysis.stats import compare_all, default_comparisons
+
+    rows = []
+    accuracy = {("instant", "finetune"): [0.80, 0.82, 0.81], ("ladder", "finetune"): [0.84, 0.85, 0.83],
+                ("instant", "lr_rewind"): [0.86, 0.85, 0.88], ("ladder", "lr_rewind"): [0.90, 0.89, 0.91]}
+    for (schedule, regime), values in accuracy.items():
+        for seed, v in enumerate(values):
+            # per prune: one-shot retrains 2 epochs, the ladder has spent 4 by its second rung
+            rows.append({"trial_id": f"{schedule}-{regime}-{seed}", "schedule": schedule, "schedule_kind": schedule,
+                         "retrain": regime, "target_sparsity": 0.9, "seed": seed,
+                         "epoch": 4 if schedule == "ladder" else 2, "test_accuracy": v})
+    df = pd.DataFrame(rows)
+    assert default_comparisons(df) == [("ladder", "instant"), ("ladder+lr_rewind", "instant+lr_rewind"),
+                                       ("instant+lr_rewind", "instant"), ("ladder+lr_rewind", "ladder")]
+    table = compare_all(df).set_index(["a", "b"])
+    row = table.loc[("ladder+lr_rewind", "instant+lr_rewind")]
+    assert row["mean_diff"] == pytest.approx((0.04 + 0.04 + 0.03) / 3) and row["n_pairs"] == 3
+    assert (row["epochs_a"], row["epochs_b"]) == (4.0, 2.0)
+    assert table.loc[("instant+lr_rewind", "instant"), ["epochs_a", "epochs_b"]].tolist() == [2.0, 2.0]
+    said = verdicts(compare_all(df))
+    assert "after 4 vs 2 retraining epochs" in said[0] and "retraining epochs" not in said[2]
+    summary = summarize(df)
+    assert summary[["schedule", "retrain"]].drop_duplicates().shape[0] == 4
+    # an experiment from before regimes (no retrain column) is all fine-tuning
+    old = df[df["retrain"] == "finetune"].drop(columns="retrain")
+    assert default_comparisons(old) == [("ladder", "instant")] and set(summarize(old)["retrain"]) == {"finetune"}

@@ -43,9 +43,13 @@ def test_trial_point_round_trip_and_label():
     assert TrialPoint.from_dict(point.to_dict()) == point
     assert point.label == "gradual4_s0.9_seed3"
     assert TrialPoint("climb", "ladder", 5, None, 0).label == "climb_ladder_seed0"
-    assert point.report_fields(0.9) == {"schedule": "gradual4", "schedule_kind": "gradual",
+    assert point.report_fields(0.9) == {"schedule": "gradual4", "schedule_kind": "gradual", "retrain": "finetune",
                                         "target_sparsity": 0.9, "seed": 3}
-    # experiments begun before this contract named the kind "kind"; their trials still resume
+    rewound = TrialPoint("gradual4", "gradual", 4, 0.9, 3, "lr_rewind")
+    assert rewound.label == "gradual4+lr_rewind_s0.9_seed3" and rewound.arm == "gradual4+lr_rewind"
+    assert TrialPoint.from_dict(rewound.to_dict()) == rewound
+    # experiments begun before this contract named the kind "kind" and had no retraining regimes
+    # (every trial fine-tuned); their trials still resume
     legacy = {"schedule": "gradual4", "kind": "gradual", "steps": 4, "target_sparsity": 0.9, "seed": 3}
     assert TrialPoint.from_dict(legacy) == point
     with pytest.raises(KeyError):

@@ -38,6 +38,15 @@ def run_cli(capsys, *argv):
     ({"dense": {"epochs": 2, "checkpoint": "/x.pt"}}, r"give exactly one of dense.epochs"),
     ({"dataset__validation": 1437}, r"dataset.validation must leave training images: digits has 1437, so the allowed range is 0..1436 \(got 1437\)"),
     ({"dataset__validation": -1}, r"dataset.validation: Input should be greater than or equal to 0"),
+    ({"finetune__retrain": "rewind"}, r"finetune.retrain.0: Input should be 'finetune', 'lr_rewind', 'weight_rewind' or 'reinit' \(got 'rewind'\)"),
+    ({"finetune__retrain": ["lr_rewind", "lr_rewind"]}, r"finetune.retrain: duplicate regime\(s\)"),
+    ({"finetune__retrain": "weight_rewind", "dense": {"checkpoint": "/x.pt"}}, r"finetune.retrain: weight_rewind replays the dense training's learning-rate schedule, so it needs dense.epochs >= 1"),
+    ({"finetune__retrain": ["finetune", "lr_rewind"], "schedules": [{"name": "i", "kind": "instant"}, {"name": "l", "kind": "ladder"}]},
+     r"finetune.retrain: lr_rewind rewinds a prune's 4 retraining epochs to dense epoch 2 - 4 < 0 \(dense.epochs is 2\); allowed: at most dense.epochs"),
+    ({"finetune__lr_schedule": "cosine", "schedules": [{"name": "l", "kind": "ladder"}]}, r"finetune.lr_schedule: cosine with a ladder and finetune.ladder_budget: cumulative would compare different learning-rate curves.*use finetune.ladder_budget: per_prune"),
+    ({"finetune__ladder_budget": "both"}, r"finetune.ladder_budget: Input should be 'cumulative' or 'per_prune'"),
+    ({"sparsities": {"geometric": 1.5, "levels": 2}}, r"sparsities: a grid is \{geometric: r, levels: L\} with 0 < r < 1 and a whole L >= 1 \(got geometric: 1.5\)"),
+    ({"sparsities": {"geometric": 0.9, "levels": 40}}, r"sparsities: .*level 13 rounds to the level before it or to 1 \(allowed: levels up to 12, got 40\)"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, pattern):
     cfg = write_config(tmp_path, **changes)
@@ -142,19 +151,10 @@ def test_resume_of_a_folder_that_is_no_experiment(tmp_path, capsys):
 def test_lr_schedules_epoch_by_epoch():
     import math
 
-    import torch
-
-    from sweeps.train import make_scheduler
+    from sweeps.retrain import schedule_lrs
 
     def lrs(kind, epochs, lr=0.1):
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-        scheduler = make_scheduler(kind, opt, epochs)
-        seen = []
-        for _ in range(epochs):
-            seen.append(opt.param_groups[0]["lr"])
-            opt.step()
-            scheduler.step()
-        return seen
+        return schedule_lrs(kind, lr, epochs)
 
     assert lrs("constant", 3) == [0.1, 0.1, 0.1]
     assert lrs("step", 8) == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2, rel=1e-12)
