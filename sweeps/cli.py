@@ -6,7 +6,7 @@ import sys
 
 from analysis.schema import EPOCH, is_diverged, is_finished
 
-from .config import ConfigError, expand, load_config
+from .config import ConfigError, epochs_to_train, expand, load_config
 from .preflight import preflight, will_download
 
 
@@ -76,8 +76,12 @@ def main(argv=None) -> int:
         if args.command == "validate":
             config = preflight(load_config(args.config, args.overrides), download=False)
             trials = expand(config)
-            print(f"{args.config}: valid; {len(trials)} trials "
-                  f"({len(config.schedules)} schedules, {len(config.sparsities)} sparsities, {len(config.seed_list)} seeds)")
+            regimes = len(config.finetune.retrain)
+            dense, retraining = epochs_to_train(config)
+            print(f"{args.config}: valid; {len(trials)} trials ({len(config.schedules)} schedules, "
+                  + (f"{regimes} retraining regimes, " if regimes > 1 else "")
+                  + f"{len(config.sparsities)} sparsities, {len(config.seed_list)} seeds); "
+                  f"{dense + retraining:,} epochs to train ({dense:,} dense, {retraining:,} retraining)")
             if will_download(config):
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0

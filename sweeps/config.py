@@ -285,6 +285,12 @@ def plan(config: SweepConfig, point: TrialPoint) -> list[Phase]:
     return [Phase(s, total // len(steps), target) for s in steps]
 
 
+def epochs_to_train(config: SweepConfig) -> tuple[int, int]:
+    """``(dense, retraining)``: the epochs the whole sweep trains, which its compute is proportional to."""
+    dense = (config.dense.epochs or 0) * len(config.seed_list)
+    return dense, sum(phase.epochs for point in expand(config) for phase in plan(config, point))
+
+
 # ---------------------------------------------------------------- loading and errors
 
 def _fields_at(loc) -> list[str]:

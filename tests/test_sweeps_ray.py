@@ -76,3 +76,35 @@ def test_resume_of_finished_experiment_trains_nothing(tiny_experiment, capsys):
     assert (tiny_experiment / "dense" / "trainings.jsonl").read_text() == dense_log
     cols = ["trial_id", "epoch", "test_accuracy", "test_loss"]
     pd.testing.assert_frame_equal(before[cols], after[cols])
+
+
+def test_rewinding_sweep_under_ray_and_its_report(ray_session, tmp_path):
+    """One-shot vs a ladder, both with weight rewinding, per-prune budget: the dense task keeps the one
+    snapshot the trials rewind to, the trials start from it through Ray, and the report states the budgets."""
+    import torch
+
+    from analysis import write_report
+
+    cfg = write_config(tmp_path, seeds=1, schedules=[{"name": "oneshot", "kind": "instant"},
+                                                     {"name": "imp", "kind": "ladder"}],
+                       finetune={"epochs": 1, "batch_size": 64, "retrain": ["weight_rewind", "finetune"],
+                                 "ladder_budget": "per_prune"})
+    assert main(["run", str(cfg), "--storage", str(tmp_path / "r"), "--name", "rw"]) == 0
+    experiment = tmp_path / "r" / "rw"
+    dense = torch.load(experiment / "dense" / "seed_0.pt", weights_only=False)
+    assert sorted(dense["rewind"]) == [1]  # T - P = 2 - 1, and only that
+    df = load_experiment(experiment)
+    assert df["trial_id"].nunique() == 6 and set(df["arm"]) == {"oneshot", "imp", "oneshot+weight_rewind",
+                                                                 "imp+weight_rewind"}
+    rewound = df[df["retrain"] == "weight_rewind"]
+    # every phase is one epoch: the dense cosine's rate in its last epoch (0.05 -> 0.025), with dense SGD
+    assert rewound["lr"].tolist() == pytest.approx([0.025] * len(rewound), rel=1e-12)
+    assert df.loc[df["retrain"] == "finetune", "lr"].eq(0.001).all()
+    report = (tmp_path / "out" / "report.md")
+    write_report(experiment, tmp_path / "out")
+    text = report.read_text()
+    assert "Budget `per_prune`" in text and "`weight_rewind`: weight rewinding" in text
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv").set_index(["a", "b", "target_sparsity"])
+    row = table.loc[("imp+weight_rewind", "oneshot+weight_rewind", 0.9)]
+    assert (row["epochs_a"], row["epochs_b"]) == (2, 1)
+    assert ("imp+weight_rewind", "imp", 0.5) in table.index and ("oneshot", "imp", 0.5) not in table.index
