@@ -108,23 +108,24 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd
 
 
 def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """The arms each report compares: every other schedule against each instant schedule retrained
-    the same way, and every schedule retrained by a regime against the same schedule fine-tuned
-    (``ladder+lr_rewind`` vs ``ladder``). Without any such pair, the first arm against the rest."""
+    """The arms each report compares. Within each retraining regime: every other schedule against
+    each instant schedule (without one, the first schedule against the rest). Across regimes: every
+    schedule retrained by a regime against the same schedule fine-tuned (``ladder+lr_rewind`` vs
+    ``ladder``)."""
     finals = _finals(df)
     arms = finals.groupby(ARM, sort=True)[[SCHEDULE, RETRAIN]].first()
     arms[SCHEDULE_KIND] = (finals.groupby(ARM)[SCHEDULE_KIND].first() if SCHEDULE_KIND in finals else None)
     pairs = []
     for regime in sorted(arms[RETRAIN].unique(), key=lambda r: (r != FINETUNE, r)):
-        group = arms[arms[RETRAIN] == regime]
-        instants = [i for i in group.index if group.loc[i, SCHEDULE_KIND] == INSTANT]
-        pairs += [(s, i) for i in instants for s in group.index if s not in instants]
+        names = list(arms.index[arms[RETRAIN] == regime])
+        instants = [n for n in names if arms.loc[n, SCHEDULE_KIND] == INSTANT]
+        if instants:
+            pairs += [(n, i) for i in instants for n in names if n not in instants]
+        else:
+            pairs += [(names[0], n) for n in names[1:]]
     pairs += [(name, arm(row[SCHEDULE])) for name, row in arms.iterrows()
               if row[RETRAIN] != FINETUNE and arm(row[SCHEDULE]) in arms.index]
-    if pairs:
-        return pairs
-    names = list(arms.index)
-    return [(names[0], name) for name in names[1:]]
+    return pairs
 
 
 def holm(p_values) -> np.ndarray:

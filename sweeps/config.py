@@ -218,21 +218,22 @@ class SweepConfig(_Strict):
         ft = self.finetune
         if len(set(ft.retrain)) != len(ft.retrain):
             raise ValueError(f"finetune.retrain: duplicate regime(s) in {ft.retrain}")
-        if (FINETUNE in ft.retrain and self.has_ladder and ft.lr_schedule == "cosine"
+        compared = any(s.kind != LADDER for s in self.schedules)  # something to compare with a ladder's rungs
+        if (FINETUNE in ft.retrain and self.has_ladder and compared and ft.lr_schedule == "cosine"
                 and ft.ladder_budget == CUMULATIVE):
             raise ValueError(
                 "finetune.lr_schedule: cosine with a ladder and finetune.ladder_budget: cumulative would compare "
                 "different learning-rate curves at each rung (the ladder's cosine restarts every finetune.epochs, "
                 "an instant trial's spans all its epochs); use finetune.ladder_budget: per_prune (the same curve "
                 "after every prune) or finetune.lr_schedule: constant")
-        rewinding = [r for r in ft.retrain if REGIMES[r].fresh_optimizer]
+        rewinding = [r for r in ft.retrain if REGIMES[r].replays_dense]
         if not rewinding:
             return
         dense = self.dense.epochs or 0
         if dense == 0:
             raise ValueError(f"finetune.retrain: {rewinding[0]} replays the dense training's learning-rate schedule, "
                              "so it needs dense.epochs >= 1 (a dense.checkpoint comes without one)")
-        longest = max(phase.epochs for point in expand(self) for phase in plan(self, point))
+        longest = max(phase.epochs for _, phase in every_phase(self))
         if longest > dense:
             raise ValueError(
                 f"finetune.retrain: {rewinding[0]} rewinds a prune's {longest} retraining epochs to dense epoch "
@@ -275,6 +276,11 @@ def expand(config: SweepConfig) -> list[TrialPoint]:
     return schema.trial_points(config.model_dump(mode="json"))
 
 
+def every_phase(config: SweepConfig) -> list[tuple[TrialPoint, Phase]]:
+    """``(trial, phase)`` for every phase of every trial of the sweep."""
+    return [(point, phase) for point in expand(config) for phase in plan(config, point)]
+
+
 def plan(config: SweepConfig, point: TrialPoint) -> list[Phase]:
     """The prune/train phases of one trial."""
     if point.schedule_kind == LADDER:
@@ -288,7 +294,7 @@ def plan(config: SweepConfig, point: TrialPoint) -> list[Phase]:
 def epochs_to_train(config: SweepConfig) -> tuple[int, int]:
     """``(dense, retraining)``: the epochs the whole sweep trains, which its compute is proportional to."""
     dense = (config.dense.epochs or 0) * len(config.seed_list)
-    return dense, sum(phase.epochs for point in expand(config) for phase in plan(config, point))
+    return dense, sum(phase.epochs for _, phase in every_phase(config))
 
 
 # ---------------------------------------------------------------- loading and errors

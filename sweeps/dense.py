@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from analysis import storage
 from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, TrialPoint, dense_checkpoint_file, dense_file
 
-from .config import SweepConfig
+from .config import ConfigError, SweepConfig
 
 CHAOS_ENV = "PRUNESWEEP_CHAOS_DENSE"  # "<seed>@<epoch>": kill once before epoch's checkpoint; "<seed>@fail"
 PROGRESS_S = 30.0  # a dense training prints its progress at most this often (and at its end)
@@ -76,6 +76,25 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
         storage.delete(checkpoint)
     summary = {k: dense[k] for k in ("seed", "epochs", "test_accuracy", "test_loss", "seconds")}
     return {**summary, "resumed_from_epoch": first}, dense
+
+
+def check_snapshots(config: SweepConfig, path: str) -> None:
+    """Refuse (ConfigError) a dense model in the experiment that lacks a snapshot the sweep's weight
+    rewinding starts from (one trained for another config, resumed with ``--force``), before Ray starts."""
+    from .retrain import REWIND, rewind_epochs
+    from .train import load_torch
+
+    needed = set(rewind_epochs(config))
+    if not needed:
+        return
+    for seed in config.seed_list:
+        file = storage.join(path, DENSE_DIR, dense_file(seed))
+        if storage.exists(file):
+            lacking = sorted(needed - set(load_torch(file).get(REWIND, {})))
+            if lacking:
+                raise ConfigError(f"finetune.retrain: weight_rewind starts from dense epoch(s) "
+                                  f"{', '.join(map(str, lacking))}, which {file} does not hold (it was trained for "
+                                  "another config); delete it to train it again, or drop weight_rewind")
 
 
 class DensePhase:

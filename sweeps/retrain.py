@@ -61,9 +61,13 @@ class FineTune:
 
     name = "finetune"
     fresh_optimizer = False  # whether every phase gets a new optimizer (no state carried over)
+    replays_dense = False    # whether its learning rates are the dense schedule's (needing dense.epochs >= P)
 
     def optimizer(self, sweep: SweepConfig) -> OptimizerConfig:
         return sweep.finetune.optimizer
+
+    def batch_size(self, sweep: SweepConfig) -> int:
+        return sweep.finetune.batch_size
 
     def learning_rates(self, sweep: SweepConfig, phases: list[Phase], ladder: bool) -> list[float]:
         """The learning rate of every epoch of a trial with these phases."""
@@ -83,14 +87,18 @@ class FineTune:
 
 class LrRewind(FineTune):
     """``lr_rewind``: a phase of P epochs retrains with the dense run's optimizer (kind, momentum,
-    weight decay; fresh state) and, in its epoch e, the dense schedule's learning rate of dense epoch
-    T - P + e (T = ``dense.epochs``): the last P epochs of the dense schedule, replayed."""
+    weight decay; fresh state) and batch size and, in its epoch e, the dense schedule's learning rate
+    of dense epoch T - P + e (T = ``dense.epochs``): the last P epochs of the dense training, replayed."""
 
     name = "lr_rewind"
     fresh_optimizer = True
+    replays_dense = True
 
     def optimizer(self, sweep: SweepConfig) -> OptimizerConfig:
         return sweep.dense.optimizer
+
+    def batch_size(self, sweep: SweepConfig) -> int:
+        return sweep.dense.batch_size
 
     def learning_rates(self, sweep: SweepConfig, phases: list[Phase], ladder: bool) -> list[float]:
         dense = sweep.dense
@@ -124,12 +132,11 @@ class Reinit(LrRewind):
     name = "reinit"
 
     def start_weights(self, run: FinetuneRun, epochs: int) -> dict:
-        from .models import build_model
+        from .train import model_for
 
-        sweep = run.sweep
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.point.seed + REINIT_SEED_OFFSET)
-            model = build_model(sweep.model, run.data.num_classes, run.data.in_channels, sweep.model_args)
+        with torch.random.fork_rng(devices=[]):  # drawn aside: the trial's own random streams go on untouched
+            torch.default_generator.manual_seed(run.point.seed + REINIT_SEED_OFFSET)  # the CPU's only
+            model = model_for(run.sweep, run.data.num_classes, run.data.in_channels)
         return model.state_dict()
 
 
@@ -139,7 +146,7 @@ REGIMES = {regime.name: regime for regime in (FineTune(), LrRewind(), WeightRewi
 def rewind_epochs(sweep: SweepConfig) -> list[int]:
     """The dense epochs (0: the initial weights) whose weights the sweep's phases start from: what
     the dense training keeps beside the dense model (only these)."""
-    from .config import expand, plan
+    from .config import every_phase
 
-    return sorted({epoch for point in expand(sweep) for phase in plan(sweep, point)
+    return sorted({epoch for point, phase in every_phase(sweep)
                    for epoch in REGIMES[point.retrain].snapshots(sweep, phase.epochs)})

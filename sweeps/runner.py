@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import yaml
 
 from analysis import storage
-from analysis.schema import CONFIG_FILE, EPOCH, PARAM, PROVENANCE, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, \
-    TrialPoint
+from analysis.schema import (CONFIG_FILE, EPOCH, PARAM, PROVENANCE, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY,
+                             TEST_ACCURACY, TrialPoint)
 
 from . import provenance
 from .config import ConfigError, SweepConfig, expand, validate
@@ -211,8 +211,8 @@ def _reporter():
     from ray import tune
 
     return tune.CLIReporter(
-        parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{TARGET_SPARSITY}": "target",
-                           f"{PARAM}/{SEED}": "seed"},
+        parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{RETRAIN}": "retrain",
+                           f"{PARAM}/{TARGET_SPARSITY}": "target", f"{PARAM}/{SEED}": "seed"},
         metric_columns={EPOCH: "epoch", TEST_ACCURACY: "test_acc"},
         max_report_frequency=20,
     )
@@ -308,6 +308,9 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
                           "(pass --force to resume anyway)")
     _check_storage(path)
     config = preflight(config)
+    from .dense import check_snapshots
+
+    check_snapshots(config, path)
     with ray_session(config, options):
         if changed:  # forced: say so in the experiment, for whoever analyses it
             _write_experiment_file(path, config, provenance.forced(recorded, changed))

@@ -214,7 +214,8 @@ def train_dense(sweep: SweepConfig, seed: int, device: torch.device, checkpoint_
 
 def _cpu_state(model: nn.Module) -> dict:
     """A copy of ``model``'s state_dict on the CPU, contiguous."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+            for k, v in model.state_dict().items()}
 
 
 class FinetuneRun:
@@ -242,7 +243,7 @@ class FinetuneRun:
         seed = point.seed
         torch.manual_seed(seed + FINETUNE_SEED_OFFSET)
         self.generator = torch.Generator(device=device).manual_seed(seed + FINETUNE_SEED_OFFSET)
-        self.loader = DeviceLoader(self.data, sweep.finetune.batch_size, self.generator, sweep.dataset.augments)
+        self.loader = DeviceLoader(self.data, self.regime.batch_size(sweep), self.generator, sweep.dataset.augments)
         self.epoch = 0
         self.prunes_done = 0
         self.diverged_at: int | None = None

@@ -318,6 +318,10 @@ def test_arms_are_schedule_and_regime_and_each_is_compared_within_its_regime_and
     assert "after 4 vs 2 retraining epochs" in said[0] and "retraining epochs" not in said[2]
     summary = summarize(df)
     assert summary[["schedule", "retrain"]].drop_duplicates().shape[0] == 4
+    # without an instant schedule, each regime compares its first schedule with the rest
+    other = df.replace({"instant": "cubic", "ladder": "gradual"})
+    assert default_comparisons(other) == [("cubic", "gradual"), ("cubic+lr_rewind", "gradual+lr_rewind"),
+                                          ("cubic+lr_rewind", "cubic"), ("gradual+lr_rewind", "gradual")]
     # an experiment from before regimes (no retrain column) is all fine-tuning
     old = df[df["retrain"] == "finetune"].drop(columns="retrain")
     assert default_comparisons(old) == [("ladder", "instant")] and set(summarize(old)["retrain"]) == {"finetune"}

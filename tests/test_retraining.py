@@ -69,6 +69,21 @@ def test_reported_lr_is_the_dense_schedules(rewinding):
     assert [r["target_sparsity"] for r in reports] == [0.5, 0.5, 0.9, 0.9]
     assert all(r["retrain"] == "lr_rewind" for r in reports)
     assert isinstance(run.optimizer, torch.optim.SGD) and run.optimizer.defaults["momentum"] == 0.9
+    assert run.loader.batch_size == DENSE["batch_size"]  # the dense training's steps per epoch, replayed
+
+
+def test_a_dense_model_without_the_snapshots_a_resume_needs_is_refused_before_ray(tmp_path):
+    from sweeps.config import ConfigError
+    from sweeps.dense import check_snapshots
+    from sweeps.train import save_torch
+
+    sweep = sweep_of(retrain=["finetune", "weight_rewind"], ladder_budget="per_prune")
+    check_snapshots(sweep, str(tmp_path))  # nothing trained yet: nothing to check
+    save_torch(str(tmp_path / "dense" / "seed_0.pt"), {"state_dict": {}, REWIND: {3: {}}})
+    with pytest.raises(ConfigError, match=r"weight_rewind starts from dense epoch\(s\) 2, which .*seed_0.pt does not "
+                                          r"hold \(it was trained for another config\)"):
+        check_snapshots(sweep, str(tmp_path))
+    check_snapshots(sweep_of(), str(tmp_path))  # fine-tuning needs none
 
 
 def test_dense_keeps_only_the_snapshots_the_sweep_needs_and_its_resume_keeps_them(rewinding):
