@@ -59,6 +59,10 @@ def test_learning_rate_of_every_epoch_by_hand():
               for p in expand(cosine)}
     assert curves["ladder", None] == [0.001, 0.0005] * 2
     assert curves["instant", 0.9] == curves["gradual2", 0.9] == [0.001, 0.0005]
+    # a ladder alone has nothing to compare at its rungs: cosine under the cumulative budget is fine
+    alone = validate({**TINY, "dense": DENSE, "seeds": 1, "schedules": [LADDER],
+                      "finetune": {"epochs": 2, "batch_size": 64, "lr_schedule": "cosine"}})
+    assert REGIMES["finetune"].learning_rates(alone, plan(alone, expand(alone)[0]), True) == [0.001, 0.0005] * 2
 
 
 def test_reported_lr_is_the_dense_schedules(rewinding):

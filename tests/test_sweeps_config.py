@@ -43,7 +43,7 @@ def run_cli(capsys, *argv):
     ({"finetune__retrain": "weight_rewind", "dense": {"checkpoint": "/x.pt"}}, r"finetune.retrain: weight_rewind replays the dense training's learning-rate schedule, so it needs dense.epochs >= 1"),
     ({"finetune__retrain": ["finetune", "lr_rewind"], "schedules": [{"name": "i", "kind": "instant"}, {"name": "l", "kind": "ladder"}]},
      r"finetune.retrain: lr_rewind rewinds a prune's 4 retraining epochs to dense epoch 2 - 4 < 0 \(dense.epochs is 2\); allowed: at most dense.epochs"),
-    ({"finetune__lr_schedule": "cosine", "schedules": [{"name": "l", "kind": "ladder"}]}, r"finetune.lr_schedule: cosine with a ladder and finetune.ladder_budget: cumulative would compare different learning-rate curves.*use finetune.ladder_budget: per_prune"),
+    ({"finetune__lr_schedule": "cosine", "schedules": [{"name": "i", "kind": "instant"}, {"name": "l", "kind": "ladder"}]}, r"finetune.lr_schedule: cosine with a ladder and finetune.ladder_budget: cumulative would compare different learning-rate curves.*use finetune.ladder_budget: per_prune"),
     ({"finetune__ladder_budget": "both"}, r"finetune.ladder_budget: Input should be 'cumulative' or 'per_prune'"),
     ({"sparsities": {"geometric": 1.5, "levels": 2}}, r"sparsities: a grid is \{geometric: r, levels: L\} with 0 < r < 1 and a whole L >= 1 \(got geometric: 1.5\)"),
     ({"sparsities": {"geometric": 0.9, "levels": 40}}, r"sparsities: .*level 13 rounds to the level before it or to 1 \(allowed: levels up to 12, got 40\)"),
