@@ -58,7 +58,7 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     ax.set_ylabel(ylabel)
     ax.set_title(f"Final {metric.replace('_', ' ')} vs sparsity, mean and {ERROR_BARS[error]} over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(title="schedule")
+    ax.legend(title="schedule+regime" if any(a != s for a, s in zip(arms, summary[SCHEDULE])) else "schedule")
     if ours:
         ax.figure.tight_layout()
     return ax.figure

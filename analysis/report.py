@@ -162,7 +162,8 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     if done["missing"] > 0:
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the reports that exist (`prunesweep resume` finishes the rest).")
-    lines += _protocol(config)
+    for line in _protocol(config):
+        lines += ["", line]
     lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
               f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
     lines += ["## Verdict", ""]
