@@ -60,7 +60,7 @@ def load_experiment(path) -> pd.DataFrame:
 def with_arms(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with its ``retrain`` column (``finetune`` for trials from before retraining regimes)
     and ``arm``, what the analysis compares: the schedule with its regime (:func:`analysis.schema.arm`)."""
-    if SCHEDULE not in df:
+    if SCHEDULE not in df or ARM in df:  # nothing to name, or named already (load_experiment's frames)
         return df
     df = df.assign(**{RETRAIN: df[RETRAIN].fillna(FINETUNE) if RETRAIN in df else FINETUNE})
     return df.assign(**{ARM: [arm(s, r) for s, r in zip(df[SCHEDULE], df[RETRAIN])]})

@@ -9,8 +9,8 @@ import pandas as pd
 from . import storage
 from .load import completion, healthy, load_experiment, read_config
 from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
-from .schema import (ANALYSIS_DIR, DIVERGED, FINETUNE, LADDER, RETRAIN, SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, arm,
-                     higher_is_better, is_percent, regimes)
+from .schema import (ANALYSIS_DIR, CUMULATIVE, DIVERGED, FINETUNE, LADDER, PER_PRUNE, RETRAIN, SCHEDULE,
+                     TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes)
 from .stats import ERROR_BARS, compare_all, summarize
 
 
@@ -83,7 +83,7 @@ def _protocol(config: dict) -> list[str]:
                      + "; ".join(f"`{r}`: {REGIME_MEANINGS.get(r, r)}" for r in used) + ".")
     if any(s.get("kind") == LADDER for s in config.get("schedules") or []):
         epochs = finetune.get("epochs", "?")
-        if finetune.get("ladder_budget", "cumulative") == "per_prune":
+        if finetune.get("ladder_budget", CUMULATIVE) == PER_PRUNE:
             lines.append(f"Budget `per_prune`: every prune is retrained {epochs} epochs, so at its j-th rung the "
                          "ladder has trained j times as long as a one-shot trial at that sparsity "
                          "(`epochs_a`/`epochs_b` in the comparisons).")

@@ -48,6 +48,7 @@ PARAM = "trial"                   # the trial point's key in each trial's Tune c
 INSTANT = "instant"               # the schedule kind the other schedules are compared against
 LADDER = "ladder"                 # one trial per seed that walks up every sparsity in order
 FINETUNE = "finetune"             # the retraining regime the other regimes are compared against
+CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"  # finetune.ladder_budget: what other schedules train at a rung
 # Ray Tune's own columns
 TRIAL_ID = "trial_id"
 TRAINING_ITERATION = "training_iteration"

@@ -14,7 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from analysis import schema
-from analysis.schema import FINETUNE, INSTANT, LADDER, TrialPoint
+from analysis.schema import CUMULATIVE, FINETUNE, INSTANT, LADDER, PER_PRUNE, TrialPoint
 from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
 
 from .datasets import IMAGEFOLDER, SPECS
@@ -105,7 +105,6 @@ class PruningConfig(_Strict):
 
 
 Regime = Literal[tuple(REGIMES)]  # type: ignore[valid-type]
-CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"
 
 
 class FinetuneConfig(_Strict):

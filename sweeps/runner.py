@@ -308,9 +308,10 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
                           "(pass --force to resume anyway)")
     _check_storage(path)
     config = preflight(config)
-    from .dense import check_snapshots
+    if changed or not recorded:  # the same config and code wrote every snapshot its trials need
+        from .dense import check_snapshots
 
-    check_snapshots(config, path)
+        check_snapshots(config, path)
     with ray_session(config, options):
         if changed:  # forced: say so in the experiment, for whoever analyses it
             _write_experiment_file(path, config, provenance.forced(recorded, changed))
