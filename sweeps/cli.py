@@ -1,4 +1,4 @@
-"""The ``prunesweep`` command: run, resume, validate, analyze."""
+"""The ``prunesweep`` command: run, resume, extend, validate, analyze."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from analysis.schema import EPOCH, is_diverged, is_finished
 
 from .config import ConfigError, epochs_to_train, expand, load_config
 from .preflight import preflight, will_download
+from .trackers import TRACKERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dashboard-host", default="127.0.0.1", help="interface the local dashboard binds to")
         sp.add_argument("--autoscale", action="store_true",
                         help="the cluster adds nodes on demand: skip the GPU/CPU presence check and request them")
+        sp.add_argument("--log", dest="trackers", action="append", default=[], choices=list(TRACKERS),
+                        help="also log every trial to this tracker, through Ray Tune's callbacks (repeatable): "
+                             "tensorboard and mlflow write into the experiment folder, wandb offline unless "
+                             "WANDB_MODE or WANDB_API_KEY says otherwise")
 
     run = sub.add_parser("run", help="run a sweep from a YAML config")
     run.add_argument("config", help="YAML file, or a built-in config name (quickstart, gradual_pruning, ...)")
@@ -34,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--force", action="store_true",
                      help="resume even though the config or the code changed since the experiment started")
     ray_options(res)
+
+    ext = sub.add_parser("extend", help="grow an experiment by seeds, sparsities or schedules and run what it lacks")
+    ext.add_argument("experiment", help="<storage>/<name> of the experiment (a folder or a URI)")
+    ext.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="the grown grid: seeds=N, \"sparsities=[...]\", \"schedules=[...]\" (repeatable); "
+                          "nothing else may change")
+    ext.add_argument("--force", action="store_true",
+                     help="extend even though the code changed since the experiment started")
+    ray_options(ext)
 
     val = sub.add_parser("validate", help="check a config, its data and checkpoint, and count its trials, "
                                           "without starting Ray")
@@ -93,10 +107,13 @@ def main(argv=None) -> int:
                                     dashboard_host=args.dashboard_host, autoscale=args.autoscale)
         if args.command == "run":
             config = load_config(args.config, args.overrides)
-            outcome = runner.run(config, args.storage, args.name, options)
+            outcome = runner.run(config, args.storage, args.name, options, args.trackers)
             path = storage.join(storage.normalise(args.storage), args.name or config.name)
+        elif args.command == "extend":
+            outcome = runner.extend(args.experiment, args.overrides, options, args.force, args.trackers)
+            path = storage.normalise(args.experiment)
         else:
-            outcome = runner.resume(args.experiment, options, force=args.force)
+            outcome = runner.resume(args.experiment, options, force=args.force, trackers=args.trackers)
             path = storage.normalise(args.experiment)
         return _summarise(outcome, path)
     except ConfigError as exc:

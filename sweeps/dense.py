@@ -18,14 +18,14 @@ import sys
 import time
 from collections import deque
 
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from analysis import storage
 from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, TrialPoint, dense_checkpoint_file, dense_file
 
-from .config import ConfigError, SweepConfig
+from .config import ConfigError, SweepConfig, expand
 
 CHAOS_ENV = "PRUNESWEEP_CHAOS_DENSE"  # "<seed>@<epoch>": kill once before epoch's checkpoint; "<seed>@fail"
 PROGRESS_S = 30.0  # a dense training prints its progress at most this often (and at its end)
@@ -105,6 +105,7 @@ class DensePhase:
 
     def __init__(self, config: SweepConfig, path: str, checkpoint_state: dict | None = None):
         self.config, self.path, self.checkpoint_state = config, path, checkpoint_state
+        self.points: list[TrialPoint] = expand(config)  # the sweep's grid, in order (:class:`SeedGate`)
         self.refs: dict = {}
         self.ready: set[int] = set()
         self.failed: dict[int, str] = {}
@@ -226,17 +227,20 @@ class SeedGate(Searcher):
     fail at once, naming why, and ``resume`` runs them again), and none while a dense training
     still waits for resources (:attr:`DensePhase.reserved`). The dense models are the driver's
     :class:`DensePhase` (:func:`active`), so this searcher's state is only which points it handed
-    out, saved with the experiment for ``resume``."""
+    out, saved with the experiment for ``resume``. The grid too is the active phase's (its config's
+    trials), so that an experiment restored after ``prunesweep extend`` hands out the grown grid."""
 
-    def __init__(self, points: list[TrialPoint]):
+    def __init__(self):
         super().__init__()
-        self._points = [p.to_dict() for p in points]
-        self._labels = [p.label for p in points]
+        self._points: list[dict] = []
+        self._labels: list[str] = []
         self._given: set[str] = set()
         self._queues: dict[int, deque] | None = None  # seed -> grid positions not handed out, in order
 
-    def _open(self) -> dict[int, deque]:
+    def _open(self, phase: "DensePhase") -> dict[int, deque]:
         if self._queues is None:
+            points = phase.points
+            self._points, self._labels = [p.to_dict() for p in points], [p.label for p in points]
             self._queues = {}
             for i, point in enumerate(self._points):
                 if self._labels[i] not in self._given:
@@ -246,7 +250,7 @@ class SeedGate(Searcher):
     def suggest(self, trial_id: str):
         phase = _ACTIVE[-1]
         phase.poll()
-        queues = self._open()
+        queues = self._open(phase)
         ready = [q for seed, q in queues.items()
                  if q and phase.reserved and (seed in phase.ready or seed in phase.failed)]
         if ready:  # the earliest point in grid order among the seeds that may go
@@ -266,3 +270,18 @@ class SeedGate(Searcher):
         with open(checkpoint_path, "rb") as f:
             self._given = set(pickle.load(f)["given"])
         self._queues = None
+
+
+class GridSearch(SearchGenerator):
+    """Ray Tune's search algorithm over a :class:`SeedGate` (limited to ``max_concurrent`` running
+    trials when given). Restored, it asks its gate again instead of keeping a saved "finished": an
+    experiment's grid may have grown since (``prunesweep extend``); a gate with nothing left to
+    hand out says so at once."""
+
+    def __init__(self, max_concurrent: int | None = None):
+        gate = SeedGate()
+        super().__init__(ConcurrencyLimiter(gate, max_concurrent=max_concurrent) if max_concurrent else gate)
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._finished = False

@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import ConfigError, SweepConfig
 
 CONFIG_HASH, VERSION, CODE_HASH, GIT_REVISION = "config_sha256", "prunesweep_version", "code_sha256", "git_revision"
-STARTED_AT, FORCED_RESUMES = "started_at", "forced_resumes"
+STARTED_AT, FORCED_RESUMES, EXTENSIONS = "started_at", "forced_resumes", "extensions"
 MODEL_CODE_HASH = "model_code_sha256"
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = ("pruning_core", "sweeps", "analysis")
@@ -113,3 +113,12 @@ def forced(recorded: dict, changed: list[str]) -> dict:
     """``recorded`` with one more entry in its list of resumes forced past ``changed``."""
     entry = {"at": _now(), "differences": changed, CODE_HASH: code_hash(), GIT_REVISION: git_revision()}
     return {**recorded, FORCED_RESUMES: [*recorded.get(FORCED_RESUMES, []), entry]}
+
+
+def extended(recorded: dict, old: SweepConfig, new: SweepConfig, added: dict, changed: list[str]) -> dict:
+    """``recorded`` for the grown config ``new``: its hash, and one more entry in the list of
+    extensions (when, the hash before, what was added; the differences a ``--force`` went past)."""
+    entry = {"at": _now(), "config_sha256_before": config_hash(old), "added": added,
+             CODE_HASH: code_hash(), GIT_REVISION: git_revision(), **({"forced_past": changed} if changed else {})}
+    base = recorded or record(new)  # an experiment from before provenance: what this extension ran
+    return {**base, CONFIG_HASH: config_hash(new), EXTENSIONS: [*base.get(EXTENSIONS, []), entry]}

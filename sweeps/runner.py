@@ -218,13 +218,24 @@ def _reporter():
     )
 
 
-def _run_config(config: SweepConfig, storage_path: str, name: str, trials: int):
-    from ray import tune
+def _callbacks(trials: int, trackers: list, restored: list = ()) -> list:
+    """The sweep's Ray Tune callbacks: the progress line over ``trials``, Tune's CSV and JSON loggers
+    (its TensorBoard one only when asked for: thousands of trials need no event files by default), the
+    ``trackers`` (:func:`sweeps.trackers.callbacks`), and those an experiment was started with."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .progress import ProgressLine
 
+    kept = [c for c in restored if not isinstance(c, ProgressLine)]
+    wanted = [CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
+    return [ProgressLine(trials), *kept, *(c for c in wanted if not any(type(k) is type(c) for k in kept))]
+
+
+def _run_config(config: SweepConfig, storage_path: str, name: str, callbacks: list):
+    from ray import tune
+
     return tune.RunConfig(
-        callbacks=[ProgressLine(trials)],
+        callbacks=callbacks,
         progress_reporter=_reporter(),
         name=name,
         storage_path=storage_path,
@@ -269,8 +280,10 @@ def _check_storage(storage_path: str) -> None:
         raise ConfigError(f"--storage {storage_path}: cannot write experiments there ({problem})")
 
 
-def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions()):
-    """Run the sweep into ``<storage>/<name>``; returns its :class:`Outcome`.
+def run(config: SweepConfig, storage_path: str, name: str | None = None, options: RayOptions = RayOptions(),
+        trackers: list[str] = ()):
+    """Run the sweep into ``<storage>/<name>``, logging to ``trackers`` (:mod:`sweeps.trackers`) too;
+    returns its :class:`Outcome`.
 
     Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
     before the experiment folder is made."""
@@ -283,30 +296,42 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
             f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
             "or choose another --name"
         )
+    from . import trackers as tracking
     from .train import dense_checkpoint
 
+    tracking.check(trackers, path)
     config = preflight(config)
     checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
     with ray_session(config, options):
         _write_experiment_file(path, config, provenance.record(config))
-        return _fit(config, path, storage_path, name, restore=False, checkpoint=checkpoint)
+        return _fit(config, path, storage_path, name, restore=False, checkpoint=checkpoint, trackers=trackers)
 
 
-def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
-    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints.
-
-    Refused when the config or the code differs from the experiment's start, unless ``force``.
-    """
-    path = _location(path, "resume")
-    config, recorded = experiment_config(path)
+def _unchanged(path: str, config: SweepConfig, recorded: dict, force: bool, command: str) -> list[str]:
+    """How the config and code differ from the experiment's start (:func:`provenance.differences`);
+    refused unless ``force``."""
     if not recorded:
         print(f"warning: {path} records no provenance (started before prunesweep recorded it): "
               "cannot check that config and code are unchanged", file=sys.stderr, flush=True)
     changed = provenance.differences(config, recorded) if recorded else []
     if changed and not force:
-        raise ConfigError(f"resume {path}: {'; '.join(changed)}; its trials would not be comparable "
-                          "(pass --force to resume anyway)")
+        raise ConfigError(f"{command} {path}: {'; '.join(changed)}; its trials would not be comparable "
+                          f"(pass --force to {command} anyway)")
+    return changed
+
+
+def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, trackers: list[str] = ()):
+    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints.
+
+    Refused when the config or the code differs from the experiment's start, unless ``force``.
+    """
+    from . import trackers as tracking
+
+    path = _location(path, "resume")
+    config, recorded = experiment_config(path)
+    changed = _unchanged(path, config, recorded, force, "resume")
     _check_storage(path)
+    tracking.check(trackers, path)
     config = preflight(config)
     if changed or not recorded:  # the same config and code wrote every snapshot its trials need
         from .dense import check_snapshots
@@ -316,7 +341,36 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False):
         if changed:  # forced: say so in the experiment, for whoever analyses it
             _write_experiment_file(path, config, provenance.forced(recorded, changed))
         storage_path, name = storage.split(path)
-        return _fit(config, path, storage_path, name, restore=True)
+        return _fit(config, path, storage_path, name, restore=True, trackers=trackers)
+
+
+def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), force: bool = False,
+           trackers: list[str] = ()):
+    """Grow an experiment, finished or interrupted, by the seeds, sparsities and schedules that
+    ``overrides`` add (:func:`sweeps.extend.grow` refuses anything else), and run what it lacks:
+    Ray Tune restores the experiment, its unfinished trials continue from their checkpoints and the
+    new trials join it; dense models are trained only for new seeds; finished trials stay as they are.
+    Returns the :class:`Outcome` of the grown grid; its ``prunesweep.yaml`` is the grown config."""
+    from . import trackers as tracking
+    from .extend import grow
+
+    path = _location(path, "extend")
+    old, recorded = experiment_config(path)
+    changed = _unchanged(path, old, recorded, force, "extend")
+    config, added = grow(old, overrides)
+    _check_storage(path)
+    tracking.check(trackers, path)
+    config = preflight(config)
+    if changed or not recorded:
+        from .dense import check_snapshots
+
+        check_snapshots(old, path)
+    what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
+    print(f"extend {path}: adds {what}: {added['trials']} new trials", flush=True)
+    with ray_session(config, options):
+        _write_experiment_file(path, config, provenance.extended(recorded, old, config, added, changed))
+        storage_path, name = storage.split(path)
+        return _fit(config, path, storage_path, name, restore=True, trackers=trackers)
 
 
 @dataclass
@@ -330,32 +384,53 @@ class Outcome:
 
 
 def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool,
-         checkpoint: dict | None = None) -> Outcome:
+         checkpoint: dict | None = None, trackers: list[str] = ()) -> Outcome:
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     from ray import tune
 
-    from .dense import DensePhase, SeedGate, active
+    from . import trackers as tracking
+    from .dense import DensePhase, GridSearch, active
 
     points = expand(config)
     # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told
     # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
+    added = tracking.callbacks(list(trackers), path)
     with active(DensePhase(config, path, checkpoint).start()) as phase:
         if restore:
             phase.wait()  # restored trials start at once, so their dense models must exist first
         trainable = _trainable(config, phase.refs, path)
         if restore and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            # Tune restores the callbacks pickled at the experiment's start and has no API to change
+            # them: count the grid as it is now (extend grows it) and add this session's trackers
+            run_config = tuner._local_tuner.get_run_config()
+            run_config.callbacks = _callbacks(len(points), added, run_config.callbacks or [])
         else:
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=SeedGate(points), num_samples=-1,
-                                            max_concurrent_trials=config.max_concurrent_trials, reuse_actors=True,
-                                            trial_dirname_creator=trial_dirname),
-                run_config=_run_config(config, storage_path, name, len(points)),
+                tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials), num_samples=-1,
+                                            reuse_actors=True, trial_dirname_creator=trial_dirname),
+                run_config=_run_config(config, storage_path, name, _callbacks(len(points), added)),
             )
-        results = tuner.fit()
+        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # the loggers are ours (:func:`_callbacks`)
+            results = tuner.fit()
         phase.poll()
         return Outcome(results, len(points), dict(phase.failed))
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """``os.environ`` with ``values`` set, as it was afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

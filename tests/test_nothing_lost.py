@@ -81,14 +81,18 @@ def reference(ray_session, tmp_path_factory):
     return cfg, summarize(load_experiment(folder / "ref")), rows(folder / "ref")
 
 
-# SIGINT (a graceful stop) on S3 and SIGKILL (no goodbye) on a local folder: each storage and each
-# kind of stop once (local-sigint adds half a minute to the suite and nothing the two miss)
-@pytest.mark.parametrize("where,sig", [("local", signal.SIGKILL), ("s3", signal.SIGINT)],
-                         ids=["local-sigkill", "s3-sigint"])
-def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, tmp_path, where, sig):
-    """Interrupt the driver mid-sweep, resume, analyse: finished trials untouched, numbers equal
-    an uninterrupted local run's; on S3 the analysis reads straight from the bucket."""
+# SIGINT (a graceful stop) on S3, then resume; SIGKILL (no goodbye) on a local folder, then extend by
+# a seed: each storage, each kind of stop and each way on once (local-sigint adds half a minute
+# to the suite and nothing the two miss)
+@pytest.mark.parametrize("where,sig,then", [("local", signal.SIGKILL, "extend"), ("s3", signal.SIGINT, "resume")],
+                         ids=["local-sigkill-extend", "s3-sigint-resume"])
+def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, tmp_path, where, sig, then):
+    """Interrupt the driver mid-sweep, resume (or extend it by the reference's second seed), analyse:
+    finished trials untouched, the dense model trained only for the new seed, numbers equal an
+    uninterrupted local run's; on S3 the analysis reads straight from the bucket."""
     cfg, ref_summary, ref_rows = reference
+    if then == "extend":
+        cfg = write_config(tmp_path, name="first_seed.yaml", finetune={"epochs": 8, "batch_size": 64}, seeds=[3])
     root = s3.bucket(f"cut-{sig.name.lower()}") + "/experiments" if where == "s3" else str(tmp_path)
     path = storage.join(root, "cut")
     # the driver syncs results and experiment state to storage every second (default: >= 10 s),
@@ -108,16 +112,18 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, t
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
     finished = _finished_trials(path)
-    assert 1 <= len(finished) < 8, "the interrupt came too late to test anything"
+    assert 1 <= len(finished) < (4 if then == "extend" else 8), "the interrupt came too late to test anything"
     dense_log = storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG))
     checkpoints = {name: _checkpoints(path, name) for name in finished}
 
-    rc = main(["resume", path])
+    rc = main(["resume", path] if then == "resume" else ["extend", path, "--set", "seeds=[3, 4]"])
     record_fault(survived=rc == 0, trials_lost=completion(load_experiment(path), path)["missing"])
     assert rc == 0
 
-    # dense models were not retrained, finished trials were not trained again
-    assert storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG)) == dense_log
+    # dense models were not retrained (only the new seed's trained), finished trials were not trained again
+    log = storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG))
+    assert log.startswith(dense_log)
+    assert [json.loads(line)["seed"] for line in log[len(dense_log):].splitlines()] == ([4] if then == "extend" else [])
     for name, lines in finished.items():
         after = _reports(storage.join(path, name, RESULT_FILE))
         assert {r["epoch"] for r in after} == {r["epoch"] for r in lines}

@@ -1,0 +1,69 @@
+"""Experiment trackers for ``--log``: Ray Tune's own logger callbacks, offline into the experiment
+folder unless the user's environment points them elsewhere."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from analysis import storage
+
+from .config import ConfigError
+
+# tracker: (the modules it needs, the pip extra that installs them)
+TRACKERS = {"tensorboard": (("tensorboardX",), "tensorboard"),
+            "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
+            "wandb": (("wandb",), "wandb")}
+MLFLOW_DB = "mlflow.db"           # in the experiment folder: MLflow's offline store (SQLite)
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+WANDB_MODE_ENV, WANDB_KEY_ENV = "WANDB_MODE", "WANDB_API_KEY"
+WANDB_DIR = "wandb"               # in the experiment folder: W&B's offline runs
+
+
+def check(names: list[str], experiment: str) -> None:
+    """Refuse (ConfigError, one line naming the pip extra) a tracker whose package is missing, or
+    one that cannot write offline where the experiment lives; before Ray starts."""
+    for name in dict.fromkeys(names):
+        modules, extra = TRACKERS[name]
+        needed = modules if name != "mlflow" or not os.environ.get(MLFLOW_URI_ENV) else modules[:1]
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"--log {name}: needs the {', '.join(missing)} package(s); "
+                              f"install them with: pip install 'prunesweep[{extra}]'")
+        if name == "mlflow" and storage.is_uri(experiment) and not os.environ.get(MLFLOW_URI_ENV):
+            raise ConfigError(f"--log mlflow: MLflow's offline store is a local file and {experiment} is not local; "
+                              f"set {MLFLOW_URI_ENV} to your MLflow server")
+
+
+def callbacks(names: list[str], experiment: str) -> list:
+    """Ray Tune callbacks for the trackers ``names`` of the experiment at ``experiment``:
+
+    - ``tensorboard``: tensorboardX event files in every trial folder (``tensorboard --logdir <experiment>``);
+    - ``mlflow``: one MLflow run per trial, in the MLflow experiment named after the experiment, stored
+      in ``<experiment>/mlflow.db`` (or at ``$MLFLOW_TRACKING_URI``);
+    - ``wandb``: one W&B run per trial in the project named after the experiment, offline into
+      ``<experiment>/wandb`` unless ``WANDB_MODE`` or ``WANDB_API_KEY`` says otherwise.
+    """
+    out = []
+    name = storage.name(experiment)
+    for tracker in dict.fromkeys(names):
+        if tracker == "tensorboard":
+            from ray.tune.logger import TBXLoggerCallback
+
+            out.append(TBXLoggerCallback())
+        elif tracker == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri = os.environ.get(MLFLOW_URI_ENV) or f"sqlite:///{storage.join(experiment, MLFLOW_DB)}"
+            out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=name))
+        elif tracker == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            mode = os.environ.get(WANDB_MODE_ENV) or (None if os.environ.get(WANDB_KEY_ENV) else "offline")
+            options = {"mode": mode} if mode else {}
+            if mode:
+                os.environ[WANDB_MODE_ENV] = mode  # offline, Ray's callback asks for no API key on this driver
+            if not storage.is_uri(experiment):
+                options["dir"] = storage.join(experiment, WANDB_DIR)
+                os.makedirs(options["dir"], exist_ok=True)
+            out.append(WandbLoggerCallback(project=name, **options))
+    return out
