@@ -8,9 +8,10 @@ import importlib
 
 _EXPORTS = {
     "load_experiment": "load", "final_results": "load", "completion": "load", "NotAnExperiment": "load",
-    "healthy": "load", "diverged": "load",
-    "summarize": "stats", "compare": "stats", "compare_all": "stats",
+    "healthy": "load", "diverged": "load", "complete_results": "load", "is_complete": "load",
+    "summarize": "stats", "compare": "stats", "compare_all": "stats", "seeds_needed": "stats",
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
+    "plot_difference_vs_sparsity": "plots",
     "write_report": "report",
 }
 _MODULES = ("schema", "storage", "trial_results", "load", "stats", "plots", "report", "cli")

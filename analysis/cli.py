@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import storage
 from .load import NotAnExperiment
 from .report import write_report
-from .schema import TEST_ACCURACY
+from .schema import TEST_ACCURACY, is_percent
 from .stats import ERROR_BARS
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -18,9 +29,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output folder or URI (default: <experiment>/analysis)")
     p.add_argument("--metric", default=TEST_ACCURACY, help="metric to compare (default: test_accuracy)")
     p.add_argument("--error", default="ci95", choices=list(ERROR_BARS), help="error bars (default: ci95)")
+    p.add_argument("--effect", type=_positive, metavar="X",
+                   help="a difference worth detecting: the report also says how many seeds would detect it "
+                        "(in percentage points for a percent metric such as test_accuracy, else in its units)")
     args = p.parse_args(argv)
+    effect = args.effect / 100 if args.effect is not None and is_percent(args.metric) else args.effect
     try:
-        files = write_report(args.experiment, args.out, args.metric, args.error)
+        files = write_report(args.experiment, args.out, args.metric, args.error, effect)
     except (NotAnExperiment, ValueError, OSError) as exc:
         print(f"prunesweep analyze: error: {storage.one_line(exc, 1000)}", file=sys.stderr)
         return 2

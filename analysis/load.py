@@ -103,6 +103,30 @@ def final_results(df: pd.DataFrame) -> pd.DataFrame:
     return order.groupby([TRIAL_ID, TARGET_SPARSITY], as_index=False, sort=True).tail(1).reset_index(drop=True)
 
 
+def is_complete(finals: pd.DataFrame) -> pd.Series:
+    """The one rule for a final result that is final: one bool per row of :func:`final_results`
+    (of whole trials, before :func:`healthy`), true when no later epoch can change it.
+
+    That is when its trial is finished (:func:`analysis.schema.is_finished`), or when the trial has
+    reported a later epoch at another target sparsity: only a ladder does, walking up its rungs,
+    so every rung below the last it reported is complete. Reports without an epoch budget (tables
+    of final results, older experiments) are taken as complete.
+    """
+    if EPOCH not in finals or BUDGET_EPOCHS not in finals:
+        return pd.Series(True, index=finals.index)
+    trial = finals[TRIAL_ID]
+    finished = is_finished(finals).groupby(trial).transform("any")
+    moved_on = finals[EPOCH] < finals[EPOCH].groupby(trial).transform("max")
+    return finished | moved_on
+
+
+def complete_results(df: pd.DataFrame) -> pd.DataFrame:
+    """The final results (:func:`final_results`) that are complete (:func:`is_complete`): what
+    summaries and paired comparisons use."""
+    finals = final_results(df) if EPOCH in df else df
+    return finals[is_complete(finals)]
+
+
 def diverged(df: pd.DataFrame) -> pd.Index:
     """Ids of the trials that diverged (:data:`analysis.schema.DIVERGED`)."""
     if df.empty:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .load import final_results, healthy, with_arms
 from .schema import (ARM, EPOCH, LAYER_SPARSITY, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, arm,
                      is_percent)
-from .stats import ERROR_BARS, describe, error_bars, summarize
+from .stats import ALPHA, ERROR_BARS, compare_all, describe, error_bars, summarize
 
 
 def _label(metric: str) -> tuple[str, float]:
@@ -26,6 +26,26 @@ def _label(metric: str) -> tuple[str, float]:
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Axes, bool]:
     """The axes to draw into, and whether they are on a new figure of ours (which we lay out)."""
     return (ax, False) if ax is not None else (Figure(figsize=figsize).subplots(), True)
+
+
+def _offsets(count: int) -> np.ndarray:
+    """Relative x offsets that keep ``count`` series' error bars apart on the log sparsity axis."""
+    return np.linspace(-0.02, 0.02, count) if count > 1 else np.zeros(1)
+
+
+def _sparsity_x(targets, offset: float = 0.0) -> np.ndarray:
+    """Positions on the sparsity axis: the compression ratio 1/(1-sparsity), shifted by ``offset``."""
+    return 1.0 / (1.0 - np.asarray(targets, dtype=float)) * (1 + offset)
+
+
+def _sparsity_axis(ax: Axes, targets) -> None:
+    """A log compression-ratio x axis, labelled in sparsity, so 0.9, 0.95 and 0.98 do not crowd."""
+    ticks = sorted(set(targets))
+    ax.set_xscale("log")
+    ax.set_xticks(_sparsity_x(ticks))
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("target sparsity (fraction of prunable weights removed; log compression scale)")
 
 
 def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error: str = "ci95",
@@ -41,24 +61,58 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     ax, ours = _axes(ax, (7.5, 4.8))
     arms = [arm(s, r) for s, r in zip(summary[SCHEDULE], summary[RETRAIN])]
     names = list(dict.fromkeys(arms))
-    offsets = np.linspace(-0.02, 0.02, len(names)) if len(names) > 1 else [0.0]
-    for schedule, off in zip(names, offsets):
+    for schedule, off in zip(names, _offsets(len(names))):
         s = summary[[a == schedule for a in arms]].sort_values(TARGET_SPARSITY)
-        x = 1.0 / (1.0 - s[TARGET_SPARSITY].to_numpy(float)) * (1 + off)
         lo, hi = error_bars(s, error)
         n = ",".join(str(v) for v in sorted(s["n"].unique()))
-        ax.errorbar(x, s["mean"] * scale, yerr=[lo * scale, hi * scale], marker="o", capsize=3,
-                    label=f"{schedule} (n={n})")
-    ticks = sorted(summary[TARGET_SPARSITY].unique())
-    ax.set_xscale("log")
-    ax.set_xticks([1 / (1 - t) for t in ticks])
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("target sparsity (fraction of prunable weights removed; log compression scale)")
+        ax.errorbar(_sparsity_x(s[TARGET_SPARSITY], off), s["mean"] * scale, yerr=[lo * scale, hi * scale],
+                    marker="o", capsize=3, label=f"{schedule} (n={n})")
+    _sparsity_axis(ax, summary[TARGET_SPARSITY])
     ax.set_ylabel(ylabel)
     ax.set_title(f"Final {metric.replace('_', ' ')} vs sparsity, mean and {ERROR_BARS[error]} over seeds")
     ax.grid(alpha=0.3)
     ax.legend(title="schedule+regime" if any(a != s for a, s in zip(arms, summary[SCHEDULE])) else "schedule")
+    if ours:
+        ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_difference_vs_sparsity(data: pd.DataFrame, metric: str = TEST_ACCURACY, ax: Axes | None = None) -> Figure:
+    """The answer of each paired comparison a - b, against sparsity: the mean difference over seeds
+    (in percentage points for a percent metric) with its 95% CI as error bars, a zero line, and at
+    each point ``wins/pairs``: the seeds a won of those paired. Filled markers are significant after
+    Holm's correction (``p_holm`` < 0.05; ``p_value`` for a table without it), hollow ones are not.
+
+    ``data`` is a comparison table (:func:`analysis.stats.compare_all`; its own metric is drawn)
+    or an experiment's reports, compared here; either way the points are the table's own.
+    """
+    table = data if "mean_diff" in data else compare_all(data, metric)
+    metric = table["metric"].iloc[0] if len(table) else metric
+    holm = "p_holm" in table
+    p = table["p_holm" if holm else "p_value"]
+    label, scale = _label(metric)
+    ax, ours = _axes(ax, (7.5, 4.8))
+    _sparsity_axis(ax, table[TARGET_SPARSITY])  # first: a log scale set on one point's limits warns
+    names = list(dict.fromkeys(zip(table["a"], table["b"])))
+    for (a, b), off in zip(names, _offsets(len(names))):
+        rows = (table["a"] == a) & (table["b"] == b)
+        c = table[rows].sort_values(TARGET_SPARSITY)
+        x = _sparsity_x(c[TARGET_SPARSITY], off)
+        y = c["mean_diff"].to_numpy(float) * scale
+        lo, hi = error_bars(c.rename(columns={"mean_diff": "mean"}), "ci95")
+        bars = ax.errorbar(x, y, yerr=[lo * scale, hi * scale], marker="o", mfc="none", capsize=3, label=f"{a} − {b}")
+        significant = (p[rows] < ALPHA).loc[c.index].to_numpy()
+        ax.plot(x[significant], y[significant], "o", color=bars.lines[0].get_color())
+        for xi, yi, wins, n in zip(x, y, c["a_wins"], c["n_pairs"]):
+            if n:
+                ax.annotate(f"{wins}/{n}", (xi, yi), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_ylabel(f"{label.removesuffix(' (%)')} difference a − b" + (" (percentage points)" if scale != 1 else ""))
+    ax.set_title("Paired difference a − b: mean and 95% CI over seeds, a's wins/pairs\n"
+                 f"filled: significant {'after Holm' if holm else 'alone'} (p < {ALPHA:g}); hollow: not")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(title="a − b")
     if ours:
         ax.figure.tight_layout()
     return ax.figure

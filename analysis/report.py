@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import io
 import math
+import shlex
 
 import pandas as pd
 
 from . import storage
 from .load import completion, healthy, load_experiment, read_config
-from .plots import layer_columns, plot_layer_sparsity, plot_metric_vs_epoch, plot_metric_vs_sparsity
+from .plots import (layer_columns, plot_difference_vs_sparsity, plot_layer_sparsity, plot_metric_vs_epoch,
+                    plot_metric_vs_sparsity)
 from .schema import (ANALYSIS_DIR, CUMULATIVE, DIVERGED, FINETUNE, LADDER, PER_PRUNE, RETRAIN, SCHEDULE,
                      TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes)
-from .stats import ERROR_BARS, compare_all, summarize
+from .stats import ALPHA, EFFECT_COLUMN, ERROR_BARS, MIN_SEEDS, POWER, compare_all, summarize
 
 
 def _fmt(value: float, metric: str, diff: bool = False) -> str:
@@ -22,36 +24,92 @@ def _fmt(value: float, metric: str, diff: bool = False) -> str:
     return f"{value:+.4g}" if diff else f"{value:.4g}"
 
 
-def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per compared sparsity: which schedule wins and whether it is significant."""
+def _tested(comparison: pd.DataFrame) -> int:
+    return int(comparison["p_value"].notna().sum()) if "p_value" in comparison else 0
+
+
+def _significance(r, tested: int, alpha: float = ALPHA) -> tuple[bool, str]:
+    """Whether a comparison is decided (significant; after Holm's correction when the report makes
+    several tests), and the words for it."""
+    p, p_holm, w = r["p_value"], r.get("p_holm", math.nan), r.get("wilcoxon_p", math.nan)
+    family = f"Holm's correction for the report's {tested} tests"
+    t, wilcoxon = f"paired t-test p = {p:.3g}", f"Wilcoxon p = {w:.3g}"
+    if r["n_pairs"] < MIN_SEEDS or math.isnan(p):
+        return False, f"too few seeds to test (n < {MIN_SEEDS})"
+    if p >= alpha:
+        return False, f"not significant ({t}, {wilcoxon})"
+    if math.isnan(p_holm) or tested < 2:
+        return True, f"significant ({t} < {alpha}; {wilcoxon})"
+    if p_holm < alpha:
+        return True, f"significant ({t}; {p_holm:.3g} after {family}; {wilcoxon})"
+    return False, f"significant alone ({t}, {wilcoxon}) but not after {family} ({p_holm:.3g})"
+
+
+def verdicts(comparison: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
+    """One sentence per compared sparsity: which schedule wins, by how much, and whether it is significant."""
     lines = []
-    tested = int(comparison["p_value"].notna().sum()) if "p_value" in comparison else 0
+    tested = _tested(comparison)
     for _, r in comparison.iterrows():
-        metric = r["metric"]
-        diff = r["mean_diff"]
-        good = diff > 0 if higher_is_better(metric) else diff < 0
+        metric, diff, left = r["metric"], r["mean_diff"], r.get("pairs_left_out", 0)
+        where = f"- **sparsity {r[TARGET_SPARSITY]:g}**: "
+        unfinished = f"{left} pair(s) left out: a trial not finished yet" if left else ""
+        if r["n_pairs"] == 0:
+            lines.append(f"{where}{r['a']} vs {r['b']}: no finished pair yet ({unfinished}).")
+            continue
         if diff == 0:
             head = f"{r['a']} and {r['b']} tie"
         else:
+            good = diff > 0 if higher_is_better(metric) else diff < 0
             winner, loser = (r["a"], r["b"]) if good else (r["b"], r["a"])
             head = f"{winner} is ahead of {loser}"
-        p, p_holm = r["p_value"], r.get("p_holm", float("nan"))
-        family = f"Holm's correction for the report's {tested} tests"
-        if r["n_pairs"] < 2 or (isinstance(p, float) and math.isnan(p)):
-            sig = "too few seeds to test (n < 2)"
-        elif p >= alpha:
-            sig = f"not significant (p = {p:.3g})"
-        elif math.isnan(p_holm) or tested < 2:
-            sig = f"significant (paired t-test p = {p:.3g} < {alpha})"
-        elif p_holm < alpha:
-            sig = f"significant (paired t-test p = {p:.3g}; {p_holm:.3g} after {family})"
-        else:
-            sig = f"significant alone (p = {p:.3g}) but not after {family} ({p_holm:.3g})"
+        d_z = r.get("d_z", math.nan)
+        effect = "" if math.isnan(d_z) else f", d_z = {d_z:+.2f}"
+        _, sig = _significance(r, tested, alpha)
         lines.append(
-            f"- **sparsity {r[TARGET_SPARSITY]:g}**: {head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
+            f"{where}{head}: {r['a']} − {r['b']} = {_fmt(diff, metric, True)} "
             f"(95% CI {_fmt(r['ci95_low'], metric, True)} to {_fmt(r['ci95_high'], metric, True)}; "
-            f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}{_budgets(r)}); {sig}."
+            f"{r['a']} better in {r['a_wins']}/{r['n_pairs']} seeds, ties {r['ties']}{effect}{_budgets(r)}"
+            f"{'; ' + unfinished if left else ''}); {sig}."
         )
+    return lines
+
+
+def _size(effect: float, metric: str) -> str:
+    return f"{effect * 100:.2f} pts" if is_percent(metric) else f"{effect:.4g}"
+
+
+def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None = None) -> list[str]:
+    """One sentence per comparison the report leaves undecided: about how many seeds would decide it
+    (``seeds_needed``; with ``effect``, also to detect that difference), as a ``prunesweep extend``
+    command for ``experiment``."""
+    tested = _tested(comparison)
+    extend = f"prunesweep extend {shlex.quote(str(experiment))} --set seeds="
+    lines = []
+    for _, r in comparison.iterrows():
+        if _significance(r, tested)[0]:
+            continue
+        what = f"To tell {r['a']} from {r['b']} at {r[TARGET_SPARSITY]:g}"
+        n, need = int(r["n_pairs"]), r["seeds_needed"]
+        if n < MIN_SEEDS:
+            line = (f"{what}, {n} finished pair(s) are too few to estimate the spread between seeds; "
+                    f"at least {MIN_SEEDS} are needed first")
+        elif math.isnan(need):
+            line = (f"{what}, no number of seeds would do: over {n} seeds their mean difference is exactly zero, "
+                    "so there is no observed difference to detect")
+        elif need > n:
+            need = int(need)
+            line = f"{what} would take about {need} seeds (extend with `{extend}{need}`; observed d_z = {r['d_z']:+.2f})"
+        else:
+            line = (f"{what}: the observed difference (d_z = {r['d_z']:+.2f}) would need only about {int(need)} "
+                    f"seeds and {n} are paired, yet it is not significant: that estimate comes from the same few "
+                    "seeds, is noisy and ignores any correction for several tests; more seeds would settle it")
+        wanted = r.get(EFFECT_COLUMN, math.nan)
+        if effect is not None and not math.isnan(wanted):
+            line += f"; a difference of {_size(effect, r['metric'])} would take about {int(wanted)} seeds"
+            line += f" (`{extend}{int(wanted)}`)" if wanted > n else f" ({n} are paired)"
+        if r.get("pairs_left_out", 0):
+            line += f"; {r['pairs_left_out']} more pair(s) count once their trials finish"
+        lines.append(f"- {line}.")
     return lines
 
 
@@ -109,14 +167,17 @@ def _png(figure, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95") -> dict:
+def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95",
+                 effect: float | None = None) -> dict:
     """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths.
 
-    Both may be local folders or object-store URIs (``s3://...``), in any combination.
+    Both may be local folders or object-store URIs (``s3://...``), in any combination. ``effect``: a
+    difference worth detecting, in ``metric``'s units (:func:`analysis.stats.compare`).
     """
     if error not in ERROR_BARS:
         raise ValueError(f"--error must be one of {', '.join(ERROR_BARS)}; got {error!r}")
-    experiment = storage.normalise(str(experiment))
+    given = str(experiment)
+    experiment = storage.normalise(given)
     df = load_experiment(experiment)
     if df.empty:
         raise ValueError(f"{experiment}: no trial has reported yet")
@@ -128,8 +189,9 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     out = storage.normalise(str(out)) if out else storage.join(experiment, ANALYSIS_DIR)
     done = completion(df, experiment)
     summary = summarize(df, metric)
-    comparison = compare_all(df, metric)
-    names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_sparsity": f"{metric}_vs_sparsity.png",
+    comparison = compare_all(df, metric, effect)
+    names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_difference": "difference_vs_sparsity.png",
+             "vs_sparsity": f"{metric}_vs_sparsity.png",
              "vs_epoch": f"{metric}_vs_epoch.png", "layers": "layer_sparsity.png", "report": "report.md"}
     curves = not healthy(df).empty  # when every trial diverged there is nothing to draw per epoch
     if not (layers and curves):
@@ -139,6 +201,7 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     files = {key: storage.join(out, name) for key, name in names.items()}
     storage.write_bytes(files["summary"], summary.to_csv(index=False).encode())
     storage.write_bytes(files["comparison"], comparison.to_csv(index=False).encode())
+    storage.write_bytes(files["vs_difference"], _png(plot_difference_vs_sparsity(comparison, metric), 120))
     storage.write_bytes(files["vs_sparsity"], _png(plot_metric_vs_sparsity(df, metric, error), 120))
     if "vs_epoch" in files:
         storage.write_bytes(files["vs_epoch"], _png(plot_metric_vs_epoch(df, metric), 110))
@@ -161,13 +224,20 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
                      "finished before; its later rungs have no result).")
     if done["missing"] > 0:
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
-                     "below use the reports that exist (`prunesweep resume` finishes the rest).")
+                     "below use the finished trials (and the rungs a ladder has finished); the summary's `unfinished` "
+                     "and the comparisons' `pairs_left_out` count the rest (`prunesweep resume` finishes them).")
     for line in _protocol(config):
         lines += ["", line]
     lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
               f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
-    lines += ["## Verdict", ""]
+    lines += ["## Verdict", "", f"![difference a − b vs sparsity]({names['vs_difference']})", ""]
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
+    advice = seed_advice(comparison, given, effect)
+    if advice:
+        lines += ["", "## How many seeds", "",
+                  f"For a two-sided paired t-test at α = {ALPHA:g} to detect the difference with {POWER:.0%} power, "
+                  "taking the spread between seeds seen so far as the truth (itself an estimate from few seeds); "
+                  "a seed counts once both arms finished it.", "", *advice]
     lines += ["", f"![{metric} vs sparsity]({names['vs_sparsity']})", "",
               "## Summary per schedule and sparsity", "", _table(summary), "",
               "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", ""]

@@ -2,21 +2,30 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.power import TTestPower
 
-from .load import final_results, healthy, with_arms
+from .load import final_results, healthy, is_complete, with_arms
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
-                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_diverged)
+                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better)
 
+ALPHA = 0.05      # the significance level of every test and interval (95%)
+POWER = 0.8       # the chance of detecting a difference that seeds_needed plans for
+MIN_SEEDS = 2     # the fewest pairs a paired t-test can use
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
+UNFINISHED, MISSING = "unfinished", "missing"
 
 
 def _finals(df: pd.DataFrame) -> pd.DataFrame:
+    """The last report of every trial at every target sparsity, finished or not (unique index)."""
     df = with_arms(df)
-    return final_results(df) if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any() else df
+    if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any():
+        return final_results(df)
+    return df.reset_index(drop=True)
 
 
 def t_interval(mean: float, sd: float, n: int) -> tuple[float, float, float]:
@@ -24,87 +33,162 @@ def t_interval(mean: float, sd: float, n: int) -> tuple[float, float, float]:
     if n < 2:
         return float("nan"), float("nan"), float("nan")
     sem = sd / math.sqrt(n)
-    half = stats.t.ppf(0.975, n - 1) * sem
+    half = stats.t.ppf(1 - ALPHA / 2, n - 1) * sem
     return sem, mean - half, mean + half
 
 
 def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Per group of ``by``: n, mean, std (n-1), sem, 95% CI (t), min and max of ``metric``."""
+    """Per group of ``by``: n, mean, std (n-1), sem, 95% CI (t), min and max of ``metric``; NaN
+    values are left out (n counts the others; a group of none has n = 0 and NaN statistics)."""
     rows = []
     for key, group in df.groupby(by, sort=True):
-        values = group[metric].astype(float).to_numpy()
+        values = group[metric].astype(float).dropna().to_numpy()
         n = len(values)
-        mean = float(values.mean())
+        mean, low, high = (float(values.mean()), float(values.min()), float(values.max())) if n else (math.nan,) * 3
         sd = float(values.std(ddof=1)) if n > 1 else float("nan")
-        sem, low, high = t_interval(mean, sd, n)
-        rows.append([*key, metric, n, mean, sd, sem, low, high, float(values.min()), float(values.max())])
+        sem, ci_low, ci_high = t_interval(mean, sd, n)
+        rows.append([*key, metric, n, mean, sd, sem, ci_low, ci_high, low, high])
     return pd.DataFrame(rows, columns=[*by, "metric", *STAT_COLUMNS])
 
 
 def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Per (schedule, retraining regime, target_sparsity) of the final results: n, mean, std, sem,
-    95% CI (t), min, max, and ``diverged``: how many trials diverged and are left out of n and the rest.
+    """Per (schedule, retraining regime, target_sparsity): n, mean, std, sem, 95% CI (t), min and
+    max of the complete final results (:func:`analysis.load.is_complete`), and what is left out of
+    all of them, counted: ``diverged`` (trials that diverged), ``unfinished`` (trials still short of
+    their final epoch: a partial experiment's numbers would move) and ``missing`` (a NaN value in a
+    trial that did not diverge). :func:`compare` leaves out the same reports.
 
     ``std`` uses n-1; with n = 1 the spread columns are NaN.
     """
     by = [SCHEDULE, RETRAIN, TARGET_SPARSITY]
     finals = _finals(df)
-    table = describe(healthy(finals), by, metric)
-    lost = finals[is_diverged(finals)].groupby(by).size().rename(DIVERGED).reset_index()
-    table = table.merge(lost, on=by, how="outer").sort_values(by, ignore_index=True)
+    status = np.select([~finals.index.isin(healthy(finals).index), ~is_complete(finals), finals[metric].isna()],
+                       [DIVERGED, UNFINISHED, MISSING], "")
+    counted = [DIVERGED, UNFINISHED, MISSING]
+    left_out = finals.groupby([*by, status]).size().unstack(fill_value=0).reindex(columns=counted, fill_value=0)
+    table = describe(finals[status == ""], by, metric)
+    table = table.merge(left_out.reset_index(), on=by, how="outer").sort_values(by, ignore_index=True)
     table["metric"] = metric
     table["n"] = table["n"].fillna(0).astype(int)
-    table[DIVERGED] = table[DIVERGED].fillna(0).astype(int)
-    return table[[*by, "metric", "n", DIVERGED, *STAT_COLUMNS[1:]]]
+    table[counted] = table[counted].fillna(0).astype(int)
+    return table[[*by, "metric", "n", *counted, *STAT_COLUMNS[1:]]]
 
 
-COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "mean_a", "mean_b", "mean_diff",
-                   "ci95_low", "ci95_high", "t_statistic", "p_value", "a_wins", "b_wins", "ties", "epochs_a", "epochs_b"]
+@lru_cache(maxsize=None)
+def _detectable(n: int) -> float:
+    """The smallest standardized difference that ``n`` pairs detect with :data:`POWER`."""
+    return float(TTestPower().solve_power(nobs=n, alpha=ALPHA, power=POWER, alternative="two-sided"))
 
 
-def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
-    per target sparsity, paired by seed (a seed where either diverged is no pair): mean difference
-    a-b, its 95% CI, the paired t-test's p-value, how many seeds each won (by ``metric``'s
-    direction), and the budget each side had trained when compared (``epochs_a``, ``epochs_b``:
-    mean fine-tuning epochs; a ladder's count every rung so far).
+def seeds_needed(effect_size: float) -> float:
+    """The seeds (pairs) a two-sided paired t-test at :data:`ALPHA` needs to detect a standardized
+    difference ``effect_size`` (mean difference / sd of the differences) with :data:`POWER`: the
+    smallest whole number, at least :data:`MIN_SEEDS`.
 
-    When all differences are equal the t-test is undefined: p is 1.0 if they are all zero,
-    else 0.0 (every seed agrees exactly).
+    NaN for 0 or NaN (no difference: no number of seeds detects it); ``MIN_SEEDS`` for an infinite
+    one (every seed differs by the same amount). statsmodels solves for the seeds; for the fewest
+    seeds (effects of about 3.3 sd and more, where that solver fails) the effect each detects is
+    solved for instead.
     """
-    finals = healthy(_finals(df))
-    chosen = finals[finals[ARM].isin([a, b])]
-    table = chosen.pivot_table(index=[TARGET_SPARSITY, SEED], columns=ARM, values=metric, aggfunc="last")
-    spent = (chosen.pivot_table(index=[TARGET_SPARSITY, SEED], columns=ARM, values=EPOCH, aggfunc="last")
-             if EPOCH in chosen else None)
+    d = abs(effect_size)
+    if not d > 0:
+        return math.nan
+    for n in (MIN_SEEDS, MIN_SEEDS + 1):
+        if d >= _detectable(n):
+            return float(n)
+    return float(math.ceil(TTestPower().solve_power(effect_size=d, alpha=ALPHA, power=POWER,
+                                                    alternative="two-sided")))
+
+
+def _wilcoxon(diff: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired differences (NaN for fewer than 2; 1.0 when all
+    are zero, which scipy cannot rank)."""
+    if len(diff) < MIN_SEEDS:
+        return math.nan
+    if not diff.any():
+        return 1.0
+    return float(stats.wilcoxon(diff).pvalue)
+
+
+def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
+    """:func:`compare`'s statistics of the paired differences ``diff`` (a - b, at least one)."""
+    n = len(diff)
+    mean = float(diff.mean())
+    sd = math.nan if n < 2 else 0.0 if (diff == diff[0]).all() else float(diff.std(ddof=1))
+    _, low, high = t_interval(mean, sd, n)
+    if n < MIN_SEEDS:
+        t, p, d_z = math.nan, math.nan, math.nan
+    elif sd == 0:
+        t, p, d_z = (math.nan, 1.0, math.nan) if mean == 0 else (math.copysign(math.inf, mean), 0.0,
+                                                                  math.copysign(math.inf, mean))
+    else:
+        res = stats.ttest_1samp(diff, 0.0)  # the paired t-test
+        t, p, d_z = float(res.statistic), float(res.pvalue), mean / sd
+    wins_a, wins_b = int((better * diff > 0).sum()), int((better * diff < 0).sum())
+    row = {"mean_diff": mean, "ci95_low": low, "ci95_high": high, "t_statistic": t, "p_value": p,
+           "wilcoxon_p": _wilcoxon(diff), "a_wins": wins_a, "b_wins": wins_b, "ties": n - wins_a - wins_b,
+           "d_z": d_z, "seeds_needed": seeds_needed(d_z)}
+    if effect is not None:  # a spread of 0 detects any difference at once
+        row[EFFECT_COLUMN] = seeds_needed(effect / sd if sd > 0 else math.inf if sd == 0 else math.nan)
+    return row
+
+
+COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "pairs_left_out", "mean_a", "mean_b", "mean_diff",
+                   "ci95_low", "ci95_high", "t_statistic", "p_value", "wilcoxon_p", "a_wins", "b_wins", "ties",
+                   "d_z", "seeds_needed", "epochs_a", "epochs_b"]
+EFFECT_COLUMN = "seeds_needed_effect"
+
+
+def _columns(effect: float | None) -> list[str]:
+    return COMPARE_COLUMNS + ([EFFECT_COLUMN] if effect is not None else [])
+
+
+def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effect: float | None = None) -> pd.DataFrame:
+    """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
+    per target sparsity, paired by seed, on the reports :func:`summarize` uses: a seed where either
+    side diverged, is unfinished or has a NaN value is no pair; ``pairs_left_out`` counts the seeds
+    where both sides have a value but one is unfinished (a sparsity with no pair yet but some left
+    out has a row with ``n_pairs`` 0 and no statistics).
+
+    Columns: mean difference a-b, its 95% CI, the paired t-test's t and p, the Wilcoxon
+    signed-rank test's p (``wilcoxon_p``: robust to one wild seed), how many seeds each won (by
+    ``metric``'s direction), Cohen's ``d_z`` (mean / sd of the differences), ``seeds_needed`` for the
+    paired t-test to detect the observed ``d_z`` (:func:`seeds_needed`), with ``effect`` (a difference
+    in ``metric``'s units) ``seeds_needed_effect`` to detect that given the observed sd, and the
+    budget each side had trained when compared (``epochs_a``, ``epochs_b``: mean fine-tuning epochs;
+    a ladder's count every rung so far).
+
+    With fewer than 2 pairs the tests, ``d_z`` and the seeds are NaN. When all differences are equal
+    the t-test is undefined: if they are all zero p is 1.0 and ``d_z`` NaN, else p is 0.0 and ``d_z``
+    ±inf (every seed agrees exactly; 2 seeds then suffice, for any ``effect`` too).
+    """
+    finals = _finals(df)
+    chosen = healthy(finals.assign(_complete=is_complete(finals)))
+    chosen = chosen[chosen[ARM].isin([a, b])]
+    index = [TARGET_SPARSITY, SEED]
+    table = chosen.pivot_table(index=index, columns=ARM, values=metric, aggfunc="last")
+    complete = chosen.pivot_table(index=index, columns=ARM, values="_complete", aggfunc="last")
+    spent = chosen.pivot_table(index=index, columns=ARM, values=EPOCH, aggfunc="last") if EPOCH in chosen else None
     rows = []
     better = 1 if higher_is_better(metric) else -1
     for target, group in table.groupby(level=0, sort=True):
         if a not in group or b not in group:
             continue
-        pairs = group[[a, b]].dropna()
-        n = len(pairs)
-        if n == 0:
-            continue
-        # rounded far below any metric's precision, so that equal gains and losses cancel exactly
-        diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), 12)
-        mean = float(diff.mean())
-        sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
-        _, low, high = t_interval(mean, sd, n)
-        if n < 2:
-            t, p = float("nan"), float("nan")
-        elif sd == 0:
-            t, p = (float("nan"), 1.0) if mean == 0 else (math.copysign(float("inf"), mean), 0.0)
-        else:
-            res = stats.ttest_1samp(diff, 0.0)  # the paired t-test
-            t, p = float(res.statistic), float(res.pvalue)
-        wins_a = int((better * diff > 0).sum())
-        wins_b = int((better * diff < 0).sum())
-        epochs = [float(spent.loc[pairs.index, side].mean()) if spent is not None and side in spent else float("nan")
-                  for side in (a, b)]
-        rows.append([a, b, target, metric, n, float(pairs[a].mean()), float(pairs[b].mean()), mean, low, high,
-                     t, p, wins_a, wins_b, n - wins_a - wins_b, *epochs])
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+        reported = group[[a, b]].dropna()
+        final = complete.loc[reported.index, [a, b]].all(axis=1)
+        pairs = reported[final]
+        row = {"a": a, "b": b, TARGET_SPARSITY: target, "metric": metric, "n_pairs": len(pairs),
+               "pairs_left_out": int((~final).sum()), "a_wins": 0, "b_wins": 0, "ties": 0}
+        if not pairs.empty:
+            # rounded far below any metric's precision, so that equal gains and losses cancel exactly
+            diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), 12)
+            row.update(mean_a=float(pairs[a].mean()), mean_b=float(pairs[b].mean()), **_paired(diff, better, effect))
+            if spent is not None:
+                row.update(epochs_a=float(spent.loc[pairs.index, a].mean()),
+                           epochs_b=float(spent.loc[pairs.index, b].mean()))
+        if row["n_pairs"] or row["pairs_left_out"]:
+            rows.append(row)
+    return pd.DataFrame(rows, columns=_columns(effect))
 
 
 def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -139,13 +223,14 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
-    """Every default comparison (:func:`default_comparisons`) at every sparsity, with ``p_holm``:
-    the p-values adjusted by Holm's method over all these comparisons together."""
-    frames = [compare(df, a, b, metric) for a, b in default_comparisons(df)]
+def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect: float | None = None) -> pd.DataFrame:
+    """Every default comparison (:func:`default_comparisons`) at every sparsity (:func:`compare`,
+    ``effect`` passed on), with ``p_holm``: the p-values adjusted by Holm's method over all these
+    comparisons together."""
+    frames = [compare(df, a, b, metric, effect) for a, b in default_comparisons(df)]
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=COMPARE_COLUMNS + ["p_holm"])
+        return pd.DataFrame(columns=_columns(effect) + ["p_holm"])
     table = pd.concat(frames, ignore_index=True)
     table["p_holm"] = holm(table["p_value"])
     return table

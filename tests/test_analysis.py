@@ -42,8 +42,9 @@ def test_summarize_matches_hand_computation():
     assert g["min"] == 0.88 and g["max"] == 0.95
     i = s.loc["instant"]  # n = 1: a mean, no spread
     assert i["n"] == 1 and i["mean"] == 0.8 and math.isnan(i["std"]) and math.isnan(i["ci95_low"])
-    assert list(summarize(df).columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged", "mean", "std", "sem",
-                                           "ci95_low", "ci95_high", "min", "max"]
+    assert list(summarize(df).columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged",
+                                           "unfinished", "missing", "mean", "std", "sem", "ci95_low", "ci95_high",
+                                           "min", "max"]
 
 
 def test_summarize_uses_last_epoch_only():
@@ -122,23 +123,54 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
     assert lines[0.5].startswith("- **sparsity 0.5**: gradual is ahead of instant: gradual − instant = +1.50 pts")
     assert "significant alone" in lines[0.5] and family in lines[0.5]
     assert "significant alone" in lines[0.8]
-    assert f"significant (paired t-test p = {p[0.9]:.3g}; {3 * p[0.9]:.3g} after {family})" in lines[0.9]
+    w = stats.wilcoxon(np.array(with_gain(steady)) - np.array(base)).pvalue
+    # the undecided ones (not after Holm) say how many seeds would decide them; the decided one does not
+    from analysis.report import seed_advice
+
+    d = {t: np.round(np.array(with_gain(g)) - np.array(base), 12) for t, g in ((0.5, noisy_a), (0.8, noisy_b))}
+    need = {t: smallest_n(v.mean() / v.std(ddof=1)) for t, v in d.items()}
+    assert need == {0.5: 6, 0.8: 7}
+    assert seed_advice(compare_all(df), "runs/my exp") == [
+        f"- To tell gradual from instant at {t} would take about {need[t]} seeds (extend with "
+        f"`prunesweep extend 'runs/my exp' --set seeds={need[t]}`; observed d_z = {v.mean() / v.std(ddof=1):+.2f})."
+        for t, v in d.items()]
+    # enough seeds by the estimate, yet not significant after a large family's correction; too few to estimate
+    row = dict(a="gradual", b="instant", metric="test_accuracy", n_pairs=8, pairs_left_out=0, p_value=0.004,
+               p_holm=0.06, d_z=1.6, seeds_needed=6.0)
+    few = {**row, "target_sparsity": 0.95, "n_pairs": 1, "p_value": math.nan, "d_z": math.nan, "seeds_needed": math.nan}
+    decided = {**row, "target_sparsity": 0.8, "p_value": 0.0001, "p_holm": 0.0003}  # makes the family 2 tests
+    said = seed_advice(pd.DataFrame([decided, {**row, "target_sparsity": 0.9}, few]), "exp")
+    assert len(said) == 2
+    assert said[0] == ("- To tell gradual from instant at 0.9: the observed difference (d_z = +1.60) would need only "
+                       "about 6 seeds and 8 are paired, yet it is not significant: that estimate comes from the same "
+                       "few seeds, is noisy and ignores any correction for several tests; more seeds would settle it.")
+    assert said[1] == ("- To tell gradual from instant at 0.95, 1 finished pair(s) are too few to estimate the spread "
+                       "between seeds; at least 2 are needed first.")
+    assert f"significant (paired t-test p = {p[0.9]:.3g}; {3 * p[0.9]:.3g} after {family}; Wilcoxon p = {w:.3g})" \
+        in lines[0.9]
 
 
 def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     out = tmp_path / "analysis"
     assert analyze_main([str(tiny_experiment), "--out", str(out), "--error", "std"]) == 0
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged", "mean", "std",
-                                     "sem", "ci95_low", "ci95_high", "min", "max"]
+    assert list(summary.columns) == ["schedule", "retrain", "target_sparsity", "metric", "n", "diverged", "unfinished",
+                                     "missing", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
     assert set(summary["schedule"]) == {"instant", "gradual2", "ladder"} and (summary["n"] == 2).all()
     comparison = pd.read_csv(out / "comparison.csv")
     assert set(zip(comparison["a"], comparison["b"])) == {("gradual2", "instant"), ("ladder", "instant")}
+    assert list(comparison.columns) == ["a", "b", "target_sparsity", "metric", "n_pairs", "pairs_left_out", "mean_a",
+                                        "mean_b", "mean_diff", "ci95_low", "ci95_high", "t_statistic", "p_value",
+                                        "wilcoxon_p", "a_wins", "b_wins", "ties", "d_z", "seeds_needed", "epochs_a",
+                                        "epochs_b", "p_holm"]
+    assert (comparison["pairs_left_out"] == 0).all() and (comparison["n_pairs"] == 2).all()
     report = (out / "report.md").read_text()
     assert "10 finished of 10 expected" in report and "## Verdict" in report and "sparsity 0.9" in report
     assert "Model `small_cnn` on `digits`" in report  # from the experiment's prunesweep.yaml
     import matplotlib.image as mpimg
-    for png in ("test_accuracy_vs_sparsity.png", "test_accuracy_vs_epoch.png", "layer_sparsity.png"):
+    assert report.index("difference_vs_sparsity.png") < report.index("test_accuracy_vs_sparsity.png")
+    for png in ("difference_vs_sparsity.png", "test_accuracy_vs_sparsity.png", "test_accuracy_vs_epoch.png",
+                "layer_sparsity.png"):
         assert (out / png).name in report
         image = mpimg.imread(out / png)
         assert image.shape[0] > 200 and image.shape[1] > 300
@@ -204,7 +236,8 @@ def test_notebook_executes(tiny_experiment, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "gradual2" in text and "instant" in text and "ci95_low" in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert "seeds_needed" in text and "pairs_left_out" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
 
 
 def test_plots_return_figures_drawn_from_the_statistics():
@@ -270,6 +303,9 @@ def test_a_diverged_ladder_keeps_the_rungs_it_finished():
     assert kept["target_sparsity"].tolist() == [0.5, 0.5]
     s = summarize(pd.DataFrame(rows)).set_index("target_sparsity")
     assert s.loc[0.5, "n"] == 1 and s.loc[0.5, "mean"] == 0.91 and s.loc[0.8, "n"] == 0 and s.loc[0.8, "diverged"] == 1
+    # with its budget known: it ended (diverged) at epoch 4 of 10, so its first rung is complete, not unfinished
+    s = summarize(pd.DataFrame(rows).assign(budget_epochs=10)).set_index("target_sparsity")
+    assert s.loc[0.5, ["n", "unfinished"]].tolist() == [1, 0] and s.loc[0.8, ["diverged", "unfinished"]].tolist() == [1, 0]
 
 
 def test_report_when_every_trial_diverged(tmp_path):
@@ -325,3 +361,222 @@ def test_arms_are_schedule_and_regime_and_each_is_compared_within_its_regime_and
     # an experiment from before regimes (no retrain column) is all fine-tuning
     old = df[df["retrain"] == "finetune"].drop(columns="retrain")
     assert default_comparisons(old) == [("ladder", "instant")] and set(summarize(old)["retrain"]) == {"finetune"}
+
+
+# ---------------------------------------------------------------- effect sizes, power, partial experiments
+
+
+def power(d: float, n: int) -> float:
+    """A two-sided one-sample t-test's power at alpha 0.05: P(|T| > t_crit), T noncentral t."""
+    crit, nc = stats.t.ppf(0.975, n - 1), d * math.sqrt(n)
+    return stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
+
+
+def smallest_n(d: float) -> int:
+    n = 2
+    while not power(d, n) >= 0.8:
+        n += 1
+    return n
+
+
+def test_effect_size_wilcoxon_and_seeds_needed_against_hand_computations():
+    a = [0.90, 0.85, 0.93, 0.88, 0.91]
+    b = [0.89, 0.86, 0.90, 0.84, 0.91]
+    df = frame({("gradual", 0.9): a, ("instant", 0.9): b})
+    c = compare(df, "gradual", "instant", effect=0.01).iloc[0]
+    d = np.round(np.array(a) - np.array(b), 12)
+    d_z = d.mean() / d.std(ddof=1)
+    assert c["d_z"] == pytest.approx(d_z)
+    assert c["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert c["seeds_needed"] == smallest_n(d_z) == 20
+    assert c["seeds_needed_effect"] == smallest_n(0.01 / d.std(ddof=1))
+    cols = list(c.index)
+    assert cols.index("wilcoxon_p") == cols.index("p_value") + 1 and cols.index("pairs_left_out") == cols.index("n_pairs") + 1
+    assert cols[cols.index("ties") + 1:cols.index("ties") + 3] == ["d_z", "seeds_needed"]
+    # an exact Wilcoxon p by hand: |d| ranks 1..4, the one negative difference has rank 1, so
+    # W- = 1; P(W- <= 1) = 2 of the 16 sign patterns, two-sided p = 2 * 2/16
+    tiny = compare(frame({("gradual", 0.5): [0.53, 0.49, 0.52, 0.54], ("instant", 0.5): [0.5] * 4}),
+                   "gradual", "instant").iloc[0]
+    assert tiny["wilcoxon_p"] == pytest.approx(0.25)
+    from analysis import seeds_needed
+    for effect in (0.3, 0.8, 1.5, 2.5, 3.2, 3.3, 5.0, -1.5):
+        assert seeds_needed(effect) == smallest_n(abs(effect)), effect
+    # beyond ~3.3 sd statsmodels' solver for n fails; 2 seeds detect an effect only from ~11.55 sd:
+    # power at n = 2 (df 1) by hand, P(|Z + nc| > c |W|) for independent standard normals Z, W
+    from scipy import integrate
+
+    def power_two(d):
+        c, nc = stats.t.ppf(0.975, 1), d * math.sqrt(2)
+        return integrate.quad(lambda w: 2 * stats.norm.pdf(w) * (stats.norm.cdf(nc - c * w) + stats.norm.cdf(-nc - c * w)),
+                              0, np.inf)[0]
+    assert power_two(11.4) < 0.8 < power_two(11.7) and power(6.0, 3) > 0.8
+    assert [seeds_needed(x) for x in (6.0, 9.0, 11.4, 11.7, 50.0, math.inf)] == [3, 3, 3, 2, 2, 2]
+
+
+def test_paired_statistics_edge_cases():
+    df = frame({("gradual", 0.5): [0.6, 0.7, 0.8], ("instant", 0.5): [0.5, 0.6, 0.7],     # all +0.1
+                ("gradual", 0.8): [0.6, 0.7, 0.8], ("instant", 0.8): [0.6, 0.7, 0.8],     # all 0
+                ("gradual", 0.9): [0.6], ("instant", 0.9): [0.5]})                        # n = 1
+    c = compare(df, "gradual", "instant", effect=0.02).set_index("target_sparsity")
+    same = c.loc[0.5]
+    assert same["d_z"] == math.inf and same["p_value"] == 0.0 and same["seeds_needed"] == 2
+    assert same["wilcoxon_p"] == pytest.approx(2 / 8)  # all three positive: 1 of 8 sign patterns, two-sided
+    assert same["seeds_needed_effect"] == 2  # no spread: any difference shows at once
+    losses = compare(df, "instant", "gradual").set_index("target_sparsity").loc[0.5]
+    assert losses["d_z"] == -math.inf and losses["seeds_needed"] == 2
+    zero = c.loc[0.8]
+    assert math.isnan(zero["d_z"]) and zero["p_value"] == 1.0 and zero["wilcoxon_p"] == 1.0
+    assert math.isnan(zero["seeds_needed"])
+    one = c.loc[0.9]
+    assert one["n_pairs"] == 1 and all(math.isnan(one[k]) for k in ("d_z", "wilcoxon_p", "seeds_needed",
+                                                                     "seeds_needed_effect"))
+    assert "seeds_needed_effect" not in compare(df, "gradual", "instant")
+
+
+def test_summarize_leaves_out_and_counts_nan_values():
+    df = frame({("gradual", 0.9): [0.91, float("nan"), 0.95, 0.90], ("instant", 0.9): [0.80, 0.82, 0.81, 0.84]})
+    df["diverged"] = False
+    df.loc[(df["schedule"] == "gradual") & (df["seed"] == 3), ["diverged", "test_accuracy"]] = [True, float("nan")]
+    s = summarize(df).set_index("schedule")
+    g = s.loc["gradual"]
+    assert (g["n"], g["diverged"], g["missing"], g["unfinished"]) == (2, 1, 1, 0)
+    assert g["mean"] == pytest.approx((0.91 + 0.95) / 2) and (g["min"], g["max"]) == (0.91, 0.95)
+    assert s.loc["instant", "n"] == 4 and s.loc["instant", "missing"] == 0
+    c = compare(df, "gradual", "instant").iloc[0]  # the same seeds are left out of the pairs
+    assert c["n_pairs"] == 2 and c["mean_diff"] == pytest.approx(((0.91 - 0.80) + (0.95 - 0.81)) / 2)
+
+
+def reports(trial, schedule, kind, seed, budget, steps):
+    """A trial's per-epoch reports: steps = [(target, epoch, accuracy), ...]."""
+    return [{"trial_id": trial, "schedule": schedule, "schedule_kind": kind, "target_sparsity": t, "seed": seed,
+             "epoch": e, "budget_epochs": budget, "diverged": False, "test_accuracy": acc} for t, e, acc in steps]
+
+
+def test_partial_experiment_pairs_only_final_reports_and_finished_ladder_rungs():
+    from analysis import complete_results
+
+    rows = []
+    for seed in range(3):
+        for target in (0.5, 0.9):
+            last = 1 if (seed, target) == (1, 0.5) else 2  # one instant trial at epoch 1 of 2
+            rows += reports(f"i{seed}-{target}", "instant", "instant", seed, 2,
+                            [(target, e, 0.8 - target / 10 + seed / 100 + e / 1000) for e in range(1, last + 1)])
+    # ladders: rung 0.5 in epochs 1-2, rung 0.9 in 3-4; seed 1 is in its last rung, seed 2 in its first
+    ladder = {0: [(0.5, 1, 0.7), (0.5, 2, 0.81), (0.9, 3, 0.7), (0.9, 4, 0.75)],
+              1: [(0.5, 1, 0.7), (0.5, 2, 0.83), (0.9, 3, 0.74)],
+              2: [(0.5, 1, 0.79)]}
+    for seed, steps in ladder.items():
+        rows += reports(f"L{seed}", "ladder", "ladder", seed, 4, steps)
+    df = pd.DataFrame(rows)
+    done = complete_results(df)
+    assert sorted(done.loc[done["schedule"] == "ladder", ["seed", "target_sparsity"]].itertuples(index=False)) == \
+        [(0, 0.5), (0, 0.9), (1, 0.5)]
+    c = compare(df, "ladder", "instant").set_index("target_sparsity")
+    # at 0.5 seed 1's instant trial is unfinished (its ladder's rung is done), seed 2's ladder is still on it
+    assert (c.loc[0.5, "n_pairs"], c.loc[0.5, "pairs_left_out"]) == (1, 2)
+    assert c.loc[0.5, "mean_diff"] == pytest.approx(0.81 - 0.752)
+    assert (c.loc[0.9, "n_pairs"], c.loc[0.9, "pairs_left_out"]) == (1, 1)  # seed 1's ladder is on its last rung
+    assert c.loc[0.9, "mean_diff"] == pytest.approx(0.75 - 0.712)
+    s = summarize(df).set_index(["schedule", "target_sparsity"])
+    assert s.loc[("ladder", 0.5), ["n", "unfinished"]].tolist() == [2, 1]
+    assert s.loc[("ladder", 0.9), ["n", "unfinished"]].tolist() == [1, 1]
+    assert s.loc[("instant", 0.5), ["n", "unfinished", "mean"]].tolist() == [2, 1, pytest.approx((0.752 + 0.772) / 2)]
+    from analysis.report import verdicts
+    said = dict(zip(c.index, verdicts(c.reset_index())))
+    assert "2 pair(s) left out: a trial not finished yet" in said[0.5] and "1 pair(s) left out" in said[0.9]
+    # no finished pair at all yet: a row that says so
+    early = compare(df[df["seed"] == 2], "ladder", "instant").iloc[0]
+    assert (early["n_pairs"], early["pairs_left_out"]) == (0, 1) and math.isnan(early["mean_diff"])
+    assert verdicts(compare(df[df["seed"] == 2], "ladder", "instant"))[0] == \
+        "- **sparsity 0.5**: ladder vs instant: no finished pair yet (1 pair(s) left out: a trial not finished yet)."
+
+
+def test_difference_plot_is_drawn_from_the_comparison_table():
+    from matplotlib.figure import Figure
+
+    from analysis import compare_all, plot_difference_vs_sparsity
+
+    base = [0.80, 0.82, 0.78, 0.85]
+    df = frame({("instant", 0.5): base, ("gradual", 0.5): [v + g for v, g in zip(base, (0.01, 0.02, -0.005, 0.015))],
+                ("instant", 0.9): base, ("gradual", 0.9): [v + g for v, g in zip(base, (0.05, 0.051, 0.049, 0.05))]})
+    df = pd.concat([df, frame({("cubic", 0.5): [0.79, 0.83, 0.8, 0.84], ("cubic", 0.9): [0.7, 0.72, 0.69, 0.8]})
+                    .assign(schedule_kind="cubic")], ignore_index=True)
+    table = compare_all(df)
+    fig = plot_difference_vs_sparsity(df)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cubic − instant", "gradual − instant"]
+    factors = []
+    for bars, ((a, b), rows) in zip(ax.containers, table.groupby(["a", "b"], sort=False)):
+        rows = rows.sort_values("target_sparsity")
+        line, _, (segments,) = bars.lines
+        x = line.get_xdata()
+        ratio = x * (1 - rows["target_sparsity"].to_numpy())  # x is the compression ratio, shifted a little
+        assert ratio == pytest.approx(np.full(len(x), ratio[0])) and abs(ratio[0] - 1) <= 0.02 + 1e-12
+        factors.append(ratio[0])
+        assert line.get_ydata() == pytest.approx(100 * rows["mean_diff"].to_numpy())
+        for (x0, low), (x1, high), (_, r) in zip(*zip(*segments.get_segments()), rows.iterrows()):
+            assert (low, high) == pytest.approx((100 * r["ci95_low"], 100 * r["ci95_high"]))
+    assert len(set(factors)) == 2
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == sorted(f"{w}/{n}" for w, n in zip(table["a_wins"], table["n_pairs"]))
+    filled = [line for line in ax.lines if line.get_linestyle() == "None" and line.get_marker() == "o"]
+    assert sum(len(line.get_xdata()) for line in filled) == int((table["p_holm"] < 0.05).sum()) >= 1
+    # from the table itself, into given axes: the same points
+    own = Figure()
+    assert plot_difference_vs_sparsity(table, ax=own.subplots()) is own
+    assert own.axes[0].containers[0].lines[0].get_ydata() == pytest.approx(ax.containers[0].lines[0].get_ydata())
+
+
+def write_experiment(folder, values, unfinished=()):
+    """A finished (but for ``unfinished``: (schedule, target, seed)) synthetic experiment on disk."""
+    from analysis.schema import TRIAL_RESULTS_FILE, TUNER_FILE
+
+    folder.mkdir(exist_ok=True)
+    (folder / TUNER_FILE).write_bytes(b"")
+    for (schedule, target), accuracies in values.items():
+        for seed, acc in enumerate(accuracies):
+            trial = f"{schedule}_{target}_{seed}"
+            epochs = 1 if (schedule, target, seed) in unfinished else 2
+            steps = [(target, e, acc) for e in range(1, epochs + 1)]
+            (folder / trial).mkdir()
+            trial_results.write(str(folder / trial / "results.parquet"), trial,
+                                reports(trial, schedule, schedule.rstrip("0123456789"), seed, 2, steps), layers=[])
+    return folder
+
+
+def test_report_leads_with_the_difference_and_says_how_many_seeds(tmp_path):
+    a = [0.90, 0.85, 0.93, 0.88, 0.91, 0.5]
+    b = [0.89, 0.86, 0.90, 0.84, 0.91, 0.6]
+    same = [0.7, 0.8, 0.75, 0.72, 0.71, 0.7]
+    path = write_experiment(tmp_path / "exp", {("gradual4", 0.9): a, ("instant", 0.9): b,
+                                                ("gradual4", 0.5): same, ("instant", 0.5): same},
+                            unfinished={("gradual4", 0.9, 5)})
+    out = tmp_path / "out"
+    assert analyze_main([str(path), "--out", str(out), "--effect", "1"]) == 0
+    text = (out / "report.md").read_text()
+    lines = text.splitlines()
+    first_image = next(i for i, line in enumerate(lines) if line.startswith("!["))
+    assert lines[first_image] == "![difference a − b vs sparsity](difference_vs_sparsity.png)"
+    assert lines[first_image - 2] == "## Verdict" and (out / "difference_vs_sparsity.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "comparison.csv").set_index("target_sparsity")
+    d = np.round(np.array(a[:5]) - np.array(b[:5]), 12)
+    n, n_effect = smallest_n(d.mean() / d.std(ddof=1)), smallest_n(0.01 / d.std(ddof=1))
+    assert table.loc[0.9, "seeds_needed"] == n and table.loc[0.9, "seeds_needed_effect"] == n_effect  # 1 pt = 0.01
+    assert table.loc[0.9, "pairs_left_out"] == 1 and table.loc[0.9, "n_pairs"] == 5
+    assert "## How many seeds" in text
+    assert (f"- To tell gradual4 from instant at 0.9 would take about {n} seeds (extend with "
+            f"`prunesweep extend {path} --set seeds={n}`; observed d_z = {d.mean() / d.std(ddof=1):+.2f}); a difference "
+            f"of 1.00 pts would take about {n_effect} seeds (`prunesweep extend {path} --set seeds={n_effect}`); "
+            "1 more pair(s) count once their trials finish.") in lines
+    assert ("- To tell gradual4 from instant at 0.5, no number of seeds would do: over 6 seeds their mean "
+            "difference is exactly zero, so there is no observed difference to detect; a difference "
+            "of 1.00 pts would take about 2 seeds (6 are paired).") in lines
+    assert "1 pair(s) left out: a trial not finished yet" in text and "d_z = +0.68" in text
+
+
+def test_analyze_rejects_a_bad_effect(tmp_path, capsys):
+    for bad in ("0", "-1", "abc"):
+        with pytest.raises(SystemExit) as exit:
+            analyze_main([str(tmp_path), "--effect", bad])
+        assert exit.value.code == 2 and "--effect" in capsys.readouterr().err
