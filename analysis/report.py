@@ -237,7 +237,8 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         lines += ["", "## How many seeds", "",
                   f"For a two-sided paired t-test at α = {ALPHA:g} to detect the difference with {POWER:.0%} power, "
                   "taking the spread between seeds seen so far as the truth (itself an estimate from few seeds); "
-                  "a seed counts once both arms finished it.", "", *advice]
+                  "a seed counts once both arms finished it. This plans for one test alone: the verdicts above "
+                  "apply Holm's correction over all of them, which asks for somewhat more.", "", *advice]
     lines += ["", f"![{metric} vs sparsity]({names['vs_sparsity']})", "",
               "## Summary per schedule and sparsity", "", _table(summary), "",
               "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", ""]
