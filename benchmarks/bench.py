@@ -244,7 +244,8 @@ def _through_prunesweep(cfg: dict, address: str | None) -> float:
 
 def tune_overhead(quick: bool, address: str | None) -> dict:
     """Wall time through ``prunesweep run`` (Ray start, checkpoints every epoch, one trial at a
-    time) / the same trials in a plain loop; and 2 concurrent trials vs 1 through prunesweep."""
+    time) / the same trials in a plain loop; and (not ``quick``) 2 concurrent trials vs 1 through
+    prunesweep."""
     # one digits epoch of ResNet-20 takes about 0.9 s on one core here
     model = "small_cnn" if quick else "resnet20"
     sizes = {"tiny": 3} if quick else {"5s": 6, "30s": 34}
@@ -258,6 +259,8 @@ def tune_overhead(quick: bool, address: str | None) -> dict:
         out[f"plain_loop_s_{label}"] = plain
         out[f"prunesweep_s_{label}"] = serial
         out[f"trial_s_{label}"] = plain / trials
+    if quick:  # a smoke run: the 2-at-a-time sweep is the same path with another config value
+        return out
     label = list(sizes)[-1]  # the longest trials: least start-up in the figure
     parallel = _through_prunesweep(_bench_config(sizes[label], trials, 2, model), address)
     out["parallel_efficiency"] = out[f"prunesweep_s_{label}"] / parallel
@@ -355,19 +358,30 @@ def _state_bytes(experiment: Path) -> tuple[int, int]:
     return state.stat().st_size, len(json.loads(state.read_text())["trial_data"])
 
 
-def bare_tune_trial(folder: str) -> None:
+def bare_tune_trial(folder: str, address: str | None = None) -> None:
     """Four Ray Tune trials that report once, with a one-byte checkpoint (one kept), and nothing of
-    their own: the smallest experiment state Tune keeps per trial."""
+    their own: the smallest experiment state Tune keeps per trial. In this process, on the Ray it
+    already uses, else on ``address`` or a local one (shut down afterwards)."""
+    import ray
     from ray import tune
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, **({} if address else {"num_cpus": 2, "include_dashboard": False}),
+                 log_to_driver=False)
 
     def trial(config):
         with tempfile.TemporaryDirectory() as d:
             Path(d, "x").write_bytes(b"x")
             tune.report({}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    tune.Tuner(trial, param_space={"x": tune.grid_search(list(range(4)))},
-               run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0,
-                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
+    try:
+        tune.Tuner(trial, param_space={"x": tune.grid_search(list(range(4)))},
+                   run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0,
+                                             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def sweep_storage(quick: bool, address: str | None) -> dict:
@@ -395,10 +409,7 @@ def sweep_storage(quick: bool, address: str | None) -> dict:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         experiment = Path(folder) / "s"
         state, trials = _state_bytes(experiment)
-        code = "import ray, sys; from benchmarks.bench import bare_tune_trial; " + (
-            f"ray.init(address={address!r}); " if address else "ray.init(num_cpus=2, include_dashboard=False); ") +             "bare_tune_trial(sys.argv[1]); ray.shutdown()"
-        subprocess.run([sys.executable, "-c", code, folder], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        bare_tune_trial(folder, address)
         bare, bare_trials = _state_bytes(Path(folder) / "bare")
         uploaded = left = full = 0
         for trial in (p for p in experiment.iterdir() if (p / RESULT_FILE).exists()):
@@ -457,7 +468,8 @@ def main(argv=None) -> int:
             ("prune_fraction_of_epoch", "prune_s", "resnet56_cpu_epoch_s_estimate", "s")]
     rows += [(k, f"prunesweep_s_{k.split('_')[-1]}", f"plain_loop_s_{k.split('_')[-1]}", "s")
              for k in figures if k.startswith("tune_overhead_")]
-    rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
+    if "parallel_efficiency" in figures:
+        rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
     rows.append(("streamed_vs_in_memory", "streamed_epoch_s", "in_memory_epoch_s", "s"))
     rows.append(("state_vs_bare_tune", "state_bytes_per_trial", "tune_bare_state_bytes_per_trial", "bytes"))
     rows.append(("checkpoint_upload_reduction", "checkpoint_bytes_per_trial_before", "checkpoint_bytes_per_trial",

@@ -404,9 +404,14 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
         trainable = _trainable(config, phase.refs, path)
         if restore and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            # Tune restores the callbacks pickled at the experiment's start and has no API to change
-            # them: count the grid as it is now (extend grows it) and add this session's trackers
-            run_config = tuner._local_tuner.get_run_config()
+            # Tune restores the search algorithm and callbacks pickled at the experiment's start and has
+            # no API to replace them: a fresh GridSearch (restored from the experiment's searcher state,
+            # including experiments begun before it existed) hands out the grid as it is now (extend
+            # grows it); the callbacks count that grid and add this session's trackers
+            internal = tuner._local_tuner
+            internal._tune_config.search_alg = GridSearch(config.max_concurrent_trials)
+            internal._tune_config.max_concurrent_trials = None  # GridSearch limits them itself
+            run_config = internal.get_run_config()
             run_config.callbacks = _callbacks(len(points), added, run_config.callbacks or [])
         else:
             tuner = tune.Tuner(

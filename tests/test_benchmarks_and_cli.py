@@ -17,7 +17,7 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     assert bench_main(["--quick", "--json", str(out), "--address", ray_session.address_info["address"]]) == 0
     figures = json.loads(out.read_text())
     for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
-                "prune_fraction_of_epoch", "tune_overhead_tiny", "parallel_efficiency", "state_bytes_per_trial",
+                "prune_fraction_of_epoch", "tune_overhead_tiny", "state_bytes_per_trial",
                 "tune_bare_state_bytes_per_trial", "state_vs_bare_tune", "checkpoint_bytes_per_trial",
                 "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb",
                 "streamed_vs_in_memory", "folder_decode_images_per_s"):
@@ -26,6 +26,7 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     assert "mask_overhead" in table and "GPU: none" in table and "analysis_400_s" in table
     assert "streamed_vs_in_memory" in table and figures["folder_source"] in ("random", "cifar10")
     assert figures["analysis_rows"] == 400 * 30
+    assert "parallel_efficiency" not in figures  # measured in full runs only
 
 
 def test_run_starts_local_ray_with_dashboard_and_shuts_it_down(tmp_path):
