@@ -12,7 +12,7 @@ from .load import completion, healthy, load_experiment, read_config
 from .plots import (layer_columns, plot_difference_vs_sparsity, plot_layer_sparsity, plot_metric_vs_epoch,
                     plot_metric_vs_sparsity)
 from .schema import (ANALYSIS_DIR, CUMULATIVE, DIVERGED, FINETUNE, LADDER, PER_PRUNE, RETRAIN, SCHEDULE,
-                     TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes)
+                     TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes, seed_list)
 from .stats import ALPHA, EFFECT_COLUMN, ERROR_BARS, MIN_SEEDS, POWER, compare_all, summarize
 
 
@@ -34,8 +34,12 @@ def _significance(r, tested: int, alpha: float = ALPHA) -> tuple[bool, str]:
     p, p_holm, w = r["p_value"], r.get("p_holm", math.nan), r.get("wilcoxon_p", math.nan)
     family = f"Holm's correction for the report's {tested} tests"
     t, wilcoxon = f"paired t-test p = {p:.3g}", f"Wilcoxon p = {w:.3g}"
-    if r["n_pairs"] < MIN_SEEDS or math.isnan(p):
+    if r["n_pairs"] < MIN_SEEDS:
         return False, f"too few seeds to test (n < {MIN_SEEDS})"
+    if math.isnan(p):  # every seed differs by exactly the same amount
+        same = "ties exactly" if r["mean_diff"] == 0 else "differs by exactly the same amount"
+        return False, (f"undetermined: every seed {same}, so there is no spread between seeds for a t-test "
+                       f"to weigh ({wilcoxon}); more seeds would show the spread")
     if p >= alpha:
         return False, f"not significant ({t}, {wilcoxon})"
     if math.isnan(p_holm) or tested < 2:
@@ -78,12 +82,30 @@ def _size(effect: float, metric: str) -> str:
     return f"{effect * 100:.2f} pts" if is_percent(metric) else f"{effect:.4g}"
 
 
-def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None = None) -> list[str]:
+MAX_ADVISED = 1000  # seeds: beyond this a difference is too small next to the spread between seeds to chase
+
+
+def _grown(seeds, more: int) -> str:
+    """The ``seeds`` value of the config ``seeds`` (a count or a list) with ``more`` new seeds."""
+    if isinstance(seeds, list):
+        return f"[{', '.join(map(str, [*seeds, *range(max(seeds) + 1, max(seeds) + 1 + more)]))}]"
+    return str(len(seed_list(seeds)) + more)
+
+
+def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None = None, seeds=None) -> list[str]:
     """One sentence per comparison the report leaves undecided: about how many seeds would decide it
-    (``seeds_needed``; with ``effect``, also to detect that difference), as a ``prunesweep extend``
-    command for ``experiment``."""
+    (``seeds_needed``; with ``effect``, also to detect that difference), with the ``prunesweep extend``
+    command that grows ``experiment``'s ``seeds`` (its config's count or list) to that many pairs, or
+    ``prunesweep resume`` when finishing its unfinished trials would be enough."""
     tested = _tested(comparison)
-    extend = f"prunesweep extend {shlex.quote(str(experiment))} --set seeds="
+
+    def command(need: int, r) -> str:
+        have = int(r["n_pairs"]) + int(r.get("pairs_left_out", 0))
+        if need <= have:
+            return f"`prunesweep resume {shlex.quote(str(experiment))}` finishes the trials that complete them"
+        value = _grown(seeds if seeds is not None else have, need - have)
+        return f"extend with `prunesweep extend {shlex.quote(str(experiment))} --set {shlex.quote('seeds=' + value)}`"
+
     lines = []
     for _, r in comparison.iterrows():
         if _significance(r, tested)[0]:
@@ -93,12 +115,19 @@ def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None 
         if n < MIN_SEEDS:
             line = (f"{what}, {n} finished pair(s) are too few to estimate the spread between seeds; "
                     f"at least {MIN_SEEDS} are needed first")
-        elif math.isnan(need):
+        elif r["mean_diff"] == 0:
             line = (f"{what}, no number of seeds would do: over {n} seeds their mean difference is exactly zero, "
                     "so there is no observed difference to detect")
+        elif math.isnan(r["p_value"]):
+            line = (f"{what}, the seeds needed cannot be estimated: every one of the {n} seeds differs by exactly "
+                    f"the same amount ({_fmt(r['mean_diff'], r['metric'], True)}), so there is no spread to plan with")
+        elif math.isnan(need):
+            line = f"{what}, the seeds needed could not be solved for (d_z = {r['d_z']:+.2f})"
+        elif need > MAX_ADVISED:
+            line = (f"{what} would take more than {MAX_ADVISED} seeds (d_z = {r['d_z']:+.2f}): a difference this "
+                    "small next to the spread between seeds is not worth chasing with seeds")
         elif need > n:
-            need = int(need)
-            line = f"{what} would take about {need} seeds (extend with `{extend}{need}`; observed d_z = {r['d_z']:+.2f})"
+            line = f"{what} would take about {int(need)} seeds ({command(int(need), r)}; observed d_z = {r['d_z']:+.2f})"
         else:
             line = (f"{what}: the observed difference (d_z = {r['d_z']:+.2f}) would need only about {int(need)} "
                     f"seeds and {n} are paired, yet it is not significant: that estimate comes from the same few "
@@ -106,7 +135,7 @@ def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None 
         wanted = r.get(EFFECT_COLUMN, math.nan)
         if effect is not None and not math.isnan(wanted):
             line += f"; a difference of {_size(effect, r['metric'])} would take about {int(wanted)} seeds"
-            line += f" (`{extend}{int(wanted)}`)" if wanted > n else f" ({n} are paired)"
+            line += f" ({command(int(wanted), r)})" if wanted > n else f" ({n} are paired)"
         if r.get("pairs_left_out", 0):
             line += f"; {r['pairs_left_out']} more pair(s) count once their trials finish"
         lines.append(f"- {line}.")
@@ -232,7 +261,7 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
               f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
     lines += ["## Verdict", "", f"![difference a − b vs sparsity]({names['vs_difference']})", ""]
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
-    advice = seed_advice(comparison, given, effect)
+    advice = seed_advice(comparison, given, effect, config.get("seeds"))
     if advice:
         lines += ["", "## How many seeds", "",
                   f"For a two-sided paired t-test at α = {ALPHA:g} to detect the difference with {POWER:.0%} power, "

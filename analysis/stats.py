@@ -16,6 +16,8 @@ from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, RETRAIN, SCHEDULE,
 ALPHA = 0.05      # the significance level of every test and interval (95%)
 POWER = 0.8       # the chance of detecting a difference that seeds_needed plans for
 MIN_SEEDS = 2     # the fewest pairs a paired t-test can use
+MANY_SEEDS = 1e6  # beyond this many seeds, seeds_needed approximates
+DIGITS = 12       # differences are rounded to this many decimals, far below any metric's precision
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
 UNFINISHED, MISSING = "unfinished", "missing"
 
@@ -85,19 +87,27 @@ def seeds_needed(effect_size: float) -> float:
     difference ``effect_size`` (mean difference / sd of the differences) with :data:`POWER`: the
     smallest whole number, at least :data:`MIN_SEEDS`.
 
-    NaN for 0 or NaN (no difference: no number of seeds detects it); ``MIN_SEEDS`` for an infinite
-    one (every seed differs by the same amount). statsmodels solves for the seeds; for the fewest
-    seeds (effects of about 3.3 sd and more, where that solver fails) the effect each detects is
-    solved for instead.
+    NaN for 0, NaN or infinity (no difference, or no spread to plan with), and where the solver
+    finds no answer. statsmodels solves for the seeds; its search starts above 2 seeds, so for
+    effects that 2 or 3 seeds already detect each of those counts is checked directly instead,
+    and beyond :data:`MANY_SEEDS` (differences under ~0.003 sd) Guenther's normal approximation
+    (z-test seeds + z²/2) stands in, within a few seeds of the exact count.
     """
     d = abs(effect_size)
-    if not d > 0:
+    if not 0 < d < math.inf:
         return math.nan
     for n in (MIN_SEEDS, MIN_SEEDS + 1):
         if d >= _detectable(n):
             return float(n)
-    return float(math.ceil(TTestPower().solve_power(effect_size=d, alpha=ALPHA, power=POWER,
-                                                    alternative="two-sided")))
+    z = stats.norm.ppf(1 - ALPHA / 2)
+    approx = ((z + stats.norm.ppf(POWER)) / d) ** 2 + z * z / 2  # Guenther's normal approximation
+    if approx > MANY_SEEDS:  # where the t-test is a z-test and statsmodels' search may not end
+        return float(math.ceil(approx))
+    try:
+        n = float(TTestPower().solve_power(effect_size=d, alpha=ALPHA, power=POWER, alternative="two-sided"))
+    except (ValueError, RuntimeError, ArithmeticError):
+        return math.nan
+    return float(math.ceil(n)) if math.isfinite(n) else math.nan
 
 
 def _wilcoxon(diff: np.ndarray) -> float:
@@ -113,14 +123,11 @@ def _wilcoxon(diff: np.ndarray) -> float:
 def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
     """:func:`compare`'s statistics of the paired differences ``diff`` (a - b, at least one)."""
     n = len(diff)
-    mean = float(diff.mean())
+    mean = round(float(diff.mean()), DIGITS) + 0.0  # equal gains and losses cancel to exactly 0 (not -0.0)
     sd = math.nan if n < 2 else 0.0 if (diff == diff[0]).all() else float(diff.std(ddof=1))
     _, low, high = t_interval(mean, sd, n)
-    if n < MIN_SEEDS:
+    if n < MIN_SEEDS or sd == 0:  # with no spread the t-test, d_z and any power are undefined
         t, p, d_z = math.nan, math.nan, math.nan
-    elif sd == 0:
-        t, p, d_z = (math.nan, 1.0, math.nan) if mean == 0 else (math.copysign(math.inf, mean), 0.0,
-                                                                  math.copysign(math.inf, mean))
     else:
         res = stats.ttest_1samp(diff, 0.0)  # the paired t-test
         t, p, d_z = float(res.statistic), float(res.pvalue), mean / sd
@@ -128,8 +135,8 @@ def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
     row = {"mean_diff": mean, "ci95_low": low, "ci95_high": high, "t_statistic": t, "p_value": p,
            "wilcoxon_p": _wilcoxon(diff), "a_wins": wins_a, "b_wins": wins_b, "ties": n - wins_a - wins_b,
            "d_z": d_z, "seeds_needed": seeds_needed(d_z)}
-    if effect is not None:  # a spread of 0 detects any difference at once
-        row[EFFECT_COLUMN] = seeds_needed(effect / sd if sd > 0 else math.inf if sd == 0 else math.nan)
+    if effect is not None:
+        row[EFFECT_COLUMN] = seeds_needed(effect / sd) if sd > 0 else math.nan
     return row
 
 
@@ -147,8 +154,10 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
     """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
     per target sparsity, paired by seed, on the reports :func:`summarize` uses: a seed where either
     side diverged, is unfinished or has a NaN value is no pair; ``pairs_left_out`` counts the seeds
-    where both sides have a value but one is unfinished (a sparsity with no pair yet but some left
-    out has a row with ``n_pairs`` 0 and no statistics).
+    that will pair once their trials finish: a side has reported but is unfinished, or has not
+    reported yet while the other has (a sparsity with no pair yet but some left out has a row with
+    ``n_pairs`` 0 and no statistics). Seeds where a side diverged or ended with a NaN value never pair
+    and are not counted here (``summarize`` counts them).
 
     Columns: mean difference a-b, its 95% CI, the paired t-test's t and p, the Wilcoxon
     signed-rank test's p (``wilcoxon_p``: robust to one wild seed), how many seeds each won (by
@@ -158,30 +167,34 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
     budget each side had trained when compared (``epochs_a``, ``epochs_b``: mean fine-tuning epochs;
     a ladder's count every rung so far).
 
-    With fewer than 2 pairs the tests, ``d_z`` and the seeds are NaN. When all differences are equal
-    the t-test is undefined: if they are all zero p is 1.0 and ``d_z`` NaN, else p is 0.0 and ``d_z``
-    ±inf (every seed agrees exactly; 2 seeds then suffice, for any ``effect`` too).
+    With fewer than 2 pairs the tests, ``d_z`` and the seeds are NaN. When every seed differs by
+    exactly the same amount (no spread: often with few test samples) the t-test, ``d_z`` and the
+    seeds are NaN too, and the report calls the comparison undetermined; ``wilcoxon_p`` still
+    says how unlikely so many equal signs are.
     """
     finals = _finals(df)
-    chosen = healthy(finals.assign(_complete=is_complete(finals)))
-    chosen = chosen[chosen[ARM].isin([a, b])]
+    finals = finals[finals[ARM].isin([a, b])]
+    complete = is_complete(finals)
+    dead = ~finals.index.isin(healthy(finals).index) | (complete & finals[metric].isna())
+    finals = finals.assign(_usable=complete & ~dead, _dead=dead)
     index = [TARGET_SPARSITY, SEED]
-    table = chosen.pivot_table(index=index, columns=ARM, values=metric, aggfunc="last")
-    complete = chosen.pivot_table(index=index, columns=ARM, values="_complete", aggfunc="last")
-    spent = chosen.pivot_table(index=index, columns=ARM, values=EPOCH, aggfunc="last") if EPOCH in chosen else None
+    keyed = finals.drop_duplicates([*index, ARM], keep="last").set_index([*index, ARM])
+    table = keyed[metric].unstack(ARM)
+    usable, ended = (keyed[c].unstack(ARM, fill_value=False) for c in ("_usable", "_dead"))
+    spent = keyed[EPOCH].unstack(ARM) if EPOCH in keyed else None
     rows = []
     better = 1 if higher_is_better(metric) else -1
     for target, group in table.groupby(level=0, sort=True):
         if a not in group or b not in group:
             continue
-        reported = group[[a, b]].dropna()
-        final = complete.loc[reported.index, [a, b]].all(axis=1)
-        pairs = reported[final]
+        paired = usable.loc[group.index, [a, b]].astype(bool).all(axis=1)
+        pairs = group.loc[paired, [a, b]]
+        never = ended.loc[group.index, [a, b]].astype(bool).any(axis=1)
         row = {"a": a, "b": b, TARGET_SPARSITY: target, "metric": metric, "n_pairs": len(pairs),
-               "pairs_left_out": int((~final).sum()), "a_wins": 0, "b_wins": 0, "ties": 0}
+               "pairs_left_out": int((~paired & ~never).sum()), "a_wins": 0, "b_wins": 0, "ties": 0}
         if not pairs.empty:
             # rounded far below any metric's precision, so that equal gains and losses cancel exactly
-            diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), 12)
+            diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), DIGITS)
             row.update(mean_a=float(pairs[a].mean()), mean_b=float(pairs[b].mean()), **_paired(diff, better, effect))
             if spent is not None:
                 row.update(epochs_a=float(spent.loc[pairs.index, a].mean()),

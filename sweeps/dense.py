@@ -191,9 +191,9 @@ class DensePhase:
             print(f"dense seed {seed}: test_accuracy {summary['test_accuracy']:.4f} ({summary['seconds']:.1f} s); "
                   "its trials may start", flush=True)
 
-    def wait(self) -> None:
-        """Until every task has finished or failed."""
-        while self._pending:
+    def wait(self, seeds: list[int] | None = None) -> None:
+        """Until every task (every one of ``seeds``, when given) has finished or failed."""
+        while any(seeds is None or seed in seeds for seed in self._pending.values()):
             self.poll(timeout=None)
 
     def release(self) -> None:

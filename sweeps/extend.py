@@ -61,9 +61,8 @@ def grow(old: SweepConfig, overrides: list[str]) -> tuple[SweepConfig, dict]:
     _missing("seeds", old.seed_list, new.seed_list)
     _missing("sparsities", old.sparsities, new.sparsities)
     schedules = {s["name"]: s for s in after["schedules"]}
+    _missing("schedules", [s["name"] for s in before["schedules"]], list(schedules))
     for s in before["schedules"]:
-        if s["name"] not in schedules:
-            _missing("schedules", [s["name"]], list(schedules))
         if schedules[s["name"]] != s:
             raise ConfigError(f"schedules: {s['name']!r} is {s} in the experiment, {schedules[s['name']]} asked; "
                               "extend adds schedules under new names and never changes one")

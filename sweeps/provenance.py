@@ -13,6 +13,7 @@ from .config import ConfigError, SweepConfig
 
 CONFIG_HASH, VERSION, CODE_HASH, GIT_REVISION = "config_sha256", "prunesweep_version", "code_sha256", "git_revision"
 STARTED_AT, FORCED_RESUMES, EXTENSIONS = "started_at", "forced_resumes", "extensions"
+LEGACY, TRACKERS = "legacy", "trackers"
 MODEL_CODE_HASH = "model_code_sha256"
 PROJECT = Path(__file__).resolve().parent.parent
 CODE = ("pruning_core", "sweeps", "analysis")
@@ -88,13 +89,21 @@ def record(config: SweepConfig) -> dict:
     return {**recorded, MODEL_CODE_HASH: model} if model else recorded
 
 
-def differences(config: SweepConfig, recorded: dict) -> list[str]:
-    """How the config and the code here differ from what the experiment ``recorded`` at its start."""
-    found = []
+def config_changed(config: SweepConfig, recorded: dict) -> str | None:
+    """How ``config`` differs from the config the experiment ``recorded`` (its hash), or None."""
     now = config_hash(config)
-    if recorded.get(CONFIG_HASH) != now:
-        found.append(f"the config differs from the one the run started with (sha256 "
-                     f"{str(recorded.get(CONFIG_HASH))[:12]} recorded, {now[:12]} now)")
+    if recorded.get(CONFIG_HASH) == now:
+        return None
+    return (f"the config differs from the one the run started with (sha256 "
+            f"{str(recorded.get(CONFIG_HASH))[:12]} recorded, {now[:12]} now)")
+
+
+def differences(config: SweepConfig, recorded: dict) -> list[str]:
+    """How the config and the code here differ from what the experiment ``recorded`` at its start
+    (only the config for a :data:`LEGACY` record: what code ran before is unknown)."""
+    found = [c for c in [config_changed(config, recorded)] if c]
+    if recorded.get(LEGACY):
+        return found
     if recorded.get(VERSION) != version():
         found.append(f"prunesweep {version()} here, {recorded.get(VERSION)} at the start")
     code = code_hash()
@@ -109,6 +118,24 @@ def differences(config: SweepConfig, recorded: dict) -> list[str]:
     return found
 
 
+def unknown(recorded: dict) -> bool:
+    """Whether the experiment started before prunesweep recorded its code (nothing to check it by)."""
+    return not recorded or bool(recorded.get(LEGACY))
+
+
+def legacy(config: SweepConfig) -> dict:
+    """The record of an experiment from before provenance: its config's hash, its code unknown."""
+    return {LEGACY: "started before prunesweep recorded its code", CONFIG_HASH: config_hash(config)}
+
+
+def with_trackers(recorded: dict, names) -> dict:
+    """``recorded`` listing the trackers ``names`` too (``--log``: every later resume and extend logs
+    to the trackers an experiment has logged to)."""
+    known = list(recorded.get(TRACKERS, []))
+    more = [n for n in dict.fromkeys(names) if n not in known]
+    return {**recorded, TRACKERS: known + more} if more else recorded
+
+
 def forced(recorded: dict, changed: list[str]) -> dict:
     """``recorded`` with one more entry in its list of resumes forced past ``changed``."""
     entry = {"at": _now(), "differences": changed, CODE_HASH: code_hash(), GIT_REVISION: git_revision()}
@@ -120,5 +147,5 @@ def extended(recorded: dict, old: SweepConfig, new: SweepConfig, added: dict, ch
     extensions (when, the hash before, what was added; the differences a ``--force`` went past)."""
     entry = {"at": _now(), "config_sha256_before": config_hash(old), "added": added,
              CODE_HASH: code_hash(), GIT_REVISION: git_revision(), **({"forced_past": changed} if changed else {})}
-    base = recorded or record(new)  # an experiment from before provenance: what this extension ran
+    base = recorded or legacy(old)
     return {**base, CONFIG_HASH: config_hash(new), EXTENSIONS: [*base.get(EXTENSIONS, []), entry]}

@@ -221,14 +221,16 @@ def _reporter():
 def _callbacks(trials: int, trackers: list, restored: list = ()) -> list:
     """The sweep's Ray Tune callbacks: the progress line over ``trials``, Tune's CSV and JSON loggers
     (its TensorBoard one only when asked for: thousands of trials need no event files by default), the
-    ``trackers`` (:func:`sweeps.trackers.callbacks`), and those an experiment was started with."""
+    ``trackers`` (:func:`sweeps.trackers.callbacks`), and those of the ``restored`` experiment that
+    ``trackers`` do not replace."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .progress import ProgressLine
 
-    kept = [c for c in restored if not isinstance(c, ProgressLine)]
-    wanted = [CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
-    return [ProgressLine(trials), *kept, *(c for c in wanted if not any(type(k) is type(c) for k in kept))]
+    fresh = {type(c) for c in trackers}  # rebuilt for where the experiment is now, replacing restored ones
+    kept = [c for c in restored if not isinstance(c, ProgressLine) and type(c) not in fresh]
+    wanted = [CSVLoggerCallback(), JsonLoggerCallback()]
+    return [ProgressLine(trials), *kept, *(c for c in wanted if not any(type(k) is type(c) for k in kept)), *trackers]
 
 
 def _run_config(config: SweepConfig, storage_path: str, name: str, callbacks: list):
@@ -303,16 +305,13 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
     config = preflight(config)
     checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
     with ray_session(config, options):
-        _write_experiment_file(path, config, provenance.record(config))
+        _write_experiment_file(path, config, provenance.with_trackers(provenance.record(config), trackers))
         return _fit(config, path, storage_path, name, restore=False, checkpoint=checkpoint, trackers=trackers)
 
 
 def _unchanged(path: str, config: SweepConfig, recorded: dict, force: bool, command: str) -> list[str]:
     """How the config and code differ from the experiment's start (:func:`provenance.differences`);
     refused unless ``force``."""
-    if not recorded:
-        print(f"warning: {path} records no provenance (started before prunesweep recorded it): "
-              "cannot check that config and code are unchanged", file=sys.stderr, flush=True)
     changed = provenance.differences(config, recorded) if recorded else []
     if changed and not force:
         raise ConfigError(f"{command} {path}: {'; '.join(changed)}; its trials would not be comparable "
@@ -320,8 +319,21 @@ def _unchanged(path: str, config: SweepConfig, recorded: dict, force: bool, comm
     return changed
 
 
+def _warn_unknown(path: str, recorded: dict) -> None:
+    """Say, once nothing more is refused, that an experiment from before provenance cannot be checked."""
+    if provenance.unknown(recorded):
+        print(f"warning: {path} records no provenance of its code (started before prunesweep recorded it): "
+              "cannot check that the code is unchanged", file=sys.stderr, flush=True)
+
+
+def _trackers(recorded: dict, asked: list[str]) -> list[str]:
+    """The trackers an experiment logged to (recorded at ``run``, ``resume`` and ``extend``) and those ``asked``."""
+    return list(dict.fromkeys([*recorded.get(provenance.TRACKERS, []), *asked]))
+
+
 def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, trackers: list[str] = ()):
-    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints.
+    """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints,
+    logging to the trackers it logged to and ``trackers``.
 
     Refused when the config or the code differs from the experiment's start, unless ``force``.
     """
@@ -331,17 +343,21 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
     config, recorded = experiment_config(path)
     changed = _unchanged(path, config, recorded, force, "resume")
     _check_storage(path)
-    tracking.check(trackers, path)
+    logged = _trackers(recorded, list(trackers))
+    tracking.check(logged, path)
     config = preflight(config)
-    if changed or not recorded:  # the same config and code wrote every snapshot its trials need
+    if changed or provenance.unknown(recorded):  # the same config and code wrote every snapshot its trials need
         from .dense import check_snapshots
 
         check_snapshots(config, path)
+    _warn_unknown(path, recorded)
     with ray_session(config, options):
-        if changed:  # forced: say so in the experiment, for whoever analyses it
-            _write_experiment_file(path, config, provenance.forced(recorded, changed))
+        updated = provenance.forced(recorded, changed) if changed else recorded  # forced: say so, for the analysis
+        updated = provenance.with_trackers(updated or provenance.legacy(config), logged)
+        if updated != recorded:
+            _write_experiment_file(path, config, updated)
         storage_path, name = storage.split(path)
-        return _fit(config, path, storage_path, name, restore=True, trackers=trackers)
+        return _fit(config, path, storage_path, name, restore=True, trackers=logged)
 
 
 def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), force: bool = False,
@@ -350,27 +366,38 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     ``overrides`` add (:func:`sweeps.extend.grow` refuses anything else), and run what it lacks:
     Ray Tune restores the experiment, its unfinished trials continue from their checkpoints and the
     new trials join it; dense models are trained only for new seeds; finished trials stay as they are.
-    Returns the :class:`Outcome` of the grown grid; its ``prunesweep.yaml`` is the grown config."""
+    Returns the :class:`Outcome` of the grown grid; its ``prunesweep.yaml`` is the grown config.
+
+    ``force`` goes past changed code, never past a ``prunesweep.yaml`` edited since the experiment
+    ran: extend grows the grid that ran, so that old and new trials compare."""
     from . import trackers as tracking
     from .extend import grow
 
     path = _location(path, "extend")
     old, recorded = experiment_config(path)
-    changed = _unchanged(path, old, recorded, force, "extend")
+    edited = provenance.config_changed(old, recorded) if recorded else None
+    if edited:
+        raise ConfigError(f"extend {path}: {edited}: its {CONFIG_FILE} was edited, so it no longer says what its "
+                          "trials ran (--force does not apply); restore the file, or start a new experiment")
     config, added = grow(old, overrides)
+    changed = _unchanged(path, old, recorded, force, "extend")
     _check_storage(path)
-    tracking.check(trackers, path)
+    logged = _trackers(recorded, list(trackers))
+    tracking.check(logged, path)
     config = preflight(config)
-    if changed or not recorded:
+    if changed or provenance.unknown(recorded):
         from .dense import check_snapshots
 
         check_snapshots(old, path)
+    _warn_unknown(path, recorded)
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {path}: adds {what}: {added['trials']} new trials", flush=True)
     with ray_session(config, options):
-        _write_experiment_file(path, config, provenance.extended(recorded, old, config, added, changed))
+        grown = provenance.extended(recorded, old, config, added, changed)
+        _write_experiment_file(path, config, provenance.with_trackers(grown, logged))
         storage_path, name = storage.split(path)
-        return _fit(config, path, storage_path, name, restore=True, trackers=trackers)
+        # only the experiment's own seeds have trials that Tune restarts at once
+        return _fit(config, path, storage_path, name, restore=True, trackers=logged, wait_for=old.seed_list)
 
 
 @dataclass
@@ -384,7 +411,7 @@ class Outcome:
 
 
 def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: bool,
-         checkpoint: dict | None = None, trackers: list[str] = ()) -> Outcome:
+         checkpoint: dict | None = None, trackers: list[str] = (), wait_for: list[int] | None = None) -> Outcome:
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -400,7 +427,7 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
     added = tracking.callbacks(list(trackers), path)
     with active(DensePhase(config, path, checkpoint).start()) as phase:
         if restore:
-            phase.wait()  # restored trials start at once, so their dense models must exist first
+            phase.wait(wait_for)  # restored trials start at once, so their dense models must exist first
         trainable = _trainable(config, phase.refs, path)
         if restore and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -420,7 +447,8 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
                                             reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=_run_config(config, storage_path, name, _callbacks(len(points), added)),
             )
-        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # the loggers are ours (:func:`_callbacks`)
+        # the loggers are ours (:func:`_callbacks`)
+        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):
             results = tuner.fit()
         phase.poll()
         return Outcome(results, len(points), dict(phase.failed))

@@ -40,8 +40,10 @@ def callbacks(names: list[str], experiment: str) -> list:
     - ``tensorboard``: tensorboardX event files in every trial folder (``tensorboard --logdir <experiment>``);
     - ``mlflow``: one MLflow run per trial, in the MLflow experiment named after the experiment, stored
       in ``<experiment>/mlflow.db`` (or at ``$MLFLOW_TRACKING_URI``);
-    - ``wandb``: one W&B run per trial in the project named after the experiment, offline into
-      ``<experiment>/wandb`` unless ``WANDB_MODE`` or ``WANDB_API_KEY`` says otherwise.
+    - ``wandb``: one W&B run per trial in the project named after the experiment, offline
+      (:func:`environment`) unless ``WANDB_MODE`` or ``WANDB_API_KEY`` says otherwise, into
+      ``<experiment>/wandb`` for a local experiment, else into ``./wandb`` where prunesweep runs
+      (W&B writes only to local files).
     """
     out = []
     name = storage.name(experiment)
@@ -58,12 +60,22 @@ def callbacks(names: list[str], experiment: str) -> list:
         elif tracker == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback
 
-            mode = os.environ.get(WANDB_MODE_ENV) or (None if os.environ.get(WANDB_KEY_ENV) else "offline")
+            mode = _wandb_mode()
             options = {"mode": mode} if mode else {}
-            if mode:
-                os.environ[WANDB_MODE_ENV] = mode  # offline, Ray's callback asks for no API key on this driver
             if not storage.is_uri(experiment):
                 options["dir"] = storage.join(experiment, WANDB_DIR)
                 os.makedirs(options["dir"], exist_ok=True)
             out.append(WandbLoggerCallback(project=name, **options))
     return out
+
+
+def _wandb_mode() -> str | None:
+    """W&B's mode: the user's ``WANDB_MODE``; else offline, unless ``WANDB_API_KEY`` is set (online)."""
+    return os.environ.get(WANDB_MODE_ENV) or (None if os.environ.get(WANDB_KEY_ENV) else "offline")
+
+
+def environment(names: list[str]) -> dict[str, str]:
+    """The environment the trackers ``names`` need while the sweep runs (offline W&B: its mode, so
+    that Ray's callback asks for no API key on this driver)."""
+    mode = _wandb_mode() if "wandb" in names else None
+    return {WANDB_MODE_ENV: mode} if mode else {}

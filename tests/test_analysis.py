@@ -74,9 +74,10 @@ def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
                 ("gradual", 0.9): [0.6, 0.6], ("instant", 0.9): [0.5, 0.5],
                 ("gradual", 0.95): [0.4], ("instant", 0.95): [0.3]})
     c = compare(df, "gradual", "instant").set_index("target_sparsity")
-    assert c.loc[0.5, "n_pairs"] == 2 and c.loc[0.5, "mean_diff"] == 0 and c.loc[0.5, "p_value"] == 1.0
+    # identical differences (zero at 0.5, +0.1 at 0.9) have no spread: the t-test is undefined
+    assert c.loc[0.5, "n_pairs"] == 2 and c.loc[0.5, "mean_diff"] == 0 and math.isnan(c.loc[0.5, "p_value"])
     assert c.loc[0.5, "ties"] == 2
-    assert c.loc[0.9, "p_value"] == 0.0 and c.loc[0.9, "a_wins"] == 2  # identical nonzero differences
+    assert math.isnan(c.loc[0.9, "p_value"]) and c.loc[0.9, "a_wins"] == 2
     assert c.loc[0.95, "n_pairs"] == 1 and math.isnan(c.loc[0.95, "p_value"])
     # accuracies over 360 images: a gain and a loss of one image cancel exactly, not to 1e-17
     acc = frame({("gradual", 0.9): [355 / 360, 357 / 360, 0.5], ("instant", 0.9): [354 / 360, 358 / 360, 0.5]})
@@ -84,6 +85,16 @@ def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
     assert tie["mean_diff"] == 0.0 and tie["p_value"] == 1.0 and (tie["a_wins"], tie["b_wins"], tie["ties"]) == (1, 1, 1)
     from analysis.report import verdicts
     assert verdicts(compare(acc, "gradual", "instant"))[0].startswith("- **sparsity 0.9**: gradual and instant tie")
+    # gains and losses of different sizes that cancel: their float mean is ~1e-17, reported as a tie
+    assert np.mean(np.round([0.9 - 0.6, 0.5 - 0.6, 0.6 - 0.8], 12)) == pytest.approx(-9.25e-18, rel=1e-2)
+    from analysis import compare_all
+    cancel = compare_all(frame({("gradual", 0.9): [0.9, 0.5, 0.6], ("instant", 0.9): [0.6, 0.6, 0.8]}))
+    c0 = cancel.iloc[0]
+    assert c0["mean_diff"] == 0.0 and math.copysign(1, c0["mean_diff"]) == 1 and c0["d_z"] == 0.0
+    assert c0["p_value"] == pytest.approx(1.0) and math.isnan(c0["seeds_needed"])
+    from analysis.report import seed_advice
+    assert "gradual and instant tie: gradual − instant = +0.00 pts" in verdicts(cancel)[0]
+    assert "mean difference is exactly zero" in seed_advice(cancel, "exp")[0]
     loss = frame({("gradual", 0.5): [0.2, 0.3], ("instant", 0.5): [0.4, 0.1]}).rename(columns={"test_accuracy": "test_loss"})
     cl = compare(loss, "gradual", "instant", metric="test_loss").iloc[0]
     assert (cl["a_wins"], cl["b_wins"]) == (1, 1)  # lower loss wins
@@ -135,8 +146,8 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
         f"`prunesweep extend 'runs/my exp' --set seeds={need[t]}`; observed d_z = {v.mean() / v.std(ddof=1):+.2f})."
         for t, v in d.items()]
     # enough seeds by the estimate, yet not significant after a large family's correction; too few to estimate
-    row = dict(a="gradual", b="instant", metric="test_accuracy", n_pairs=8, pairs_left_out=0, p_value=0.004,
-               p_holm=0.06, d_z=1.6, seeds_needed=6.0)
+    row = dict(a="gradual", b="instant", metric="test_accuracy", n_pairs=8, pairs_left_out=0, mean_diff=0.02,
+               p_value=0.004, p_holm=0.06, d_z=1.6, seeds_needed=6.0)
     few = {**row, "target_sparsity": 0.95, "n_pairs": 1, "p_value": math.nan, "d_z": math.nan, "seeds_needed": math.nan}
     decided = {**row, "target_sparsity": 0.8, "p_value": 0.0001, "p_holm": 0.0003}  # makes the family 2 tests
     said = seed_advice(pd.DataFrame([decided, {**row, "target_sparsity": 0.9}, few]), "exp")
@@ -146,6 +157,24 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
                        "few seeds, is noisy and ignores any correction for several tests; more seeds would settle it.")
     assert said[1] == ("- To tell gradual from instant at 0.95, 1 finished pair(s) are too few to estimate the spread "
                        "between seeds; at least 2 are needed first.")
+    # the command grows the experiment's own seeds (a count or a list) by the pairs still missing: here
+    # 4 pairs and 1 unfinished of 6 seeds (one diverged) for 9 needed: 4 more seeds
+    grow = {**row, "target_sparsity": 0.9, "n_pairs": 4, "pairs_left_out": 1, "p_value": 0.2, "p_holm": 0.4,
+            "d_z": 0.9, "seeds_needed": 9.0}
+
+    def advice(r, seeds):
+        return seed_advice(pd.DataFrame([r]), "runs/exp", seeds=seeds)[0]
+    assert advice(grow, 6) == ("- To tell gradual from instant at 0.9 would take about 9 seeds (extend with "
+                               "`prunesweep extend runs/exp --set seeds=10`; observed d_z = +0.90); 1 more pair(s) "
+                               "count once their trials finish.")
+    assert "`prunesweep extend runs/exp --set 'seeds=[1, 3, 5, 7, 9, 11, 12, 13, 14, 15]'`" in \
+        advice(grow, [1, 3, 5, 7, 9, 11])
+    assert "about 5 seeds (`prunesweep resume runs/exp` finishes the trials that complete them;" in \
+        advice({**grow, "seeds_needed": 5.0}, 6)
+    assert advice({**grow, "seeds_needed": 5000.0, "d_z": 0.04}, 6) == (
+        "- To tell gradual from instant at 0.9 would take more than 1000 seeds (d_z = +0.04): a difference this "
+        "small next to the spread between seeds is not worth chasing with seeds; 1 more pair(s) count once their "
+        "trials finish.")
     assert f"significant (paired t-test p = {p[0.9]:.3g}; {3 * p[0.9]:.3g} after {family}; Wilcoxon p = {w:.3g})" \
         in lines[0.9]
 
@@ -410,7 +439,12 @@ def test_effect_size_wilcoxon_and_seeds_needed_against_hand_computations():
         return integrate.quad(lambda w: 2 * stats.norm.pdf(w) * (stats.norm.cdf(nc - c * w) + stats.norm.cdf(-nc - c * w)),
                               0, np.inf)[0]
     assert power_two(11.4) < 0.8 < power_two(11.7) and power(6.0, 3) > 0.8
-    assert [seeds_needed(x) for x in (6.0, 9.0, 11.4, 11.7, 50.0, math.inf)] == [3, 3, 3, 2, 2, 2]
+    assert [seeds_needed(x) for x in (6.0, 9.0, 11.4, 11.7, 50.0)] == [3, 3, 3, 2, 2]
+    assert all(math.isnan(seeds_needed(x)) for x in (0.0, math.nan, math.inf, -math.inf))
+    # a difference tiny next to the spread: an enormous number (normal approximation), never a hang
+    huge = seeds_needed(1e-4)
+    z_test = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / 1e-4) ** 2  # a z-test's seeds, by hand
+    assert 0 < huge - z_test < 3
 
 
 def test_paired_statistics_edge_cases():
@@ -418,15 +452,22 @@ def test_paired_statistics_edge_cases():
                 ("gradual", 0.8): [0.6, 0.7, 0.8], ("instant", 0.8): [0.6, 0.7, 0.8],     # all 0
                 ("gradual", 0.9): [0.6], ("instant", 0.9): [0.5]})                        # n = 1
     c = compare(df, "gradual", "instant", effect=0.02).set_index("target_sparsity")
+    # every seed differs by exactly +0.1: no spread, so no t-test, d_z or power; the signs still count
     same = c.loc[0.5]
-    assert same["d_z"] == math.inf and same["p_value"] == 0.0 and same["seeds_needed"] == 2
+    assert same["mean_diff"] == pytest.approx(0.1) and same["ci95_low"] == same["ci95_high"] == pytest.approx(0.1)
+    assert all(math.isnan(same[k]) for k in ("t_statistic", "p_value", "d_z", "seeds_needed", "seeds_needed_effect"))
     assert same["wilcoxon_p"] == pytest.approx(2 / 8)  # all three positive: 1 of 8 sign patterns, two-sided
-    assert same["seeds_needed_effect"] == 2  # no spread: any difference shows at once
-    losses = compare(df, "instant", "gradual").set_index("target_sparsity").loc[0.5]
-    assert losses["d_z"] == -math.inf and losses["seeds_needed"] == 2
     zero = c.loc[0.8]
-    assert math.isnan(zero["d_z"]) and zero["p_value"] == 1.0 and zero["wilcoxon_p"] == 1.0
-    assert math.isnan(zero["seeds_needed"])
+    assert zero["mean_diff"] == 0 and math.isnan(zero["d_z"]) and math.isnan(zero["p_value"])
+    assert zero["wilcoxon_p"] == 1.0 and math.isnan(zero["seeds_needed"])
+    from analysis.report import seed_advice, verdicts
+    said = verdicts(c.reset_index())
+    assert said[0].endswith("undetermined: every seed differs by exactly the same amount, so there is no spread "
+                            "between seeds for a t-test to weigh (Wilcoxon p = 0.25); more seeds would show the spread.")
+    assert "gradual and instant tie" in said[1] and "undetermined: every seed ties exactly" in said[1]
+    assert seed_advice(c.reset_index(), "exp")[0] == (
+        "- To tell gradual from instant at 0.5, the seeds needed cannot be estimated: every one of the 3 seeds "
+        "differs by exactly the same amount (+10.00 pts), so there is no spread to plan with.")
     one = c.loc[0.9]
     assert one["n_pairs"] == 1 and all(math.isnan(one[k]) for k in ("d_z", "wilcoxon_p", "seeds_needed",
                                                                      "seeds_needed_effect"))
@@ -475,7 +516,8 @@ def test_partial_experiment_pairs_only_final_reports_and_finished_ladder_rungs()
     # at 0.5 seed 1's instant trial is unfinished (its ladder's rung is done), seed 2's ladder is still on it
     assert (c.loc[0.5, "n_pairs"], c.loc[0.5, "pairs_left_out"]) == (1, 2)
     assert c.loc[0.5, "mean_diff"] == pytest.approx(0.81 - 0.752)
-    assert (c.loc[0.9, "n_pairs"], c.loc[0.9, "pairs_left_out"]) == (1, 1)  # seed 1's ladder is on its last rung
+    # seed 1's ladder is on its last rung; seed 2's has not reached it, while its instant trial has finished
+    assert (c.loc[0.9, "n_pairs"], c.loc[0.9, "pairs_left_out"]) == (1, 2)
     assert c.loc[0.9, "mean_diff"] == pytest.approx(0.75 - 0.712)
     s = summarize(df).set_index(["schedule", "target_sparsity"])
     assert s.loc[("ladder", 0.5), ["n", "unfinished"]].tolist() == [2, 1]
@@ -483,12 +525,24 @@ def test_partial_experiment_pairs_only_final_reports_and_finished_ladder_rungs()
     assert s.loc[("instant", 0.5), ["n", "unfinished", "mean"]].tolist() == [2, 1, pytest.approx((0.752 + 0.772) / 2)]
     from analysis.report import verdicts
     said = dict(zip(c.index, verdicts(c.reset_index())))
-    assert "2 pair(s) left out: a trial not finished yet" in said[0.5] and "1 pair(s) left out" in said[0.9]
+    assert all("2 pair(s) left out: a trial not finished yet" in said[t] for t in (0.5, 0.9))
     # no finished pair at all yet: a row that says so
     early = compare(df[df["seed"] == 2], "ladder", "instant").iloc[0]
     assert (early["n_pairs"], early["pairs_left_out"]) == (0, 1) and math.isnan(early["mean_diff"])
     assert verdicts(compare(df[df["seed"] == 2], "ladder", "instant"))[0] == \
         "- **sparsity 0.5**: ladder vs instant: no finished pair yet (1 pair(s) left out: a trial not finished yet)."
+
+
+def test_reports_without_a_budget_count_as_complete_beside_newer_ones():
+    """A trial read from an old result.json has no budget_epochs: final, even beside a newer trial's."""
+    from analysis import is_complete
+
+    old = {"trial_id": "old", "schedule": "gradual", "schedule_kind": "gradual", "target_sparsity": 0.5, "seed": 0,
+           "epoch": 3, "budget_epochs": math.nan, "diverged": False, "test_accuracy": 0.8}
+    df = pd.DataFrame([old, *reports("new", "instant", "instant", 0, 2, [(0.5, 1, 0.7)])])
+    finals = final_results(df)
+    assert dict(zip(finals["trial_id"], is_complete(finals))) == {"old": True, "new": False}
+    assert summarize(df).set_index("schedule").loc["gradual", ["n", "unfinished"]].tolist() == [1, 0]
 
 
 def test_difference_plot_is_drawn_from_the_comparison_table():
@@ -567,11 +621,11 @@ def test_report_leads_with_the_difference_and_says_how_many_seeds(tmp_path):
     assert "## How many seeds" in text
     assert (f"- To tell gradual4 from instant at 0.9 would take about {n} seeds (extend with "
             f"`prunesweep extend {path} --set seeds={n}`; observed d_z = {d.mean() / d.std(ddof=1):+.2f}); a difference "
-            f"of 1.00 pts would take about {n_effect} seeds (`prunesweep extend {path} --set seeds={n_effect}`); "
+            f"of 1.00 pts would take about {n_effect} seeds (extend with `prunesweep extend {path} --set "
+            f"seeds={n_effect}`); "
             "1 more pair(s) count once their trials finish.") in lines
     assert ("- To tell gradual4 from instant at 0.5, no number of seeds would do: over 6 seeds their mean "
-            "difference is exactly zero, so there is no observed difference to detect; a difference "
-            "of 1.00 pts would take about 2 seeds (6 are paired).") in lines
+            "difference is exactly zero, so there is no observed difference to detect.") in lines
     assert "1 pair(s) left out: a trial not finished yet" in text and "d_z = +0.68" in text
 
 

@@ -99,6 +99,41 @@ def test_extend_refuses_changed_code_and_missing_trackers(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--log wandb: needs the wandb package(s); install them with: pip install 'prunesweep[wandb]'" in err
     assert _digests(path) == before
+    # a tracker the experiment logged to before is checked at resume too, not only one asked for now
+    document[PROVENANCE][provenance.TRACKERS] = ["wandb"]
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+    before = _digests(path)
+    assert main(["resume", str(path)]) == 2
+    assert "--log wandb: needs the wandb package(s)" in capsys.readouterr().err
+    assert _digests(path) == before
+
+
+def test_extend_refuses_an_edited_config_even_with_force(tmp_path, capsys):
+    path = _experiment(tmp_path, SMALL)
+    document = yaml.safe_load((path / CONFIG_FILE).read_text())
+    document["finetune"]["optimizer"]["lr"] = 0.5  # edited by hand after the run
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+    before = _digests(path)
+    assert main(["extend", str(path), "--set", "seeds=2", "--force"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("\x1b[36m(")]
+    assert len(err) == 1 and "the config differs from the one the run started with" in err[0]
+    assert f"its {CONFIG_FILE} was edited" in err[0] and "--force does not apply" in err[0]
+    assert _digests(path) == before
+
+
+def test_an_experiment_from_before_provenance_is_refused_in_one_line(tmp_path, capsys):
+    path = _experiment(tmp_path, SMALL)
+    document = yaml.safe_load((path / CONFIG_FILE).read_text())
+    del document[PROVENANCE]
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+    assert main(["extend", str(path), "--set", "model=resnet20"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("\x1b[36m(")]
+    assert len(err) == 1 and err[0].startswith("prunesweep: error: model: 'small_cnn' in the experiment"), err
+    # what an extension of it records: the config's hash, its code unknown (not today's code)
+    recorded = provenance.extended({}, validate(SMALL), validate({**SMALL, "seeds": 2}), {"seeds": [1]}, [])
+    assert recorded[provenance.LEGACY] and provenance.CODE_HASH not in recorded
+    assert recorded[provenance.CONFIG_HASH] == provenance.config_hash(validate({**SMALL, "seeds": 2}))
+    assert provenance.differences(validate({**SMALL, "seeds": 2}), recorded) == []
 
 
 def test_extend_a_finished_experiment_by_seeds_sparsities_and_a_schedule(tiny_experiment, tmp_path):
@@ -126,6 +161,7 @@ def test_extend_a_finished_experiment_by_seeds_sparsities_and_a_schedule(tiny_ex
     (extension,) = recorded[provenance.EXTENSIONS]
     assert extension["added"] == {"seeds": [1], "sparsities": [0.9], "schedules": ["gradual2"], "trials": 7}
     assert recorded[provenance.CONFIG_HASH] == provenance.config_hash(validate(grown))
+    assert recorded[provenance.TRACKERS] == ["tensorboard", "mlflow"]  # extend logged to them, unasked
     # at sparsity 0.5 the shared tiny experiment (same config, plus a ladder) trained the same budget
     ours, shared = _rows(df), _rows(load_experiment(tiny_experiment))
     pd.testing.assert_frame_equal(ours[ours.target_sparsity == 0.5].reset_index(drop=True),
