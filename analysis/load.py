@@ -110,15 +110,15 @@ def is_complete(finals: pd.DataFrame) -> pd.Series:
     That is when its trial is finished (:func:`analysis.schema.is_finished`), or when the trial has
     reported a later epoch at another target sparsity: only a ladder does, walking up its rungs,
     so every rung below the last it reported is complete. Reports without an epoch budget (tables
-    of final results, trials of older experiments read from ``result.json``, also beside newer
-    trials) are taken as complete.
+    of final results without the column; trials of older experiments read from ``result.json``
+    beside newer ones: :func:`analysis.schema.is_finished`) are taken as complete.
     """
     if EPOCH not in finals or BUDGET_EPOCHS not in finals:
         return pd.Series(True, index=finals.index)
     trial = finals[TRIAL_ID]
     finished = is_finished(finals).groupby(trial).transform("any")
     moved_on = finals[EPOCH] < finals[EPOCH].groupby(trial).transform("max")
-    return finished | moved_on | finals[BUDGET_EPOCHS].isna()
+    return finished | moved_on
 
 
 def complete_results(df: pd.DataFrame) -> pd.DataFrame:

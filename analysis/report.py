@@ -36,10 +36,11 @@ def _significance(r, tested: int, alpha: float = ALPHA) -> tuple[bool, str]:
     t, wilcoxon = f"paired t-test p = {p:.3g}", f"Wilcoxon p = {w:.3g}"
     if r["n_pairs"] < MIN_SEEDS:
         return False, f"too few seeds to test (n < {MIN_SEEDS})"
+    if math.isnan(p) and r["mean_diff"] == 0:
+        return False, f"no difference: every seed ties exactly ({wilcoxon})"
     if math.isnan(p):  # every seed differs by exactly the same amount
-        same = "ties exactly" if r["mean_diff"] == 0 else "differs by exactly the same amount"
-        return False, (f"undetermined: every seed {same}, so there is no spread between seeds for a t-test "
-                       f"to weigh ({wilcoxon}); more seeds would show the spread")
+        return False, (f"undetermined: every seed differs by exactly the same amount, so there is no spread "
+                       f"between seeds for a t-test to weigh ({wilcoxon}); more seeds would show the spread")
     if p >= alpha:
         return False, f"not significant ({t}, {wilcoxon})"
     if math.isnan(p_holm) or tested < 2:
@@ -134,8 +135,12 @@ def seed_advice(comparison: pd.DataFrame, experiment: str, effect: float | None 
                     "seeds, is noisy and ignores any correction for several tests; more seeds would settle it")
         wanted = r.get(EFFECT_COLUMN, math.nan)
         if effect is not None and not math.isnan(wanted):
-            line += f"; a difference of {_size(effect, r['metric'])} would take about {int(wanted)} seeds"
-            line += f" ({command(int(wanted), r)})" if wanted > n else f" ({n} are paired)"
+            line += f"; a difference of {_size(effect, r['metric'])} would take "
+            if wanted > MAX_ADVISED:
+                line += f"more than {MAX_ADVISED} seeds"
+            else:
+                line += f"about {int(wanted)} seeds"
+                line += f" ({command(int(wanted), r)})" if wanted > n else f" ({n} are paired)"
         if r.get("pairs_left_out", 0):
             line += f"; {r['pairs_left_out']} more pair(s) count once their trials finish"
         lines.append(f"- {line}.")
@@ -217,8 +222,9 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
     out = storage.normalise(str(out)) if out else storage.join(experiment, ANALYSIS_DIR)
     done = completion(df, experiment)
+    config = read_config(experiment) or {}
     summary = summarize(df, metric)
-    comparison = compare_all(df, metric, effect)
+    comparison = compare_all(df, metric, effect, seed_list(config["seeds"]) if "seeds" in config else None)
     names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_difference": "difference_vs_sparsity.png",
              "vs_sparsity": f"{metric}_vs_sparsity.png",
              "vs_epoch": f"{metric}_vs_epoch.png", "layers": "layer_sparsity.png", "report": "report.md"}
@@ -237,7 +243,6 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
     if "layers" in files:
         storage.write_bytes(files["layers"], _png(plot_layer_sparsity(df), 110))
 
-    config = read_config(experiment) or {}
     model = config.get("model", "?")
     dataset = (config.get("dataset") or {}).get("name", "?")
     lines = [f"# {storage.name(experiment)}: {metric.replace('_', ' ')} by pruning schedule", ""]

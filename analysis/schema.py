@@ -237,11 +237,13 @@ def is_diverged(report):
 
 def is_finished(report):
     """The one rule for a finished trial: its last report has used the whole epoch budget, or
-    says it diverged (a diverged trial has ended and is never run again).
+    says it diverged (a diverged trial has ended and is never run again), or has no budget (NaN:
+    a trial of an older experiment, read from Ray Tune's ``result.json``: it ended long ago).
 
     ``report`` is one report (a mapping) or a pandas frame of last reports (then one bool per row).
     """
-    return (report[EPOCH] >= report[BUDGET_EPOCHS]) | is_diverged(report)
+    budget = report[BUDGET_EPOCHS]
+    return (report[EPOCH] >= budget) | (budget != budget) | is_diverged(report)
 
 
 def metrics_table() -> str:

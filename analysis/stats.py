@@ -10,7 +10,7 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from .load import final_results, healthy, is_complete, with_arms
-from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
+from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
                      TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better)
 
 ALPHA = 0.05      # the significance level of every test and interval (95%)
@@ -101,6 +101,8 @@ def seeds_needed(effect_size: float) -> float:
             return float(n)
     z = stats.norm.ppf(1 - ALPHA / 2)
     approx = ((z + stats.norm.ppf(POWER)) / d) ** 2 + z * z / 2  # Guenther's normal approximation
+    if not math.isfinite(approx):
+        return math.nan
     if approx > MANY_SEEDS:  # where the t-test is a z-test and statsmodels' search may not end
         return float(math.ceil(approx))
     try:
@@ -128,9 +130,9 @@ def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
     _, low, high = t_interval(mean, sd, n)
     if n < MIN_SEEDS or sd == 0:  # with no spread the t-test, d_z and any power are undefined
         t, p, d_z = math.nan, math.nan, math.nan
-    else:
-        res = stats.ttest_1samp(diff, 0.0)  # the paired t-test
-        t, p, d_z = float(res.statistic), float(res.pvalue), mean / sd
+    else:  # the paired t-test, on the rounded mean
+        t = mean / (sd / math.sqrt(n))
+        p, d_z = float(2 * stats.t.sf(abs(t), n - 1)), mean / sd
     wins_a, wins_b = int((better * diff > 0).sum()), int((better * diff < 0).sum())
     row = {"mean_diff": mean, "ci95_low": low, "ci95_high": high, "t_statistic": t, "p_value": p,
            "wilcoxon_p": _wilcoxon(diff), "a_wins": wins_a, "b_wins": wins_b, "ties": n - wins_a - wins_b,
@@ -150,14 +152,25 @@ def _columns(effect: float | None) -> list[str]:
     return COMPARE_COLUMNS + ([EFFECT_COLUMN] if effect is not None else [])
 
 
-def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effect: float | None = None) -> pd.DataFrame:
+def _state(group: pd.DataFrame, seed, side: str, ended: set) -> str:
+    """``usable``, ``dead`` (never pairs) or ``pending`` (may pair once its trial finishes or starts)."""
+    if (seed, side) not in group.index:
+        return "dead" if (seed, side) in ended else "pending"
+    row = group.loc[(seed, side)]
+    return "usable" if row["_usable"] else "dead" if row["_dead"] else "pending"
+
+
+def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effect: float | None = None,
+            seeds: list | None = None) -> pd.DataFrame:
     """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
     per target sparsity, paired by seed, on the reports :func:`summarize` uses: a seed where either
     side diverged, is unfinished or has a NaN value is no pair; ``pairs_left_out`` counts the seeds
     that will pair once their trials finish: a side has reported but is unfinished, or has not
-    reported yet while the other has (a sparsity with no pair yet but some left out has a row with
-    ``n_pairs`` 0 and no statistics). Seeds where a side diverged or ended with a NaN value never pair
-    and are not counted here (``summarize`` counts them).
+    reported yet (with ``seeds``, the experiment's seeds, also where neither side has: trials not
+    started), at each sparsity where both arms have reported (a sparsity with no pair yet but some
+    left out has a row with ``n_pairs`` 0 and no statistics). Seeds where a side diverged (a
+    ladder: at that rung or below) or ended with a NaN value never pair and are not counted here
+    (``summarize`` counts them).
 
     Columns: mean difference a-b, its 95% CI, the paired t-test's t and p, the Wilcoxon
     signed-rank test's p (``wilcoxon_p``: robust to one wild seed), how many seeds each won (by
@@ -175,30 +188,42 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
     finals = _finals(df)
     finals = finals[finals[ARM].isin([a, b])]
     complete = is_complete(finals)
-    dead = ~finals.index.isin(healthy(finals).index) | (complete & finals[metric].isna())
-    finals = finals.assign(_usable=complete & ~dead, _dead=dead)
-    index = [TARGET_SPARSITY, SEED]
-    keyed = finals.drop_duplicates([*index, ARM], keep="last").set_index([*index, ARM])
-    table = keyed[metric].unstack(ARM)
-    usable, ended = (keyed[c].unstack(ARM, fill_value=False) for c in ("_usable", "_dead"))
-    spent = keyed[EPOCH].unstack(ARM) if EPOCH in keyed else None
+    diverged = ~finals.index.isin(healthy(finals).index)
+    dead = diverged | (complete & finals[metric].isna())
+    usable = complete & ~dead
+    # the best report of each (sparsity, seed, arm): usable over pending over dead (duplicates aside, one)
+    keyed = (finals.assign(_usable=usable, _dead=dead, _rank=np.where(usable, 2, np.where(dead, 0, 1)))
+             .sort_values("_rank", kind="stable").drop_duplicates([TARGET_SPARSITY, SEED, ARM], keep="last")
+             .set_index([TARGET_SPARSITY, SEED, ARM]))
+    # a ladder that diverged never reports at the rungs above: those never pair either
+    ladder = (finals[SCHEDULE_KIND] == LADDER) if SCHEDULE_KIND in finals else pd.Series(False, index=finals.index)
+    ended = set(zip(finals.loc[ladder & diverged, SEED], finals.loc[ladder & diverged, ARM]))
     rows = []
     better = 1 if higher_is_better(metric) else -1
-    for target, group in table.groupby(level=0, sort=True):
-        if a not in group or b not in group:
+    for target, group in keyed.groupby(level=0, sort=True):
+        arms = set(group.index.get_level_values(ARM))
+        if a not in arms or b not in arms:
             continue
-        paired = usable.loc[group.index, [a, b]].astype(bool).all(axis=1)
-        pairs = group.loc[paired, [a, b]]
-        never = ended.loc[group.index, [a, b]].astype(bool).any(axis=1)
+        group = group.droplevel(0)
+        present = list(dict.fromkeys(group.index.get_level_values(SEED)))
+        pairs, left = [], 0
+        for seed in [*present, *(s for s in (seeds or []) if s not in present)]:
+            state = [_state(group, seed, side, ended) for side in (a, b)]
+            if state == ["usable", "usable"]:
+                pairs.append(seed)
+            elif "dead" not in state:
+                left += 1
         row = {"a": a, "b": b, TARGET_SPARSITY: target, "metric": metric, "n_pairs": len(pairs),
-               "pairs_left_out": int((~paired & ~never).sum()), "a_wins": 0, "b_wins": 0, "ties": 0}
-        if not pairs.empty:
+               "pairs_left_out": left, "a_wins": 0, "b_wins": 0, "ties": 0}
+        if pairs:
+            va = group.loc[[(s, a) for s in pairs], metric].to_numpy(dtype=float)
+            vb = group.loc[[(s, b) for s in pairs], metric].to_numpy(dtype=float)
             # rounded far below any metric's precision, so that equal gains and losses cancel exactly
-            diff = np.round((pairs[a] - pairs[b]).to_numpy(dtype=float), DIGITS)
-            row.update(mean_a=float(pairs[a].mean()), mean_b=float(pairs[b].mean()), **_paired(diff, better, effect))
-            if spent is not None:
-                row.update(epochs_a=float(spent.loc[pairs.index, a].mean()),
-                           epochs_b=float(spent.loc[pairs.index, b].mean()))
+            diff = np.round(va - vb, DIGITS)
+            row.update(mean_a=float(va.mean()), mean_b=float(vb.mean()), **_paired(diff, better, effect))
+            if EPOCH in group:
+                row.update(epochs_a=float(group.loc[[(s, a) for s in pairs], EPOCH].mean()),
+                           epochs_b=float(group.loc[[(s, b) for s in pairs], EPOCH].mean()))
         if row["n_pairs"] or row["pairs_left_out"]:
             rows.append(row)
     return pd.DataFrame(rows, columns=_columns(effect))
@@ -236,11 +261,12 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect: float | None = None) -> pd.DataFrame:
+def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect: float | None = None,
+                seeds: list | None = None) -> pd.DataFrame:
     """Every default comparison (:func:`default_comparisons`) at every sparsity (:func:`compare`,
-    ``effect`` passed on), with ``p_holm``: the p-values adjusted by Holm's method over all these
-    comparisons together."""
-    frames = [compare(df, a, b, metric, effect) for a, b in default_comparisons(df)]
+    ``effect`` and ``seeds`` passed on), with ``p_holm``: the p-values adjusted by Holm's method over
+    all these comparisons together."""
+    frames = [compare(df, a, b, metric, effect, seeds) for a, b in default_comparisons(df)]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=_columns(effect) + ["p_holm"])

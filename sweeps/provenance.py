@@ -136,10 +136,12 @@ def with_trackers(recorded: dict, names) -> dict:
     return {**recorded, TRACKERS: known + more} if more else recorded
 
 
-def forced(recorded: dict, changed: list[str]) -> dict:
-    """``recorded`` with one more entry in its list of resumes forced past ``changed``."""
-    entry = {"at": _now(), "differences": changed, CODE_HASH: code_hash(), GIT_REVISION: git_revision()}
-    return {**recorded, FORCED_RESUMES: [*recorded.get(FORCED_RESUMES, []), entry]}
+def forced(recorded: dict, config: SweepConfig, changed: list[str]) -> dict:
+    """``recorded`` with one more entry in its list of resumes forced past ``changed``, and the hash
+    of ``config``, the config the experiment's ``prunesweep.yaml`` holds from then on."""
+    entry = {"at": _now(), "differences": changed, "config_sha256_before": recorded.get(CONFIG_HASH),
+             CODE_HASH: code_hash(), GIT_REVISION: git_revision()}
+    return {**recorded, CONFIG_HASH: config_hash(config), FORCED_RESUMES: [*recorded.get(FORCED_RESUMES, []), entry]}
 
 
 def extended(recorded: dict, old: SweepConfig, new: SweepConfig, added: dict, changed: list[str]) -> dict:

@@ -328,7 +328,10 @@ def _warn_unknown(path: str, recorded: dict) -> None:
 
 def _trackers(recorded: dict, asked: list[str]) -> list[str]:
     """The trackers an experiment logged to (recorded at ``run``, ``resume`` and ``extend``) and those ``asked``."""
-    return list(dict.fromkeys([*recorded.get(provenance.TRACKERS, []), *asked]))
+    known = recorded.get(provenance.TRACKERS) or []
+    if not isinstance(known, list):
+        raise ConfigError(f"provenance.trackers: {known!r} is not a list of trackers")
+    return list(dict.fromkeys([*known, *asked]))
 
 
 def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, trackers: list[str] = ()):
@@ -352,7 +355,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
         check_snapshots(config, path)
     _warn_unknown(path, recorded)
     with ray_session(config, options):
-        updated = provenance.forced(recorded, changed) if changed else recorded  # forced: say so, for the analysis
+        updated = provenance.forced(recorded, config, changed) if changed else recorded  # forced: say so
         updated = provenance.with_trackers(updated or provenance.legacy(config), logged)
         if updated != recorded:
             _write_experiment_file(path, config, updated)
@@ -368,15 +371,17 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     new trials join it; dense models are trained only for new seeds; finished trials stay as they are.
     Returns the :class:`Outcome` of the grown grid; its ``prunesweep.yaml`` is the grown config.
 
-    ``force`` goes past changed code, never past a ``prunesweep.yaml`` edited since the experiment
-    ran: extend grows the grid that ran, so that old and new trials compare."""
+    ``force`` goes past changed code (and a config whose hash changed with it: a newer prunesweep
+    may fill in new defaults), never past a ``prunesweep.yaml`` edited since the experiment ran
+    with the same code: extend grows the grid that ran, so that old and new trials compare."""
     from . import trackers as tracking
     from .extend import grow
 
     path = _location(path, "extend")
     old, recorded = experiment_config(path)
+    differences = provenance.differences(old, recorded) if recorded else []
     edited = provenance.config_changed(old, recorded) if recorded else None
-    if edited:
+    if edited and differences == [edited]:  # the same code: the file itself was edited
         raise ConfigError(f"extend {path}: {edited}: its {CONFIG_FILE} was edited, so it no longer says what its "
                           "trials ran (--force does not apply); restore the file, or start a new experiment")
     config, added = grow(old, overrides)

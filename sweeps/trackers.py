@@ -21,8 +21,11 @@ WANDB_DIR = "wandb"               # in the experiment folder: W&B's offline runs
 
 def check(names: list[str], experiment: str) -> None:
     """Refuse (ConfigError, one line naming the pip extra) a tracker whose package is missing, or
-    one that cannot write offline where the experiment lives; before Ray starts."""
+    one that cannot write offline where the experiment lives, or one it does not know (a damaged
+    ``provenance.trackers``); before Ray starts."""
     for name in dict.fromkeys(names):
+        if name not in TRACKERS:
+            raise ConfigError(f"provenance.trackers: {name!r} is not a tracker; known: {', '.join(TRACKERS)}")
         modules, extra = TRACKERS[name]
         needed = modules if name != "mlflow" or not os.environ.get(MLFLOW_URI_ENV) else modules[:1]
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
@@ -62,9 +65,9 @@ def callbacks(names: list[str], experiment: str) -> list:
 
             mode = _wandb_mode()
             options = {"mode": mode} if mode else {}
-            if not storage.is_uri(experiment):
-                options["dir"] = storage.join(experiment, WANDB_DIR)
-                os.makedirs(options["dir"], exist_ok=True)
+            # W&B writes local files only: beside a local experiment, else here (never in Tune's staging folder)
+            options["dir"] = os.path.abspath(WANDB_DIR if storage.is_uri(experiment) else storage.join(experiment, WANDB_DIR))
+            os.makedirs(options["dir"], exist_ok=True)
             out.append(WandbLoggerCallback(project=name, **options))
     return out
 

@@ -464,7 +464,9 @@ def test_paired_statistics_edge_cases():
     said = verdicts(c.reset_index())
     assert said[0].endswith("undetermined: every seed differs by exactly the same amount, so there is no spread "
                             "between seeds for a t-test to weigh (Wilcoxon p = 0.25); more seeds would show the spread.")
-    assert "gradual and instant tie" in said[1] and "undetermined: every seed ties exactly" in said[1]
+    assert said[1].endswith("gradual and instant tie: gradual − instant = +0.00 pts (95% CI +0.00 pts to +0.00 pts; "
+                            "gradual better in 0/3 seeds, ties 3); no difference: every seed ties exactly "
+                            "(Wilcoxon p = 1).")
     assert seed_advice(c.reset_index(), "exp")[0] == (
         "- To tell gradual from instant at 0.5, the seeds needed cannot be estimated: every one of the 3 seeds "
         "differs by exactly the same amount (+10.00 pts), so there is no spread to plan with.")
@@ -543,6 +545,30 @@ def test_reports_without_a_budget_count_as_complete_beside_newer_ones():
     finals = final_results(df)
     assert dict(zip(finals["trial_id"], is_complete(finals))) == {"old": True, "new": False}
     assert summarize(df).set_index("schedule").loc["gradual", ["n", "unfinished"]].tolist() == [1, 0]
+    from analysis import completion
+    assert completion(df)["finished"] == 1  # the same rule counts it finished
+
+
+def test_left_out_pairs_count_what_can_still_pair_and_only_that():
+    """Seeds not started (given the experiment's seeds) are left out; a ladder that diverged never
+    pairs at its rung or above; a duplicate report never hides a usable one."""
+    rows = []
+    for seed in range(3):  # instant at 0.5 and 0.9 finished for seeds 0-2
+        for target in (0.5, 0.9):
+            rows += reports(f"i{seed}-{target}", "instant", "instant", seed, 2, [(target, 1, 0.5), (target, 2, 0.6 + seed / 100)])
+    rows += reports("L0", "ladder", "ladder", 0, 4, [(0.5, 1, 0.6), (0.5, 2, 0.7), (0.9, 3, 0.6), (0.9, 4, 0.65)])
+    diverged = reports("L1", "ladder", "ladder", 1, 4, [(0.5, 1, math.nan)])
+    diverged[0]["diverged"] = True
+    rows += diverged  # seed 1's ladder diverged at its first rung: no pair at 0.5 or 0.9, ever
+    df = pd.DataFrame(rows)  # seed 2's ladder has not started
+    c = compare(df, "ladder", "instant", seeds=[0, 1, 2, 3]).set_index("target_sparsity")
+    assert c["n_pairs"].tolist() == [1, 1] and c["pairs_left_out"].tolist() == [2, 2]  # seeds 2 and 3
+    assert compare(df, "ladder", "instant")["pairs_left_out"].tolist() == [1, 1]  # without the seeds: seed 2
+    # a diverged duplicate of seed 0's finished instant trial at 0.5 changes nothing
+    again = reports("i0-dup", "instant", "instant", 0, 2, [(0.5, 1, math.nan)])
+    again[0]["diverged"] = True
+    dup = compare(pd.DataFrame(rows + again), "ladder", "instant").set_index("target_sparsity")
+    assert dup.loc[0.5, "n_pairs"] == 1 and dup.loc[0.5, "mean_diff"] == pytest.approx(0.7 - 0.6)
 
 
 def test_difference_plot_is_drawn_from_the_comparison_table():

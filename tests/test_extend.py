@@ -119,6 +119,14 @@ def test_extend_refuses_an_edited_config_even_with_force(tmp_path, capsys):
     assert len(err) == 1 and "the config differs from the one the run started with" in err[0]
     assert f"its {CONFIG_FILE} was edited" in err[0] and "--force does not apply" in err[0]
     assert _digests(path) == before
+    # with changed code too, the hash may have moved with a newer prunesweep's defaults: --force decides
+    document[PROVENANCE][provenance.CODE_HASH] = "0" * 64
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+    before = _digests(path)
+    assert main(["extend", str(path), "--set", "seeds=2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("\x1b[36m(")]
+    assert len(err) == 1 and "the config differs" in err[0] and "the code differs" in err[0], err
+    assert "(pass --force to extend anyway)" in err[0] and _digests(path) == before
 
 
 def test_an_experiment_from_before_provenance_is_refused_in_one_line(tmp_path, capsys):
