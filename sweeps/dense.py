@@ -196,6 +196,15 @@ class DensePhase:
         while any(seeds is None or seed in seeds for seed in self._pending.values()):
             self.poll(timeout=None)
 
+    def wait_reserved(self) -> None:
+        """Until every training still to finish has its resources (:attr:`reserved`): trials that Ray
+        Tune restores start without asking :class:`SeedGate`, and must not take what a training needs."""
+        import ray
+
+        if self._placing:
+            ray.wait(list(self._placing), num_returns=len(self._placing))
+        self.poll()
+
     def release(self) -> None:
         """Give back what is still reserved for trainings that will not be waited for (an interrupted sweep)."""
         for seed in list(self._groups):

@@ -432,7 +432,10 @@ def _fit(config: SweepConfig, path: str, storage_path: str, name: str, restore: 
     added = tracking.callbacks(list(trackers), path)
     with active(DensePhase(config, path, checkpoint).start()) as phase:
         if restore:
-            phase.wait(wait_for)  # restored trials start at once, so their dense models must exist first
+            # restored trials start at once: their dense models must exist first, and the trainings
+            # still running (new seeds') must hold their resources before those trials take them
+            phase.wait(wait_for)
+            phase.wait_reserved()
         trainable = _trainable(config, phase.refs, path)
         if restore and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
