@@ -197,7 +197,8 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
              .set_index([TARGET_SPARSITY, SEED, ARM]))
     # a ladder that diverged never reports at the rungs above: those never pair either
     ladder = (finals[SCHEDULE_KIND] == LADDER) if SCHEDULE_KIND in finals else pd.Series(False, index=finals.index)
-    ended = set(zip(finals.loc[ladder & diverged, SEED], finals.loc[ladder & diverged, ARM]))
+    gone = finals[ladder & diverged]
+    ended = set(zip(gone[SEED], gone[ARM]))
     rows = []
     better = 1 if higher_is_better(metric) else -1
     for target, group in keyed.groupby(level=0, sort=True):

@@ -90,9 +90,10 @@ def record(config: SweepConfig) -> dict:
 
 
 def config_changed(config: SweepConfig, recorded: dict) -> str | None:
-    """How ``config`` differs from the config the experiment ``recorded`` (its hash), or None."""
+    """How ``config`` differs from the config the experiment ``recorded`` (its hash), or None (also
+    when nothing was recorded)."""
     now = config_hash(config)
-    if recorded.get(CONFIG_HASH) == now:
+    if not recorded or recorded.get(CONFIG_HASH) == now:
         return None
     return (f"the config differs from the one the run started with (sha256 "
             f"{str(recorded.get(CONFIG_HASH))[:12]} recorded, {now[:12]} now)")
@@ -100,9 +101,10 @@ def config_changed(config: SweepConfig, recorded: dict) -> str | None:
 
 def differences(config: SweepConfig, recorded: dict) -> list[str]:
     """How the config and the code here differ from what the experiment ``recorded`` at its start
-    (only the config for a :data:`LEGACY` record: what code ran before is unknown)."""
+    (only the config for a :data:`LEGACY` record: what code ran before is unknown; nothing when
+    nothing was recorded)."""
     found = [c for c in [config_changed(config, recorded)] if c]
-    if recorded.get(LEGACY):
+    if not recorded or recorded.get(LEGACY):
         return found
     if recorded.get(VERSION) != version():
         found.append(f"prunesweep {version()} here, {recorded.get(VERSION)} at the start")

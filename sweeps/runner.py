@@ -309,10 +309,9 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
         return _fit(config, path, storage_path, name, restore=False, checkpoint=checkpoint, trackers=trackers)
 
 
-def _unchanged(path: str, config: SweepConfig, recorded: dict, force: bool, command: str) -> list[str]:
-    """How the config and code differ from the experiment's start (:func:`provenance.differences`);
-    refused unless ``force``."""
-    changed = provenance.differences(config, recorded) if recorded else []
+def _unchanged(path: str, changed: list[str], force: bool, command: str) -> list[str]:
+    """``changed``, how the config and code differ from the experiment's start
+    (:func:`provenance.differences`); refused unless ``force``."""
     if changed and not force:
         raise ConfigError(f"{command} {path}: {'; '.join(changed)}; its trials would not be comparable "
                           f"(pass --force to {command} anyway)")
@@ -344,7 +343,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
 
     path = _location(path, "resume")
     config, recorded = experiment_config(path)
-    changed = _unchanged(path, config, recorded, force, "resume")
+    changed = _unchanged(path, provenance.differences(config, recorded), force, "resume")
     _check_storage(path)
     logged = _trackers(recorded, list(trackers))
     tracking.check(logged, path)
@@ -379,13 +378,13 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
 
     path = _location(path, "extend")
     old, recorded = experiment_config(path)
-    differences = provenance.differences(old, recorded) if recorded else []
-    edited = provenance.config_changed(old, recorded) if recorded else None
+    differences = provenance.differences(old, recorded)
+    edited = provenance.config_changed(old, recorded)
     if edited and differences == [edited]:  # the same code: the file itself was edited
         raise ConfigError(f"extend {path}: {edited}: its {CONFIG_FILE} was edited, so it no longer says what its "
                           "trials ran (--force does not apply); restore the file, or start a new experiment")
     config, added = grow(old, overrides)
-    changed = _unchanged(path, old, recorded, force, "extend")
+    changed = _unchanged(path, differences, force, "extend")
     _check_storage(path)
     logged = _trackers(recorded, list(trackers))
     tracking.check(logged, path)
