@@ -137,7 +137,8 @@ def _train_step_time(model, optimizer, x, y, repeats):
 
 
 def mask_overhead(quick: bool) -> dict:
-    """Training-step time of a 90%-pruned ResNet-20 (masks applied by the optimizer hooks) / dense."""
+    """Training-step time of a 90%-pruned ResNet-20 (gradient hooks and the attached optimizer keep the
+    pruned weights at zero) / dense."""
     torch.manual_seed(0)
     batch = 32 if quick else 128
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))

@@ -4,6 +4,7 @@ Usable on any ``nn.Module``; depends on torch only.
 """
 from .masks import (
     MASK,
+    PrunableWeight,
     apply_masks,
     attach_optimizer,
     clear_optimizer_state,
@@ -12,10 +13,14 @@ from .masks import (
     make_permanent,
     mask_gradients,
     prunable_modules,
+    prunable_weights,
 )
 from .report import layer_sparsity, nonzero_params, sparsity, sparsity_report
 from .schedules import SCHEDULE_KINDS, check_sparsity, sparsity_schedule
-from .selection import CRITERIA, SCOPES, STRUCTURES, accumulate_gradients, prune, prune_threshold
+from .selection import (
+    CRITERIA, SCOPES, STRUCTURES, accumulate_gradients, nm_sparsity, parse_structure, prune, prune_threshold,
+    units_in_scope,
+)
 from .serialization import load_pruned, save_pruned
 
 __all__ = [
@@ -24,5 +29,5 @@ __all__ = [
     "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
     "attach_optimizer", "apply_masks", "mask_gradients", "clear_optimizer_state",
-    "get_mask", "prunable_modules", "sparsity_schedule", "check_sparsity",
+    "get_mask", "prunable_modules", "prunable_weights", "PrunableWeight", "nm_sparsity", "parse_structure", "units_in_scope", "sparsity_schedule", "check_sparsity",
 ]

@@ -1,10 +1,21 @@
-"""How pruning is held on a model: a boolean ``weight_mask`` buffer beside the real ``weight``.
+"""How pruning is held on a model: a boolean ``<param>_mask`` buffer beside the real parameter
+(``weight_mask`` beside a Conv/Linear ``weight``, ``in_proj_weight_mask`` beside an attention's
+fused Q/K/V projection).
 
-The weight itself stays an ordinary ``nn.Parameter`` whose pruned entries are exactly zero.
-Nothing runs in ``forward``; an optimizer attached with :func:`attach_optimizer` masks the
-gradients before each step and re-zeroes the weights after it. Because the mask is a
-buffer, ``copy.deepcopy``, ``state_dict`` and ``.to(device)`` carry it for free, and
-``torch.compile`` sees the very same parameter tensors that reports and saves read.
+The parameter itself stays an ordinary ``nn.Parameter`` whose pruned entries are exactly zero.
+Nothing runs in ``forward``'s arithmetic. Instead, every masked parameter carries a hook that
+zeroes the pruned entries of its gradient as soon as autograd has accumulated it, so no
+optimizer, attached or not, made before or after the prune, moves a pruned weight: a zero
+weight with a zero gradient and zero optimizer state stays zero under SGD (momentum, weight
+decay), Adam and AdamW alike. Only state an optimizer built up *before* the prune (momentum,
+Adam moments at now-pruned positions) can still move them; :func:`attach_optimizer` clears
+that state and re-zeroes the weights after every step.
+
+Deep copies and unpickled models get their gradient hooks back on their first forward pass
+(a forward pre-hook, which copies and pickles with the module, re-arms them), and
+:func:`load_state_dict`/``load_pruned`` arm them at once. Because the mask is a buffer,
+``state_dict`` and ``.to(device)`` carry it, and ``torch.compile`` sees the very same
+parameter tensors that reports and saves read.
 
 Modules pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask`` + a forward
 pre-hook) are understood too: they count in reports, and :func:`make_permanent` removes
@@ -14,15 +25,19 @@ from __future__ import annotations
 
 import fnmatch
 import weakref
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn.utils.prune
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 MASK = "weight_mask"
+SUFFIX = "_mask"
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PROJECTIONS = ("q", "k", "v")
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -37,6 +52,8 @@ def prunable_modules(
     """``(name, module)`` of every Conv1d/2d/3d and Linear whose ``weight`` may be pruned.
 
     ``include``/``exclude`` are module names or ``fnmatch`` patterns (``"layer3.*"``).
+    Attention's Q/K/V projections are prunable weights too, but not modules of their own:
+    :func:`prunable_weights` lists them.
     """
     include = list(include) if include is not None else None
     exclude = list(exclude or [])
@@ -52,6 +69,95 @@ def prunable_modules(
     return found
 
 
+@dataclass(frozen=True, eq=False)
+class PrunableWeight:
+    """One prunable weight matrix: a Conv/Linear ``weight``, or one projection (``q``, ``k``,
+    ``v``) of an ``nn.MultiheadAttention``, named ``<attention>.q_proj`` and so on.
+
+    ``rows`` selects the projection's rows of a fused ``in_proj_weight``; ``None`` is the whole
+    parameter.
+    """
+
+    name: str
+    module: nn.Module
+    param: str = "weight"
+    rows: slice | None = None
+
+    @property
+    def parameter(self) -> torch.Tensor:
+        return self.module._parameters[self.param]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The values the layer computes with (detached), never a stale copy."""
+        if self.param == "weight" and is_torch_pruned(self.module):
+            value = self.module.weight_orig.detach() * self.module._buffers[MASK]
+        else:
+            value = self.parameter.detach()
+        return value if self.rows is None else value[self.rows]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The keep-mask (bool, True = kept), or None while nothing of it is pruned."""
+        mask = self.module._buffers.get(self.param + SUFFIX)
+        if mask is None:
+            return None
+        mask = mask.bool()
+        return mask if self.rows is None else mask[self.rows]
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Install ``mask`` (True = keep) and zero the pruned weights now."""
+        if self.rows is None:
+            set_mask(self.module, mask, self.param)
+            return
+        full = self.module._buffers.get(self.param + SUFFIX)
+        full = torch.ones_like(self.parameter, dtype=torch.bool) if full is None else full.bool().clone()
+        if mask.shape != full[self.rows].shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match {self.name} {tuple(full[self.rows].shape)}")
+        full[self.rows] = mask.to(full.device)
+        set_mask(self.module, full, self.param)
+
+
+def _attention_weights(name: str, module: nn.MultiheadAttention) -> list[PrunableWeight]:
+    if module._qkv_same_embed_dim:
+        e = module.embed_dim
+        return [PrunableWeight(f"{name}.{p}_proj", module, "in_proj_weight", slice(i * e, (i + 1) * e))
+                for i, p in enumerate(PROJECTIONS)]
+    return [PrunableWeight(f"{name}.{p}_proj", module, f"{p}_proj_weight") for p in PROJECTIONS]
+
+
+def prunable_weights(
+    model: nn.Module,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+) -> list[PrunableWeight]:
+    """Every prunable weight of ``model`` in module order: Conv1d/2d/3d and Linear weights, and the
+    Q, K and V projections of each ``nn.MultiheadAttention`` (its ``out_proj`` is a Linear).
+
+    ``include``/``exclude`` are names or ``fnmatch`` patterns; a pattern matches a weight when it
+    matches the weight's name or the name of the module holding it (``"*.self_attention"``
+    selects an attention's three projections).
+    """
+    include = list(include) if include is not None else None
+    exclude = list(exclude or [])
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            units = [PrunableWeight(name, module)]
+        elif isinstance(module, nn.MultiheadAttention):
+            units = _attention_weights(name, module)
+        else:
+            continue
+        for unit in units:
+            names = (unit.name, name)
+            if include is not None and not any(_matches(n, include) for n in names):
+                continue
+            if any(_matches(n, exclude) for n in names):
+                continue
+            found.append(unit)
+    return found
+
+
 def is_torch_pruned(module: nn.Module) -> bool:
     """True if ``torch.nn.utils.prune`` holds this module's weight (``weight_orig``)."""
     return "weight_orig" in module._parameters and MASK in module._buffers
@@ -64,14 +170,12 @@ def has_mask(module: nn.Module) -> bool:
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
     """The weight the module computes with, never a stale copy."""
-    if is_torch_pruned(module):
-        return module.weight_orig.detach() * module._buffers[MASK]
-    return module.weight.detach()
+    return PrunableWeight("", module).weight
 
 
-def get_mask(module: nn.Module) -> torch.Tensor | None:
-    """The module's keep-mask as a bool tensor (True = kept), or None if unpruned."""
-    mask = module._buffers.get(MASK)
+def get_mask(module: nn.Module, param: str = "weight") -> torch.Tensor | None:
+    """The keep-mask of ``module``'s ``param`` as a bool tensor (True = kept), or None if unpruned."""
+    mask = module._buffers.get(param + SUFFIX)
     return None if mask is None else mask.bool()
 
 
@@ -84,53 +188,111 @@ def adopt_torch_pruning(module: nn.Module) -> None:
     set_mask(module, mask)
 
 
-def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    """Install ``mask`` (True = keep) on ``module`` and zero the pruned weights now."""
-    adopt_torch_pruning(module)
-    weight = module.weight
+def set_mask(module: nn.Module, mask: torch.Tensor, param: str = "weight") -> None:
+    """Install ``mask`` (True = keep) on ``module``'s ``param`` and zero the pruned weights now."""
+    if param == "weight":
+        adopt_torch_pruning(module)
+    weight = module._parameters[param]
     if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight {tuple(weight.shape)}")
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {param} {tuple(weight.shape)}")
     mask = mask.to(device=weight.device, dtype=torch.bool)
-    existing = module._buffers.get(MASK)
+    existing = module._buffers.get(param + SUFFIX)
     if existing is not None:
         existing.copy_(mask)
     else:
-        module.register_buffer(MASK, mask.clone())
+        module.register_buffer(param + SUFFIX, mask.clone())
     with torch.no_grad():
-        weight.mul_(module._buffers[MASK])
+        weight.mul_(module._buffers[param + SUFFIX])
+    arm(module)
+
+
+def _module_masks(module: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(parameter, mask)`` of every pruning_core mask on ``module`` (not torch's)."""
+    for key, mask in module._buffers.items():
+        if mask is not None and key.endswith(SUFFIX):
+            param = module._parameters.get(key[: -len(SUFFIX)])
+            if param is not None:
+                yield param, mask
 
 
 def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every module that carries a pruning_core mask (not torch's)."""
     for name, module in model.named_modules():
-        if MASK in module._buffers and "weight" in module._parameters:
+        if next(_module_masks(module), None) is not None:
             yield name, module
+
+
+def _masked(model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for _, module in masked_modules(model):
+        yield from _module_masks(module)
+
+
+# parameter -> (module holding it, its mask buffer's name), for the gradient hook
+_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _mask_accumulated_gradient(param: torch.Tensor) -> None:
+    owner = _OWNERS.get(param)
+    module = owner[0]() if owner is not None else None
+    if module is not None and param.grad is not None and module._parameters.get(owner[1][: -len(SUFFIX)]) is param:
+        param.grad.mul_(module._buffers[owner[1]])
+
+
+def _rearm(module: nn.Module, args) -> None:
+    """Forward pre-hook: give a deep copy's or an unpickled model's parameters their gradient hooks."""
+    if not torch.compiler.is_compiling():
+        arm(module)
+
+
+def arm(module: nn.Module) -> None:
+    """Make sure every masked parameter of ``module`` has its pruned gradients zeroed by autograd."""
+    if _rearm not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_rearm)
+    for key in list(module._buffers):
+        if not key.endswith(SUFFIX):
+            continue
+        param = module._parameters.get(key[: -len(SUFFIX)])
+        if param is None or not param.requires_grad:
+            continue
+        owner = _OWNERS.get(param)
+        if owner is None:
+            param.register_post_accumulate_grad_hook(_mask_accumulated_gradient)
+        if owner is None or owner[0]() is not module or owner[1] != key:
+            _OWNERS[param] = (weakref.ref(module), key)
+
+
+def disarm(module: nn.Module) -> None:
+    """Remove :func:`arm`'s forward pre-hook (the gradient hooks then do nothing)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if hook is _rearm:
+            del module._forward_pre_hooks[key]
+    for param in module._parameters.values():
+        if param is not None and param in _OWNERS:
+            del _OWNERS[param]
 
 
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
     """Re-zero every pruned weight (call after any update that ignores the masks)."""
-    for _, module in masked_modules(model):
-        module.weight.mul_(module._buffers[MASK])
+    for param, mask in _masked(model):
+        param.mul_(mask)
 
 
 @torch.no_grad()
 def mask_gradients(model: nn.Module) -> None:
-    """Zero the gradients of pruned weights."""
-    for _, module in masked_modules(model):
-        grad = module.weight.grad
-        if grad is not None:
-            grad.mul_(module._buffers[MASK])
+    """Zero the gradients of pruned weights (autograd already does, for gradients it computes)."""
+    for param, mask in _masked(model):
+        if param.grad is not None:
+            param.grad.mul_(mask)
 
 
 @torch.no_grad()
 def clear_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Zero the optimizer's per-weight state (momentum, Adam moments) at pruned positions."""
-    for _, module in masked_modules(model):
-        state = optimizer.state.get(module.weight)
+    for param, mask in _masked(model):
+        state = optimizer.state.get(param)
         if not state:
             continue
-        mask = module._buffers[MASK]
         for value in state.values():
             if torch.is_tensor(value) and value.shape == mask.shape:
                 value.mul_(mask)
@@ -140,27 +302,22 @@ _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, set[int]]" = weakre
 
 
 def attach_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Keep ``model``'s pruned weights exactly zero while ``optimizer`` trains it.
+    """Clear ``optimizer``'s state at ``model``'s pruned positions and re-zero them after every step.
 
-    Registers a step pre-hook (mask gradients) and post-hook (re-zero weights) and clears
-    stale optimizer state at pruned positions. Works for an optimizer made before or after
-    the prune, for masks added later, and is idempotent. Returns the optimizer.
+    Needed only for an optimizer that stepped *before* the prune (its momentum or Adam moments
+    would otherwise move the pruned weights); any other optimizer keeps them at zero anyway,
+    because their gradients are masked. Idempotent; masks added later are covered. Returns the
+    optimizer.
     """
     attached = _ATTACHED.setdefault(optimizer, set())
     if id(model) not in attached:
         model_ref = weakref.ref(model)
-
-        def pre_hook(opt, args, kwargs):
-            m = model_ref()
-            if m is not None:
-                mask_gradients(m)
 
         def post_hook(opt, args, kwargs):
             m = model_ref()
             if m is not None:
                 apply_masks(m)
 
-        optimizer.register_step_pre_hook(pre_hook)
         optimizer.register_step_post_hook(post_hook)
         attached.add(id(model))
     clear_optimizer_state(model, optimizer)
@@ -175,31 +332,70 @@ def make_permanent(model: nn.Module) -> nn.Module:
     for _, module in list(model.named_modules()):
         if is_torch_pruned(module):
             torch.nn.utils.prune.remove(module, "weight")
-        elif MASK in module._buffers:
+        for key in [k for k in module._buffers if k.endswith(SUFFIX) and k[: -len(SUFFIX)] in module._parameters]:
             with torch.no_grad():
-                module.weight.mul_(module._buffers[MASK])
-            del module._buffers[MASK]
+                module._parameters[key[: -len(SUFFIX)]].mul_(module._buffers[key])
+            del module._buffers[key]
+        disarm(module)
     return model
 
 
-def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
+def _module_of(key: str) -> str:
+    return key.rpartition(".")[0] or "(the model itself)"
+
+
+def check_fits(source: str, model: nn.Module, state: dict) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first module (in ``model``'s order) whose
+    entries in ``state`` are missing, unknown or differently shaped; masks may be absent."""
+    own = model.state_dict()
+    expected = {key: tuple(t.shape) for key, t in own.items()}
+    for key in [k for k in expected if k.endswith("_orig")]:  # a model pruned with torch.nn.utils.prune
+        expected[key[: -len("_orig")]] = expected.pop(key)
+    for key in state:
+        if key.endswith(SUFFIX) and key[: -len(SUFFIX)] in expected:
+            expected[key] = expected[key[: -len(SUFFIX)]]
+    where = f"{source}: does not fit this model:"
+    for key in list(expected) + [k for k in state if k not in expected]:
+        module, _, leaf = key.rpartition(".")
+        module = repr(module) if module else "(the model itself)"
+        if key not in state:
+            if not key.endswith(SUFFIX):
+                raise ValueError(f"{where} module {module} has {leaf!r}, the saved state has not")
+        elif key not in expected:
+            raise ValueError(f"{where} the saved state has {key!r}, which module {module} of this model has not")
+        elif tuple(state[key].shape) != expected[key]:
+            raise ValueError(f"{where} module {module}: {leaf} is {tuple(state[key].shape)} in the saved state, "
+                             f"{expected[key]} in the model")
+
+
+def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True, source: str = "state_dict"):
     """Load a pruned model's ``state_dict`` into a fresh instance, masks included.
 
     This is the documented way to restore a pruned model (checkpoints, resume). Accepts
     pruning_core state dicts and torch.nn.utils.prune ones (``weight_orig``/``weight_mask``).
+    With ``strict`` a state that does not fit (a missing, unknown or differently shaped entry)
+    raises ``ValueError`` naming ``source`` and the first module that differs, before anything
+    of ``model`` changes.
     """
     state_dict = dict(state_dict)
-    suffix = "." + MASK
-    for key in [k for k in state_dict if k.endswith(suffix) or k == MASK]:
-        prefix = key[: -len(MASK)]
-        module = model.get_submodule(prefix[:-1]) if prefix else model
-        orig_key = prefix + "weight_orig"
-        if orig_key in state_dict:  # torch.nn.utils.prune layout
-            mask = state_dict[key].bool()
-            state_dict[prefix + "weight"] = state_dict.pop(orig_key) * mask
-            state_dict[key] = mask
-        if is_torch_pruned(module):
+    for key in [k for k in state_dict if k.endswith(SUFFIX) and k[: -len(SUFFIX)] + "_orig" in state_dict]:
+        mask = state_dict[key].bool()  # torch.nn.utils.prune layout: weight_orig * weight_mask
+        state_dict[key[: -len(SUFFIX)]] = state_dict.pop(key[: -len(SUFFIX)] + "_orig") * mask
+        state_dict[key] = mask
+    if strict:
+        check_fits(source, model, state_dict)
+    for key in [k for k in state_dict if k.endswith(SUFFIX)]:
+        prefix, _, leaf = key.rpartition(".")
+        param = leaf[: -len(SUFFIX)]
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            continue  # not strict: an unexpected key
+        if param == "weight" and is_torch_pruned(module):
             adopt_torch_pruning(module)
-        if MASK not in module._buffers:
-            module.register_buffer(MASK, torch.ones_like(module.weight, dtype=torch.bool))
+        if param not in module._parameters:
+            continue
+        if leaf not in module._buffers:
+            module.register_buffer(leaf, torch.ones_like(module._parameters[param], dtype=torch.bool))
+        arm(module)
     return model.load_state_dict(state_dict, strict=strict)

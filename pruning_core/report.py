@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import defaultdict
 
 import torch
@@ -9,27 +10,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .masks import effective_weight, is_torch_pruned, prunable_modules
+from .masks import PROJECTIONS, effective_weight, is_torch_pruned, prunable_weights
 
 
-def _counts(model: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
+def _counts(model: nn.Module) -> list[tuple[object, int, int]]:
     rows = []
-    for name, module in prunable_modules(model):
-        weight = effective_weight(module)
-        rows.append((name, module, weight.numel(), int(torch.count_nonzero(weight))))
+    for unit in prunable_weights(model):
+        weight = unit.weight
+        rows.append((unit, weight.numel(), int(torch.count_nonzero(weight))))
     return rows
 
 
 def sparsity(model: nn.Module) -> float:
     """Fraction of all prunable weights whose effective value is exactly zero."""
     rows = _counts(model)
-    total = sum(r[2] for r in rows)
-    return 0.0 if total == 0 else 1.0 - sum(r[3] for r in rows) / total
+    total = sum(r[1] for r in rows)
+    return 0.0 if total == 0 else 1.0 - sum(r[2] for r in rows) / total
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    """``{module_name: fraction of its weight that is exactly zero}``."""
-    return {name: 1.0 - nonzero / total for name, _, total, nonzero in _counts(model)}
+    """``{weight_name: fraction of it that is exactly zero}`` (see :func:`prunable_weights`)."""
+    return {unit.name: 1.0 - nonzero / total for unit, total, nonzero in _counts(model)}
 
 
 def nonzero_params(model: nn.Module) -> int:
@@ -46,14 +47,28 @@ def nonzero_params(model: nn.Module) -> int:
     return count
 
 
-class _WeightUses(TorchFunctionMode):
-    """Counts, per prunable layer, the output positions its weight is applied at in a forward pass,
-    however the weight is reached: a module call, ``F.linear`` on another module's weight (Swin's
-    attention), or ``nn.MultiheadAttention``'s fused call, which applies ``out_proj.weight`` itself."""
+_CONVS = (F.conv1d, F.conv2d, F.conv3d)
+_MHA = inspect.signature(F.multi_head_attention_forward)
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
+            torch.baddbmm, torch.Tensor.baddbmm)
 
-    def __init__(self, names: dict[int, str]):
+
+class _WeightUses(TorchFunctionMode):
+    """Counts, per prunable weight, the output positions it is applied at in a forward pass and how
+    often it is applied, however the weight is reached: a module call, ``F.linear`` on another
+    module's weight (Swin's attention), or ``nn.MultiheadAttention``'s fused call, which applies
+    the Q/K/V and output projections itself. Also counts the multiply-accumulates of products
+    of two activations (attention's scores and weighted sums), which no pruning can remove."""
+
+    def __init__(self, names: dict[int, str], projections: dict[int, str]):
         super().__init__()
-        self.names, self.positions = names, defaultdict(int)
+        self.names, self.projections = names, projections
+        self.positions, self.calls = defaultdict(int), defaultdict(int)
+        self.activation_macs = 0
+
+    def _use(self, name: str, positions: int) -> None:
+        self.positions[name] += positions
+        self.calls[name] += 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -62,32 +77,51 @@ class _WeightUses(TorchFunctionMode):
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             name = self.names.get(id(weight))
             if name is not None:  # one sample: a conv's output positions, a linear's rows
-                self.positions[name] += out[0, 0].numel() if func in _CONVS else out.numel() // weight.shape[0]
+                self._use(name, out[0, 0].numel() if func in _CONVS else out.numel() // weight.shape[0])
         elif func is F.multi_head_attention_forward:
-            weight = _MHA.bind(*args, **kwargs).arguments["out_proj_weight"]
-            name = self.names.get(id(weight))
-            if name is not None:
-                self.positions[name] += out[0].numel() // weight.shape[0]
+            self._attention(_MHA.bind(*args, **kwargs).arguments, out[0])
+        elif func is F.scaled_dot_product_attention:
+            q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"), (*args, None, None, None)[:3]))
+            self.activation_macs += q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1]) * q[..., 0, 0].numel()
+        elif func in _MATMULS and all(torch.is_tensor(t) and id(t) not in self.names for t in args[-2:]):
+            self.activation_macs += out.numel() * args[-2].shape[-1]
         return out
 
+    def _attention(self, a: dict, out: torch.Tensor) -> None:
+        """``F.multi_head_attention_forward`` of one sample: (L, 1, E) or (L, E) query."""
+        length, source = a["query"].shape[0], a["key"].shape[0]
+        if a.get("use_separate_proj_weight"):
+            weights = [a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"]]
+        else:
+            weights = [a["in_proj_weight"]] * 3
+        for projection, weight, rows in zip(PROJECTIONS, weights, (length, source, source)):
+            prefix = self.projections.get(id(weight))
+            if prefix is not None:
+                self._use(f"{prefix}.{projection}_proj", rows)
+        name = self.names.get(id(a["out_proj_weight"]))
+        if name is not None:
+            self._use(name, length)
+        embed = a["embed_dim_to_check"]
+        extra = int(a.get("bias_k") is not None) + int(bool(a.get("add_zero_attn")))
+        self.activation_macs += 2 * length * (source + extra) * embed  # scores, then the weighted sum
 
-_CONVS = (F.conv1d, F.conv2d, F.conv3d)
-_MHA = inspect.signature(F.multi_head_attention_forward)
 
-
-def _positions(model: nn.Module, rows, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Output positions per prunable layer in one forward pass of a zero sample of ``input_shape``."""
-    names = {id(module.weight): name for name, module, _, _ in rows}
-    seen, handles = [], []
-    for name, module, _, _ in rows:
-        if is_torch_pruned(module):  # its weight is recomputed before each call: learn it then
-            def learn(mod, inputs, name=name):
-                seen.append(mod.weight)
+def _positions(model: nn.Module, units, input_shape: tuple[int, ...]) -> _WeightUses:
+    """Uses of every prunable weight in one forward pass of a zero sample of ``input_shape``."""
+    names, projections = {}, {}
+    handles = []
+    for unit in units:
+        if unit.param != "weight":  # an attention's Q/K/V projection
+            projections[id(unit.parameter)] = unit.name.rpartition(".")[0]
+        elif is_torch_pruned(unit.module):  # its weight is recomputed before each call: learn it then
+            def learn(mod, inputs, name=unit.name):
                 names[id(mod.weight)] = name
-            handles.append(module.register_forward_pre_hook(learn))
+            handles.append(unit.module.register_forward_pre_hook(learn))
+        else:
+            names[id(unit.parameter)] = unit.name
     param = next(model.parameters())
     was_training = model.training
-    uses = _WeightUses(names)
+    uses = _WeightUses(names, projections)
     try:
         model.eval()
         with torch.no_grad(), uses:
@@ -96,33 +130,38 @@ def _positions(model: nn.Module, rows, input_shape: tuple[int, ...]) -> dict[str
         model.train(was_training)
         for h in handles:
             h.remove()
-    return uses.positions
+    return uses
 
 
 def sparsity_report(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict:
     """Per-layer and total weights, nonzeros, sparsity and compression ratio.
 
     With ``input_shape`` (one sample, no batch dimension, e.g. ``(3, 32, 32)``) each layer
-    also gets ``macs_dense`` and ``macs_sparse``: multiply-accumulates of one forward pass,
-    dense and with zero weights skipped. They count every use of the layer's weight, however it
-    is reached (a module call, a functional call on the module's weight, attention's fused
-    projection; a weight used twice counts twice, one never used counts none).
+    also gets ``calls`` and ``macs_dense``/``macs_sparse``: multiply-accumulates of one forward
+    pass, dense and with zero weights skipped. They count every use of the layer's weight,
+    however it is reached (a module call, a functional call on the module's weight, attention's
+    fused projections; a weight used twice counts twice). Layers the forward pass never used are
+    listed in ``layers_not_run`` (and warned about), not hidden in a zero. The totals add
+    ``macs_activations``: products of two activations (attention scores and weighted sums), which
+    no pruning removes.
     """
     rows = _counts(model)
-    positions = _positions(model, rows, input_shape) if input_shape is not None else {}
+    uses = _positions(model, [r[0] for r in rows], input_shape) if input_shape is not None else None
     layers = []
-    for name, module, total, nonzero in rows:
+    for unit, total, nonzero in rows:
         row = {
-            "name": name,
-            "type": type(module).__name__,
-            "shape": tuple(module.weight.shape) if "weight" in module._parameters else tuple(effective_weight(module).shape),
+            "name": unit.name,
+            "type": type(unit.module).__name__,
+            "shape": tuple(unit.weight.shape),
             "params": total,
             "nonzero": nonzero,
             "sparsity": 1.0 - nonzero / total,
         }
-        if input_shape is not None:
-            row["macs_dense"] = total * positions.get(name, 0)
-            row["macs_sparse"] = nonzero * positions.get(name, 0)
+        if uses is not None:
+            positions = uses.positions.get(unit.name, 0)
+            row["calls"] = uses.calls.get(unit.name, 0)
+            row["macs_dense"] = total * positions
+            row["macs_sparse"] = nonzero * positions
         layers.append(row)
     total = sum(r["params"] for r in layers)
     nonzero = sum(r["nonzero"] for r in layers)
@@ -134,7 +173,14 @@ def sparsity_report(model: nn.Module, input_shape: tuple[int, ...] | None = None
         "compression_ratio": float("inf") if nonzero == 0 else total / nonzero,
         "nonzero_params": nonzero_params(model),
     }
-    if input_shape is not None:
-        report["macs_dense"] = sum(r["macs_dense"] for r in layers)
-        report["macs_sparse"] = sum(r["macs_sparse"] for r in layers)
+    if uses is not None:
+        report["macs_activations"] = uses.activation_macs
+        report["macs_dense"] = sum(r["macs_dense"] for r in layers) + uses.activation_macs
+        report["macs_sparse"] = sum(r["macs_sparse"] for r in layers) + uses.activation_macs
+        report["layers_not_run"] = [r["name"] for r in layers if r["calls"] == 0]
+        if report["layers_not_run"]:
+            shown = ", ".join(report["layers_not_run"][:5])
+            warnings.warn(f"sparsity_report: {len(report['layers_not_run'])} prunable layer(s) did not run in the "
+                          f"forward pass of a {tuple(input_shape)} sample, so they count no MACs: {shown}",
+                          stacklevel=2)
     return report

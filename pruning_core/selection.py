@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from .masks import (
-    CONV_TYPES,
-    adopt_torch_pruning,
-    attach_optimizer,
-    effective_weight,
-    get_mask,
-    prunable_modules,
-    set_mask,
-)
+from .masks import CONV_TYPES, PrunableWeight, adopt_torch_pruning, attach_optimizer, prunable_weights
 from .schedules import check_sparsity
 
 CRITERIA = ("magnitude", "gradient", "magnitude_gradient", "random")
 SCOPES = ("global", "layerwise")
-STRUCTURES = ("unstructured", "filters")
+STRUCTURES = ("unstructured", "filters", "n:m")
+_NM = re.compile(r"([0-9]+):([0-9]+)")
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -29,30 +23,65 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-def _gradient(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
-    grad = module.weight.grad
+def parse_structure(structure: str) -> tuple[str, tuple[int, int] | None]:
+    """``("unstructured" | "filters", None)``, or ``("n:m", (n, m))`` for a string like ``"2:4"``."""
+    if isinstance(structure, str):
+        match = _NM.fullmatch(structure.strip())
+        if match:
+            n, m = int(match.group(1)), int(match.group(2))
+            if 0 < n < m:
+                return "n:m", (n, m)
+            raise ValueError(f"structure {structure!r}: N:M needs 0 < N < M (keep N of every M weights)")
+        if structure in STRUCTURES[:2]:
+            return structure, None
+    raise ValueError(f"structure must be unstructured, filters or N:M such as \"2:4\"; got {structure!r}")
+
+
+def nm_sparsity(structure: str) -> float | None:
+    """The sparsity an N:M ``structure`` fixes every layer at (``1 - n/m``); None for other structures."""
+    kind, nm = parse_structure(structure)
+    return None if nm is None else 1.0 - nm[0] / nm[1]
+
+
+def _score_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Scores are ranked in float32, or float64 for a float64 model (never in half precision)."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def _gradient(unit: PrunableWeight, criterion: str) -> torch.Tensor:
+    grad = unit.parameter.grad
     if grad is None:
         raise ValueError(
-            f"criterion {criterion!r} needs gradients, but layer {name!r} has no .grad: "
+            f"criterion {criterion!r} needs gradients, but layer {unit.name!r} has no .grad: "
             "run loss.backward() on one or more batches before prune()"
         )
-    return grad.detach()
+    grad = grad.detach()
+    return grad if unit.rows is None else grad[unit.rows]
 
 
-def _signed_score(name: str, module: nn.Module, criterion: str) -> torch.Tensor:
-    """``w``, ``dL/dw`` or ``w * dL/dw`` of ``module.weight`` (float32): its magnitude is the score."""
-    weight = effective_weight(module).float()
+def _signed_score(unit: PrunableWeight, criterion: str) -> torch.Tensor:
+    """``w``, ``dL/dw`` or ``w * dL/dw`` of the unit's weight: its magnitude is the score."""
+    weight = unit.weight
+    dtype = _score_dtype(weight)
+    weight = weight.to(dtype)
     if criterion == "magnitude":
         return weight
-    grad = _gradient(name, module, criterion).float()
+    grad = _gradient(unit, criterion).to(dtype)
     return grad if criterion == "gradient" else weight * grad
 
 
-def _filter_scores(name: str, module: nn.Module, criterion: str, norm: float) -> torch.Tensor:
-    out_channels = module.weight.shape[0]
+def _weight_scores(unit: PrunableWeight, criterion: str) -> torch.Tensor:
+    """Per-weight scores of one unit (its shape); low is pruned first."""
     if criterion == "random":
-        return torch.rand(out_channels, device=module.weight.device)
-    values = _signed_score(name, module, criterion)
+        return torch.rand(unit.weight.shape, device=unit.weight.device)
+    return _signed_score(unit, criterion).abs_()
+
+
+def _filter_scores(unit: PrunableWeight, criterion: str, norm: float) -> torch.Tensor:
+    out_channels = unit.weight.shape[0]
+    if criterion == "random":
+        return torch.rand(out_channels, device=unit.weight.device)
+    values = _signed_score(unit, criterion)
     return torch.linalg.vector_norm(values.reshape(out_channels, -1), ord=norm, dim=1)
 
 
@@ -121,29 +150,64 @@ def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int, pruned: int | Non
     return new_keep
 
 
-def _filter_keep(module: nn.Module) -> torch.Tensor:
-    """Which output channels of ``module`` still have a weight (True = kept)."""
-    mask = get_mask(module)
-    out_channels = module.weight.shape[0]
+def _filter_keep(unit: PrunableWeight) -> torch.Tensor:
+    """Which output channels of the unit still have a weight (True = kept)."""
+    mask = unit.mask
+    out_channels = unit.weight.shape[0]
     if mask is None:
-        return torch.ones(out_channels, dtype=torch.bool, device=module.weight.device)
+        return torch.ones(out_channels, dtype=torch.bool, device=unit.weight.device)
     return mask.reshape(out_channels, -1).any(dim=1)
 
 
-def _weight_keep(modules, total: int) -> torch.Tensor:
-    """All modules' keep-masks as one flat bool tensor."""
-    masks = [get_mask(module) for _, module in modules]
-    if all(mask is None for mask in masks):
-        return torch.ones(total, dtype=torch.bool, device=modules[0][1].weight.device)
-    return torch.cat([torch.ones(module.weight.numel(), dtype=torch.bool, device=module.weight.device)
-                      if mask is None else mask.flatten() for (_, module), mask in zip(modules, masks)])
+def _weight_keep(unit: PrunableWeight) -> torch.Tensor:
+    mask = unit.mask
+    return torch.ones(unit.weight.shape, dtype=torch.bool, device=unit.weight.device) if mask is None else mask
 
 
-def _flat_weight_scores(modules, criterion: str) -> torch.Tensor:
-    """All modules' per-weight scores (float32) as one flat tensor; low is pruned first."""
-    if criterion == "random":
-        return torch.cat([torch.rand(module.weight.numel(), device=module.weight.device) for _, module in modules])
-    return torch.cat([_signed_score(name, module, criterion).flatten() for name, module in modules]).abs_()
+def _groups(t: torch.Tensor, m: int) -> torch.Tensor:
+    """``t`` (a weight's shape) as rows of ``m`` consecutive entries along the input dimension."""
+    return t.movedim(1, -1).reshape(-1, m)
+
+
+def _ungroup(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    moved = (shape[0], *shape[2:], shape[1])
+    return rows.reshape(moved).movedim(-1, 1)
+
+
+def units_in_scope(
+    model: nn.Module,
+    structure: str = "unstructured",
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+) -> list[PrunableWeight]:
+    """The weights :func:`prune` prunes with these arguments; ``ValueError`` if there are none, or if
+    the structure cannot apply to one of them (N:M on a layer whose input is not a multiple of M)."""
+    kind, nm = parse_structure(structure)
+    units = prunable_weights(model, include, exclude)
+    if kind == "filters":
+        units = [u for u in units if isinstance(u.module, CONV_TYPES)]
+    if not units:
+        raise ValueError(f"no prunable layers in scope (structure={structure!r}, include={include}, exclude={exclude})")
+    for unit in units if nm is not None else ():
+        shape = unit.weight.shape
+        if shape[1] % nm[1]:
+            raise ValueError(f"structure '{nm[0]}:{nm[1]}': layer {unit.name!r} has input dimension {shape[1]}, "
+                             f"not a multiple of {nm[1]}; exclude it")
+    return units
+
+
+def _nm_scores(unit: PrunableWeight, score: torch.Tensor, keep: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """``score`` where a weight may still go under N:M, +inf where it may not: in every group of
+    ``m`` weights along the input dimension only the ``m - n`` lowest (pruned ones included) may."""
+    shape = unit.weight.shape
+    rows, kept = _groups(score, m), _groups(keep, m)
+    order = torch.argsort(torch.where(kept, rows, -torch.inf), dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=order.device).expand_as(order))
+    pruned = m - kept.sum(dim=1)
+    if bool((pruned > m - n).any()):
+        raise ValueError(f"structure '{n}:{m}': layer {unit.name!r} already has more than {m - n} of "
+                         f"{m} weights pruned in a group (pruned before without N:M)")
+    return _ungroup(torch.where(kept & (rank < m - n), rows, torch.inf), shape)
 
 
 def _current(keep: torch.Tensor) -> int:
@@ -172,45 +236,48 @@ def prune(
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place so exactly ``round(sparsity * N)`` units in scope are pruned.
 
-    Units are single weights (``structure="unstructured"``; N = prunable weights in scope)
-    or whole conv output channels (``"filters"``, ranked by their ``norm``-norm; N = filters;
-    Linear layers are left alone). ``scope="global"`` ranks all units together,
-    ``"layerwise"`` prunes each layer to ``round(sparsity * N_layer)``. Pruning is cumulative:
-    pruned units stay pruned and a target below the current sparsity is a ``ValueError``.
-    Pass every ``optimizer`` that trains the model (or call :func:`attach_optimizer`) so
-    pruned weights stay exactly zero. Returns ``{module_name: keep_mask}``.
+    Units are single weights (``structure="unstructured"``; N = prunable weights in scope, see
+    :func:`prunable_weights`: Conv and Linear weights and attention's Q/K/V projections),
+    whole conv output channels (``"filters"``, ranked by their ``norm``-norm; N = filters;
+    Linear layers are left alone), or single weights under an N:M pattern (``"2:4"``: in every
+    group of M consecutive weights along the input dimension at most M - N are pruned, so
+    ``sparsity`` may be at most ``1 - N/M``, where every group keeps exactly N).
+    ``scope="global"`` ranks all units together, ``"layerwise"`` prunes each layer to
+    ``round(sparsity * N_layer)``. Pruning is cumulative: pruned units stay pruned and a target
+    below the current sparsity is a ``ValueError``. Pruned weights stay exactly zero under any
+    optimizer; pass an ``optimizer`` that has already stepped (or call :func:`attach_optimizer`)
+    so its old momentum cannot move them. Returns ``{weight_name: keep_mask}``.
     """
     sparsity = check_sparsity(sparsity)
     _choice(criterion, CRITERIA, "criterion")
     _choice(scope, SCOPES, "scope")
-    _choice(structure, STRUCTURES, "structure")
-    modules = prunable_modules(model, include, exclude)
-    if structure == "filters":
-        modules = [(n, m) for n, m in modules if isinstance(m, CONV_TYPES)]
-    if not modules:
-        raise ValueError(f"no prunable layers in scope (structure={structure!r}, include={include}, exclude={exclude})")
-    for _, module in modules:
-        adopt_torch_pruning(module)
+    kind, nm = parse_structure(structure)
+    if nm is not None and sparsity > 1.0 - nm[0] / nm[1] + 1e-9:
+        raise ValueError(f"structure {structure!r} keeps {nm[0]} of every {nm[1]} weights, so sparsity is at most "
+                         f"{1.0 - nm[0] / nm[1]:g}; got {sparsity}")
+    units = units_in_scope(model, structure, include, exclude)
+    for unit in units:
+        adopt_torch_pruning(unit.module)
 
-    if structure == "filters":
-        units = [module.weight.shape[0] for _, module in modules]
-        keep_all = torch.cat([_filter_keep(module) for _, module in modules])
-        score_all = torch.cat([_filter_scores(name, module, criterion, norm) for name, module in modules])
+    if kind == "filters":
+        keeps = [_filter_keep(u) for u in units]
+        scores = [_filter_scores(u, criterion, norm) for u in units]
     else:
-        units = [module.weight.numel() for _, module in modules]
-        keep_all = _weight_keep(modules, sum(units))
-        score_all = _flat_weight_scores(modules, criterion)
-    if torch.isnan(score_all).any():  # a diverged model, or NaN gradients: no ranking is exact
-        for (name, _), score in zip(modules, torch.split(score_all, units)):
-            if torch.isnan(score).any():
-                raise ValueError(f"scores of layer {name!r} contain NaN (criterion {criterion!r}): "
-                                 "its weights or gradients are NaN")
-
+        keeps = [_weight_keep(u) for u in units]
+        scores = [_weight_scores(u, criterion) for u in units]
+    for unit, score in zip(units, scores):  # a diverged model, or NaN gradients: no ranking is exact
+        if torch.isnan(score).any():
+            raise ValueError(f"scores of layer {unit.name!r} contain NaN (criterion {criterion!r}): "
+                             "its weights or gradients are NaN")
+    if nm is not None:
+        scores = [_nm_scores(u, s, k, *nm) for u, s, k in zip(units, scores, keeps)]
+    sizes = [k.numel() for k in keeps]
+    flat_keeps = [k.flatten() for k in keeps]
+    flat_scores = [s.flatten() for s in scores]
     if scope == "global":
-        groups = [("the pruned scope", keep_all, score_all)]
+        groups = [("the pruned scope", torch.cat(flat_keeps), torch.cat(flat_scores))]
     else:
-        groups = [(f"layer {name!r}", keep, score) for (name, _), keep, score
-                  in zip(modules, torch.split(keep_all, units), torch.split(score_all, units))]
+        groups = [(f"layer {u.name!r}", k, s) for u, k, s in zip(units, flat_keeps, flat_scores)]
     new_keeps = []
     for where, keep, score in groups:
         k, current = round(sparsity * keep.numel()), _current(keep)
@@ -218,17 +285,17 @@ def prune(
             raise _too_low(sparsity, current, keep.numel(), where)
         new_keeps.append(lowest_k(score, keep, k, current))
     if scope == "global":
-        new_keeps = torch.split(new_keeps[0], units)
+        new_keeps = torch.split(new_keeps[0], sizes)
 
     result = {}
-    for (name, module), keep in zip(modules, new_keeps):
-        shape = module.weight.shape
-        if structure == "filters":
+    for unit, keep in zip(units, new_keeps):
+        shape = unit.weight.shape
+        if kind == "filters":
             mask = keep.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
         else:
             mask = keep.reshape(shape)
-        set_mask(module, mask)
-        result[name] = get_mask(module)
+        unit.set_mask(mask)
+        result[unit.name] = unit.mask
     if optimizer is not None:
         attach_optimizer(model, optimizer)
     return result
@@ -251,11 +318,9 @@ def prune_threshold(
     threshold = float(threshold)
     if not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold}")
-    for _, module in prunable_modules(model, include, exclude):
-        weight = effective_weight(module)
-        mask = get_mask(module)
-        keep = weight.abs() >= threshold
-        set_mask(module, keep if mask is None else keep & mask)
+    for unit in prunable_weights(model, include, exclude):
+        adopt_torch_pruning(unit.module)
+        unit.set_mask((unit.weight.abs() >= threshold) & _weight_keep(unit))
     if optimizer is not None:
         attach_optimizer(model, optimizer)
     return model_sparsity(model)

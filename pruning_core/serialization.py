@@ -6,7 +6,7 @@ import os
 import torch
 from torch import nn
 
-from .masks import MASK, effective_weight, get_mask, load_state_dict
+from .masks import SUFFIX, effective_weight, is_torch_pruned, load_state_dict
 
 FORMAT = "pruning_core.pruned/1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -32,34 +32,37 @@ def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
     return bits[:numel].view(*shape)
 
 
+def _masked_params(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{state key of a masked parameter: (its effective value, its mask)}``."""
+    found = {}
+    for name, module in model.named_modules():
+        prefix = name + "." if name else ""
+        for key, mask in module._buffers.items():
+            if mask is None or not key.endswith(SUFFIX):
+                continue
+            param = key[: -len(SUFFIX)]
+            if param in module._parameters or (param == "weight" and is_torch_pruned(module)):
+                value = effective_weight(module) if param == "weight" else module._parameters[param].detach()
+                found[prefix + param] = (value, mask.bool())
+    return found
+
+
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model`` compactly: masked weights as surviving values + packed mask."""
-    masked = {}
-    for name, module in model.named_modules():
-        mask = get_mask(module)
-        if mask is not None:
-            masked[name + "." if name else ""] = (effective_weight(module), mask)
-    dense, sparse = {}, {}
-    for key, tensor in model.state_dict().items():
-        prefix, _, leaf = key.rpartition(".")
-        prefix = prefix + "." if prefix else ""
-        if prefix in masked and leaf in ("weight", "weight_orig", MASK):
-            continue
-        dense[key] = tensor.detach().cpu().clone()
-    for prefix, (weight, mask) in masked.items():
-        sparse[prefix + "weight"] = {
-            "shape": list(weight.shape),
-            "values": weight[mask].detach().cpu().clone(),
-            "mask": pack_mask(mask),
-        }
+    masked = _masked_params(model)
+    skip = set(masked) | {k + SUFFIX for k in masked} | {k + "_orig" for k in masked}
+    dense = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items() if key not in skip}
+    sparse = {key: {"shape": list(weight.shape), "values": weight[mask].detach().cpu().clone(), "mask": pack_mask(mask)}
+              for key, (weight, mask) in masked.items()}
     torch.save({"format": FORMAT, "dense": dense, "sparse": sparse}, path)
 
 
 def load_pruned(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Fill ``model`` (a fresh instance of the saved architecture) from :func:`save_pruned`'s file.
 
-    Masks are restored, so further pruning and training behave as before saving. A
-    damaged, truncated or foreign file raises ``ValueError`` naming the file.
+    Masks are restored, so further pruning and training behave as before saving. A damaged,
+    truncated or foreign file, or one saved from another architecture, raises ``ValueError``
+    naming the file (and the first module that differs); ``model`` is then left unchanged.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -78,8 +81,8 @@ def load_pruned(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             weight = torch.zeros(shape, dtype=values.dtype)
             weight[mask] = values
             state[key] = weight
-            state[key[: -len("weight")] + MASK] = mask
-        load_state_dict(model, state, strict=True)
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path}: does not fit this model ({exc})") from None
+            state[key + SUFFIX] = mask
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: damaged pruned-model file ({exc})") from None
+    load_state_dict(model, state, strict=True, source=str(path))
     return model

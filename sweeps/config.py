@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from analysis import schema
 from analysis.schema import CUMULATIVE, FINETUNE, INSTANT, LADDER, PER_PRUNE, TrialPoint
-from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, STRUCTURES, check_sparsity, sparsity_schedule
+from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, check_sparsity, nm_sparsity, parse_structure, sparsity_schedule
 
 from .datasets import IMAGEFOLDER, SPECS
 from .models import check_name
@@ -95,10 +95,15 @@ class DenseConfig(_Strict):
         return self
 
 
+def _structure(value: str) -> str:
+    parse_structure(value)
+    return value.strip()
+
+
 class PruningConfig(_Strict):
     criterion: Literal[CRITERIA] = "magnitude"  # type: ignore[valid-type]
     scope: Literal[SCOPES] = "global"  # type: ignore[valid-type]
-    structure: Literal[STRUCTURES] = "unstructured"  # type: ignore[valid-type]
+    structure: Annotated[str, AfterValidator(_structure)] = "unstructured"
     include: Optional[list[str]] = None
     exclude: list[str] = []
     gradient_batches: int = Field(8, ge=1)
@@ -210,6 +215,10 @@ class SweepConfig(_Strict):
                     f"schedules.{i}.steps: {s.steps} does not divide finetune.epochs={self.finetune.epochs}; "
                     "every schedule must spend the same budget, split evenly after each prune"
                 )
+        fixed = nm_sparsity(self.pruning.structure)
+        if fixed is not None and any(abs(s - fixed) > 1e-9 for s in self.sparsities):
+            raise ValueError(f"sparsities: structure {self.pruning.structure!r} fixes every layer at sparsity {fixed:g}; "
+                             f"got {self.sparsities} (allowed: [{fixed:g}])")
         self._check_retraining()
         return self
 

@@ -86,14 +86,20 @@ AUX_HINT = " (a model with auxiliary outputs: turn them off through model_args, 
 
 def _check_layer_patterns(config: SweepConfig, model: torch.nn.Module) -> None:
     """Refuse a ``pruning.include``/``exclude`` entry that names no prunable layer of the model
-    (a pattern written for another model would otherwise change nothing, silently)."""
-    layers = [n for n, _ in pc.prunable_modules(model)]
+    (a pattern written for another model would otherwise change nothing, silently), and a structure
+    that cannot apply to a layer in scope (N:M on a layer whose input is not a multiple of M)."""
+    layers = [u.name for u in pc.prunable_weights(model)]
     for field in ("include", "exclude"):
         for pattern in getattr(config.pruning, field) or []:
-            if not pc.prunable_modules(model, include=[pattern]):
+            if not pc.prunable_weights(model, include=[pattern]):
                 shown = ", ".join(layers[:10]) + (f", ... ({len(layers)} in all)" if len(layers) > 10 else "")
                 raise ConfigError(f"pruning.{field}: {pattern!r} matches no prunable layer of model "
                                   f"{config.model!r} (its prunable layers: {shown})")
+    p = config.pruning
+    try:
+        pc.units_in_scope(model, p.structure, p.include, p.exclude)
+    except ValueError as exc:
+        raise ConfigError(f"pruning.structure: {exc} (model {config.model!r})") from None
 
 
 def check_model(config: SweepConfig, info: DatasetInfo) -> None:

@@ -247,9 +247,9 @@ class FinetuneRun:
         self.epoch = 0
         self.prunes_done = 0
         self.diverged_at: int | None = None
-        modules = pc.prunable_modules(self.model)
-        self.layers = [name for name, _ in modules]
-        self.prunable = sum(m.weight.numel() for _, m in modules)
+        weights = pc.prunable_weights(self.model)
+        self.layers = [w.name for w in weights]
+        self.prunable = sum(w.weight.numel() for w in weights)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         """The regime's optimizer, with fresh state, keeping pruned weights at zero, with the step hooks."""

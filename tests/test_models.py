@@ -165,6 +165,12 @@ def test_a_pruning_pattern_that_names_no_layer_of_the_model_is_refused(tmp_path,
                    "layers: conv1, conv2, conv3, fc)")
 
 
+def test_a_structure_that_cannot_apply_to_a_layer_is_refused_before_ray(tmp_path, capsys):
+    err = _refused(capsys, {**SHORT, "pruning": {"structure": "2:4"}, "sparsities": [0.5]}, tmp_path)
+    assert err == ("pruning.structure: structure '2:4': layer 'conv1' has input dimension 1, not a multiple of 4; "
+                   "exclude it (model 'small_cnn')")
+
+
 def test_torchvision_models_take_the_datas_channels_and_classes():
     for name in ("resnet18", "mobilenet_v3_small", "vit_b_32"):
         args = {"image_size": 32} if name.startswith("vit") else {}

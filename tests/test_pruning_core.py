@@ -175,7 +175,7 @@ def test_bad_choices_name_allowed_values():
         pc.prune(tiny(), 0.5, criterion="taylor")
     with pytest.raises(ValueError, match="scope must be one of global, layerwise"):
         pc.prune(tiny(), 0.5, scope="local")
-    with pytest.raises(ValueError, match="structure must be one of unstructured, filters"):
+    with pytest.raises(ValueError, match="structure must be unstructured, filters or N:M"):
         pc.prune(tiny(), 0.5, structure="channels")
 
 
@@ -306,6 +306,93 @@ def test_zeros_survive_training(kind, when):
     for n, m in pc.prunable_modules(model):
         assert torch.all(m.weight[~masks[n]] == 0)
         assert torch.all(m.weight[masks[n]] != 0)  # survivors still train
+
+
+def _train(model, opt, steps=5):
+    torch.manual_seed(3)
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _restored(how, tmp_path):
+    """A pruned ``tiny`` model, as the notebook gets it back: itself, a deep copy, an unpickled
+    copy, or a fresh instance filled by load_pruned or pc.load_state_dict."""
+    model = tiny()
+    pc.prune(model, 0.7)
+    if how == "itself":
+        return model
+    if how == "deepcopy":
+        return copy.deepcopy(model)
+    if how == "pickle":
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=False)
+    fresh = tiny()
+    if how == "load_pruned":
+        pc.save_pruned(model, tmp_path / "m.pt")
+        return pc.load_pruned(tmp_path / "m.pt", fresh)
+    pc.load_state_dict(fresh, model.state_dict())
+    return fresh
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("how", ["itself", "deepcopy", "pickle", "load_pruned", "load_state_dict"])
+def test_no_optimizer_made_after_the_prune_revives_a_pruned_weight(kind, how, tmp_path):
+    """The notebook pattern: prune, then ``opt = SGD(model.parameters())`` and train, no attach."""
+    model = _restored(how, tmp_path)
+    masks = {n: m.weight_mask.clone() for n, m in pc.prunable_modules(model)}
+    _train(model, make_opt(kind, model))
+    for n, m in pc.prunable_modules(model):
+        assert torch.all(m.weight[~masks[n]] == 0), n
+        assert torch.all(m.weight[masks[n]] != 0), n  # survivors still train
+    assert pc.sparsity(model) == pytest.approx(0.7, abs=1 / 270)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_an_optimizer_made_before_the_prune_that_has_not_stepped_needs_nothing(kind):
+    model = tiny()
+    opt = make_opt(kind, model)
+    pc.prune(model, 0.7)
+    masks = {n: m.weight_mask.clone() for n, m in pc.prunable_modules(model)}
+    _train(model, opt)
+    for n, m in pc.prunable_modules(model):
+        assert torch.all(m.weight[~masks[n]] == 0)
+
+
+def test_state_from_before_the_prune_moves_pruned_weights_unless_attached():
+    """What the README says: momentum gathered before the prune needs attach_optimizer."""
+    moved = []
+    for attach in (False, True):
+        model = tiny()
+        opt = make_opt("sgd", model)
+        _train(model, opt, steps=3)
+        pc.prune(model, 0.7)
+        if attach:
+            pc.attach_optimizer(model, opt)
+        _train(model, opt, steps=2)
+        moved.append(sum(int((m.weight[~m.weight_mask] != 0).sum()) for _, m in pc.prunable_modules(model)))
+    assert moved[0] > 0 and moved[1] == 0
+
+
+def test_gradients_of_pruned_weights_are_zero_and_copies_mask_their_own():
+    model = tiny()
+    pc.prune(model, 0.5)
+    clone = copy.deepcopy(model)
+    pc.prune(clone, 0.8)  # the copy goes further; the original's masks stay its own
+    for m in (model, clone):
+        m.zero_grad()
+        nn.functional.cross_entropy(m(torch.randn(4, 1, 6, 6)), torch.tensor([0, 1, 2, 0])).backward()
+        for _, layer in pc.prunable_modules(m):
+            assert torch.all(layer.weight.grad[~layer.weight_mask] == 0)
+            assert torch.count_nonzero(layer.weight.grad[layer.weight_mask]) > 0
+    pc.make_permanent(model)  # no machinery left: gradients flow everywhere again
+    model.zero_grad()
+    nn.functional.cross_entropy(model(torch.randn(4, 1, 6, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    assert torch.count_nonzero(model[3].weight.grad) == model[3].weight.numel()
 
 
 def test_deepcopy_keeps_masks_and_state_round_trip():
@@ -469,3 +556,148 @@ def test_pruning_core_imports_no_ray_or_pandas():
     import sys
     code = "import sys, pruning_core; bad=[m for m in ('ray','pandas') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_load_failures_name_the_file_and_module_and_leave_the_model_unchanged(tmp_path):
+    model = build_model("resnet20")
+    pc.prune(model, 0.5)
+    path = tmp_path / "r20.pt"
+    pc.save_pruned(model, path)
+    for other, says in ((build_model("resnet32"), r"module 'layer1.3.conv1' has 'weight'"),
+                        (build_model("small_cnn", 10, 3), r"module 'conv2' has 'weight', the saved state has not"),
+                        (build_model("resnet20", 100), r"module 'linear': weight is \(10, 64\) in the saved state, \(100, 64\)")):
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=r"r20\.pt: does not fit this model: " + says):
+            pc.load_pruned(path, other)
+        after = other.state_dict()
+        assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+        assert not list(pc.masks.masked_modules(other))
+    state = model.state_dict()
+    state["layer1.0.conv1.weight_mask"] = state["layer1.0.conv1.weight_mask"][:8]
+    fresh = build_model("resnet20")
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=r"state_dict: does not fit this model: module 'layer1.0.conv1': weight_mask"):
+        pc.load_state_dict(fresh, state)
+    assert set(fresh.state_dict()) == set(before)
+
+
+def test_a_float64_model_is_ranked_in_float64():
+    layer = nn.Linear(8, 1, bias=False).double()
+    with torch.no_grad():  # magnitudes that differ only beyond float32's precision
+        layer.weight.copy_(1 + torch.arange(8, 0, -1, dtype=torch.float64).view(1, 8) * 1e-12)
+    pc.prune(layer, 0.5)
+    assert pc.get_mask(layer).flatten().tolist() == [True] * 4 + [False] * 4
+
+
+def mha_model(separate=False):
+    torch.manual_seed(0)
+    kdim = 6 if separate else None
+    return nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2, kdim=kdim, vdim=kdim, batch_first=True),
+                          "head": nn.Linear(8, 3)})
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_attention_projections_are_prunable_weights_scored_per_projection(separate):
+    model = mha_model(separate)
+    names = [u.name for u in pc.prunable_weights(model)]
+    assert names == ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "head"]
+    pc.prune(model, 0.75, scope="layerwise")
+    for unit in pc.prunable_weights(model):
+        n = unit.weight.numel()
+        assert int((unit.weight == 0).sum()) == round(0.75 * n), unit.name
+        keep = unit.mask  # the kept ones are exactly the largest of their own projection
+        assert unit.weight[keep].abs().min() >= unit.weight.abs()[~keep].max() or not (~keep).any()
+    assert pc.layer_sparsity(model)["attn.k_proj"] == pytest.approx(0.75)
+    # pruned projection weights stay zero through training with a fresh optimizer
+    attn = model["attn"]
+    q = torch.randn(2, 5, 8)
+    kv = torch.randn(2, 5, 6) if separate else q
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model["head"](attn(q, kv, kv)[0]).sum().backward()
+        opt.step()
+    assert pc.sparsity(model) == pytest.approx(0.75, abs=0.01)
+    assert [u.name for u in pc.prunable_weights(model, exclude=["attn"])] == ["attn.out_proj", "head"]
+    assert [u.name for u in pc.prunable_weights(model, include=["*.v_proj"])] == ["attn.v_proj"]
+
+
+def test_vit_prunes_its_attention_and_counts_torchvisions_macs(tmp_path):
+    import torchvision
+    vit = torchvision.models.vit_b_16()
+    pc.prune(vit, 0.9)
+    rep = pc.sparsity_report(vit, (3, 224, 224))
+    matrices = [m.weight for _, m in pc.prunable_modules(vit)] + [m.in_proj_weight for m in vit.modules()
+                                                                     if isinstance(m, nn.MultiheadAttention)]
+    zero = sum(int((w == 0).sum()) for w in matrices)
+    assert zero / sum(w.numel() for w in matrices) == pytest.approx(0.9, abs=1e-6)  # Q/K/V too
+    assert rep["sparsity"] == pytest.approx(0.9, abs=1e-6)
+    assert rep["macs_dense"] == pytest.approx(17.56e9, rel=0.01)  # torchvision's published figure
+    q = next(r for r in rep["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention.q_proj")
+    assert q["calls"] == 1 and q["macs_dense"] == 768 * 768 * 197
+    assert rep["macs_activations"] == 12 * 2 * 197 * 197 * 768
+    assert rep["macs_sparse"] == sum(r["macs_sparse"] for r in rep["layers"]) + rep["macs_activations"]
+    assert rep["layers_not_run"] == []
+    # the compact file round-trips the fused projection's mask
+    pc.save_pruned(vit, tmp_path / "vit.pt")
+    fresh = pc.load_pruned(tmp_path / "vit.pt", torchvision.models.vit_b_16())
+    attn = fresh.encoder.layers[0].self_attention
+    assert torch.equal(attn.in_proj_weight_mask, vit.encoder.layers[0].self_attention.in_proj_weight_mask)
+
+
+def test_a_layer_the_forward_never_used_is_reported_not_silently_zero():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.used(self.used(x))  # called twice
+
+    with pytest.warns(UserWarning, match="did not run in the forward pass.*: spare"):
+        rep = pc.sparsity_report(Unused(), (4,))
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert rep["layers_not_run"] == ["spare"] and rows["spare"]["calls"] == 0
+    assert rows["used"]["calls"] == 2 and rows["used"]["macs_dense"] == 2 * 16
+
+
+def _linear(out_f, in_f, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(in_f, out_f)
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
+def test_n_m_keeps_the_n_largest_of_every_m_along_the_input(n, m):
+    layer = _linear(6, 16)
+    scores = layer.weight.detach().abs().clone()
+    pc.prune(layer, 1 - n / m, structure=f"{n}:{m}")
+    keep = pc.get_mask(layer)
+    for row in range(6):
+        for g in range(0, 16, m):
+            group, kept = scores[row, g:g + m], keep[row, g:g + m]
+            assert int(kept.sum()) == n
+            assert set(torch.topk(group, n).indices.tolist()) == set(torch.nonzero(kept).flatten().tolist())
+    # the layout torch.sparse.to_sparse_semi_structured reads: groups of m consecutive entries of a row
+    assert (layer.weight.detach().reshape(-1, m) != 0).sum(dim=1).eq(n).all()
+
+
+def test_n_m_on_convolutions_groups_input_channels_and_schedules_end_exact():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 3)
+    scores = conv.weight.detach().abs().clone()
+    pc.prune(conv, 0.25, structure="2:4")  # on the way: at most two of every four go
+    keep = pc.get_mask(conv)
+    by_group = keep.movedim(1, -1).reshape(-1, 4)
+    assert int((~keep).sum()) == round(0.25 * keep.numel()) and (by_group.sum(1) >= 2).all()
+    pc.prune(conv, 0.5, structure="2:4")
+    keep = pc.get_mask(conv)
+    groups = keep.movedim(1, -1).reshape(-1, 4)
+    assert (groups.sum(1) == 2).all()
+    assert pc.sparsity(conv) == 0.5
+    with pytest.raises(ValueError, match=r"structure '2:4' keeps 2 of every 4 weights, so sparsity is at most 0.5; got 0.6"):
+        pc.prune(conv, 0.6, structure="2:4")
+    with pytest.raises(ValueError, match=r"structure '2:4': layer '0' has input dimension 3, not a multiple of 4; exclude it"):
+        pc.prune(nn.Sequential(nn.Conv2d(3, 8, 3)), 0.5, structure="2:4")
+    with pytest.raises(ValueError, match="N:M needs 0 < N < M"):
+        pc.prune(conv, 0.5, structure="4:2")
+    assert pc.nm_sparsity("2:4") == 0.5 and pc.nm_sparsity("filters") is None
