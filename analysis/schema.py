@@ -178,6 +178,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("dense_test_accuracy", "the seed's dense model before pruning", better="higher", percent=True),
     Metric("nonzero_params", "nonzero entries over all parameters (weights, biases, norm layers)", dtype="int64"),
     Metric("prunable_params", "number of prunable weights", dtype="int64"),
+    Metric("compact_macs", "multiply-accumulates of one sample through the model with its pruned filters "
+                           "physically removed (`pruning_core.compact`); only with `pruning.structure: filters`",
+           better="lower", dtype="int64"),
     Metric("epoch_time_s", "training time of the epoch", better="lower"),
     Metric("samples_per_s", "training throughput of the epoch (images per second)", better="higher"),
     Metric(LAYER_SPARSITY, "sparsity of each prunable layer", per_layer=True),

@@ -2,6 +2,7 @@
 
 Usable on any ``nn.Module``; depends on torch only.
 """
+from .compaction import compact, filter_units
 from .masks import (
     MASK,
     PrunableWeight,
@@ -29,5 +30,5 @@ __all__ = [
     "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
     "attach_optimizer", "apply_masks", "mask_gradients", "clear_optimizer_state",
-    "get_mask", "prunable_modules", "prunable_weights", "PrunableWeight", "nm_sparsity", "parse_structure", "units_in_scope", "sparsity_schedule", "check_sparsity",
+    "get_mask", "prunable_modules", "prunable_weights", "PrunableWeight", "nm_sparsity", "compact", "filter_units", "parse_structure", "units_in_scope", "sparsity_schedule", "check_sparsity",
 ]

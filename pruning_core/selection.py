@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .compaction import FilterUnit, filter_keep, filter_units
 from .masks import CONV_TYPES, PrunableWeight, adopt_torch_pruning, attach_optimizer, prunable_weights
 from .schedules import check_sparsity
 
@@ -77,12 +78,14 @@ def _weight_scores(unit: PrunableWeight, criterion: str) -> torch.Tensor:
     return _signed_score(unit, criterion).abs_()
 
 
-def _filter_scores(unit: PrunableWeight, criterion: str, norm: float) -> torch.Tensor:
-    out_channels = unit.weight.shape[0]
+def _filter_scores(unit: FilterUnit, criterion: str, norm: float) -> torch.Tensor:
+    """One score per channel of a filter unit: the ``norm``-norm of its filters in all the unit's convs."""
+    channels = unit.channels
     if criterion == "random":
-        return torch.rand(out_channels, device=unit.weight.device)
-    values = _signed_score(unit, criterion)
-    return torch.linalg.vector_norm(values.reshape(out_channels, -1), ord=norm, dim=1)
+        return torch.rand(channels, device=unit.root.module.weight.device)
+    values = torch.cat([_signed_score(PrunableWeight(unit.name, conv), criterion)[rows].reshape(channels, -1)
+                        for conv, rows in unit.convs], dim=1)
+    return torch.linalg.vector_norm(values, ord=norm, dim=1)
 
 
 SAMPLED_SELECTION_MIN = 1 << 16
@@ -148,15 +151,6 @@ def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int, pruned: int | Non
         else:
             new_keep[torch.nonzero(ties).flatten()[:missing]] = False
     return new_keep
-
-
-def _filter_keep(unit: PrunableWeight) -> torch.Tensor:
-    """Which output channels of the unit still have a weight (True = kept)."""
-    mask = unit.mask
-    out_channels = unit.weight.shape[0]
-    if mask is None:
-        return torch.ones(out_channels, dtype=torch.bool, device=unit.weight.device)
-    return mask.reshape(out_channels, -1).any(dim=1)
 
 
 def _weight_keep(unit: PrunableWeight) -> torch.Tensor:
@@ -233,13 +227,17 @@ def prune(
     exclude: Iterable[str] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     norm: float = 1,
+    example_inputs=None,
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place so exactly ``round(sparsity * N)`` units in scope are pruned.
 
     Units are single weights (``structure="unstructured"``; N = prunable weights in scope, see
     :func:`prunable_weights`: Conv and Linear weights and attention's Q/K/V projections),
-    whole conv output channels (``"filters"``, ranked by their ``norm``-norm; N = filters;
-    Linear layers are left alone), or single weights under an N:M pattern (``"2:4"``: in every
+    whole conv output channels (``"filters"``, ranked by their ``norm``-norm; N = filters of the
+    convs that can lose filters on their own, found by tracing the model on ``example_inputs``:
+    convs whose channels meet another layer's in a residual add are left alone, a depthwise conv
+    is pruned with the conv feeding it, and a pruned filter's bias and batch-norm scale and shift
+    are zeroed too, so :func:`compact` can delete it; Linear layers are left alone), or single weights under an N:M pattern (``"2:4"``: in every
     group of M consecutive weights along the input dimension at most M - N are pruned, so
     ``sparsity`` may be at most ``1 - N/M``, where every group keeps exactly N).
     ``scope="global"`` ranks all units together, ``"layerwise"`` prunes each layer to
@@ -258,9 +256,18 @@ def prune(
     units = units_in_scope(model, structure, include, exclude)
     for unit in units:
         adopt_torch_pruning(unit.module)
+    if kind == "filters":
+        if example_inputs is None:
+            raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
+                             "graph traced on it tells which convolutions' channels are tied together")
+        units, skipped = filter_units(model, units, example_inputs)
+        if not units:
+            name, why = next(iter(skipped.items()))
+            raise ValueError(f"structure 'filters': no convolution in scope can lose filters on its own "
+                             f"({name!r}: {why})")
 
     if kind == "filters":
-        keeps = [_filter_keep(u) for u in units]
+        keeps = [filter_keep(u) for u in units]
         scores = [_filter_scores(u, criterion, norm) for u in units]
     else:
         keeps = [_weight_keep(u) for u in units]
@@ -289,13 +296,12 @@ def prune(
 
     result = {}
     for unit, keep in zip(units, new_keeps):
-        shape = unit.weight.shape
         if kind == "filters":
-            mask = keep.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+            unit.set_keep(keep)
+            result[unit.name] = unit.root.mask
         else:
-            mask = keep.reshape(shape)
-        unit.set_mask(mask)
-        result[unit.name] = unit.mask
+            unit.set_mask(keep.reshape(unit.weight.shape))
+            result[unit.name] = unit.mask
     if optimizer is not None:
         attach_optimizer(model, optimizer)
     return result

@@ -247,6 +247,7 @@ class FinetuneRun:
         self.epoch = 0
         self.prunes_done = 0
         self.diverged_at: int | None = None
+        self._compact_macs: int | None = None
         weights = pc.prunable_weights(self.model)
         self.layers = [w.name for w in weights]
         self.prunable = sum(w.weight.numel() for w in weights)
@@ -306,9 +307,24 @@ class FinetuneRun:
         if not self._finite(gradients):
             return False
         pc.prune(self.model, phase.prune_to, criterion=p.criterion, scope=p.scope, structure=p.structure,
-                 include=p.include, exclude=p.exclude, optimizer=self.optimizer)
+                 include=p.include, exclude=p.exclude, optimizer=self.optimizer,
+                 example_inputs=self._examples() if p.structure == "filters" else None)
+        self._compact_macs = None
         self.model.zero_grad(set_to_none=True)
         return True
+
+    def _examples(self) -> torch.Tensor:
+        """Two test images, as the model sees them: what filter pruning traces the model on."""
+        images, _ = next(iter(self.data.batches("test", 2)))
+        return self.data.normalise(images)
+
+    def compact_macs(self) -> int:
+        """MACs of one sample through the model with its pruned filters removed (once per prune)."""
+        if self._compact_macs is None:
+            examples = self._examples()
+            small = pc.compact(self.model, examples)
+            self._compact_macs = pc.sparsity_report(small, tuple(examples.shape[1:]))["macs_dense"]
+        return self._compact_macs
 
     def _start_phase(self, phase) -> None:
         """After a prune: the weights the phase starts from, where the masks keep them, and a fresh
@@ -370,6 +386,7 @@ class FinetuneRun:
             "epoch_time_s": seconds,
             "samples_per_s": self.data.train_size / seconds,
             LAYER_SPARSITY: pc.layer_sparsity(self.model),
+            **({"compact_macs": self.compact_macs()} if self.sweep.pruning.structure == "filters" else {}),
         }
 
     def state(self) -> dict:

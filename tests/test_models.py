@@ -182,12 +182,19 @@ def test_torchvision_models_take_the_datas_channels_and_classes():
 
 def test_pruning_and_macs_are_right_for_depthwise_and_attention_layers():
     model = build_model("torchvision:mobilenet_v3_small", 10, 3)
-    depthwise = [(n, m) for n, m in pc.prunable_modules(model) if isinstance(m, nn.Conv2d) and m.groups > 1]
-    assert depthwise and all(m.groups == m.in_channels == m.out_channels for _, m in depthwise)
-    pc.prune(model, 0.5, structure="filters", scope="layerwise")
-    name, conv = depthwise[0]
+    x = torch.randn(2, 3, 32, 32)
+    pc.prune(model, 0.5, structure="filters", scope="layerwise", example_inputs=x)
+    # a depthwise conv goes with the conv feeding it: the same channels, whole filters
+    units, skipped = pc.filter_units(model, pc.units_in_scope(model, "filters"), x)
+    unit = next(u for u in units if len(u.convs) > 1)
+    (root, _), (conv, _) = unit.convs
+    assert conv.groups == conv.in_channels == conv.out_channels > 1
     kept = pc.get_mask(conv).flatten(1).all(1)
-    assert kept.sum() == conv.out_channels - round(0.5 * conv.out_channels)  # whole depthwise filters go
+    assert torch.equal(kept, pc.get_mask(root).flatten(1).all(1))
+    assert kept.sum() == conv.out_channels - round(0.5 * conv.out_channels)
+    assert "a depthwise conv: pruned with the conv feeding it" in skipped.values()
+    assert any("residual add or product" in why for why in skipped.values())  # the squeeze-excitation blocks
+    name = next(n for n, m in model.named_modules() if m is conv)
     shapes = {}
     conv.register_forward_hook(lambda m, i, out: shapes.update(out=out.shape))
     report = pc.sparsity_report(model, (3, 32, 32))

@@ -243,16 +243,28 @@ def test_filters_layerwise_and_global():
             model[0].weight[i].fill_([3.0, 1.0, 4.0, 2.0][i])
         for i in range(6):
             model[3].weight[i].fill_(0.1 * (6 - i))
+    x = torch.zeros(1, 1, 6, 6)
+    with pytest.raises(ValueError, match="structure 'filters' needs example_inputs"):
+        pc.prune(copy.deepcopy(model), 0.5, structure="filters")
     lw = copy.deepcopy(model)
-    pc.prune(lw, 0.5, structure="filters", scope="layerwise")
+    pc.prune(lw, 0.5, structure="filters", scope="layerwise", example_inputs=x)
     assert lw[0].weight_mask.reshape(4, -1).all(1).tolist() == [True, False, True, False]
+    # the pruned channel is exactly zero: its bias and batch-norm scale and shift go with the filter
+    for param in ("weight", "bias"):
+        assert pc.get_mask(lw[1], param).tolist() == [True, False, True, False]
+        assert pc.get_mask(lw[0], "bias" if param == "bias" else "weight") is not None
+    assert lw[0].bias[1] == 0 and lw[1].weight[1] == 0 and lw[1].bias[3] == 0
+    _train(lw, torch.optim.Adam(lw.parameters(), lr=0.1))  # and stays zero, in training mode too
+    assert lw[1].weight[1] == 0 and lw[1].bias[1] == 0 and lw[0].bias[3] == 0
+    lw.train()
+    assert torch.all(lw[:3](torch.randn(4, 1, 6, 6))[:, [1, 3]] == 0)
     assert lw[3].weight_mask.reshape(6, -1).all(1).tolist() == [True, True, True, False, False, False]
     assert not hasattr(lw[7], "weight_mask")  # Linear untouched
     # whole filters: a row is all kept or all pruned
     rows = lw[3].weight_mask.reshape(6, -1)
     assert torch.equal(rows.all(1), rows.any(1))
     gl = copy.deepcopy(model)
-    pc.prune(gl, 0.5, structure="filters", scope="global")  # 10 filters -> 5 lowest L1 norms
+    pc.prune(gl, 0.5, structure="filters", scope="global", example_inputs=x)  # 10 filters -> 5 lowest L1 norms
     pruned = (~gl[0].weight_mask.reshape(4, -1).all(1)).sum() + (~gl[3].weight_mask.reshape(6, -1).all(1)).sum()
     assert int(pruned) == 5
     # conv[3] filters have L1 = 36 * 0.1*(6-i) <= 21.6; conv[0] filters have L1 9 * {3,1,4,2}
@@ -701,3 +713,57 @@ def test_n_m_on_convolutions_groups_input_channels_and_schedules_end_exact():
     with pytest.raises(ValueError, match="N:M needs 0 < N < M"):
         pc.prune(conv, 0.5, structure="4:2")
     assert pc.nm_sparsity("2:4") == 0.5 and pc.nm_sparsity("filters") is None
+
+
+def _random_norms(model):
+    """Batch-norm statistics and affine values far from their init, so a wrongly kept or deleted
+    channel shows in the outputs."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("model_name, size, sparsity", [("resnet20", 32, 0.5), ("resnet20", 32, 0.75),
+                                                        ("torchvision:resnet18", 64, 0.5)])
+def test_compact_removes_pruned_filters_with_identical_outputs(model_name, size, sparsity):
+    torch.manual_seed(0)
+    model = _random_norms(build_model(model_name, 10, 3))
+    x = torch.randn(2, 3, size, size)
+    pruned = pc.prune(model, sparsity, structure="filters", scope="layerwise", example_inputs=x)
+    # only convs inside a residual block: the residual stream's channels are tied by the adds
+    # (ResNet-20's option-A shortcut pads them, a tie torch-pruning's graph cannot follow)
+    assert sorted(pruned) == sorted(n for n, m in model.named_modules()
+                                     if isinstance(m, nn.Conv2d) and n.endswith(".conv1"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small = pc.compact(model, x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model itself unchanged
+    assert not list(pc.masks.masked_modules(small))
+    for name in pruned:
+        conv = small.get_submodule(name)
+        original = model.get_submodule(name).out_channels
+        assert conv.out_channels == original - round(sparsity * original)
+    model.eval(), small.eval()
+    fresh = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(small(fresh), model(fresh), rtol=1e-4, atol=1e-5)
+    macs = pc.sparsity_report(model, (3, size, size))["macs_dense"], pc.sparsity_report(small, (3, size, size))["macs_dense"]
+    if model_name == "resnet20" and sparsity == 0.5:
+        assert macs == (40_551_040, 20_497_024)
+    assert macs[1] < macs[0] * (1 - sparsity / 3)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_compact_refuses_a_model_whose_outputs_would_change():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Sigmoid(), nn.Conv2d(8, 4, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(2, 3, 8, 8)
+    pc.prune(model, 0.5, structure="filters", scope="layerwise", example_inputs=x)
+    with pytest.raises(RuntimeError, match="compacted model's outputs differ.*not map zero to zero"):
+        pc.compact(model, x)  # a pruned channel is sigmoid(0) = 0.5 downstream, not 0

@@ -226,3 +226,28 @@ def test_gradient_scoring_leaves_batchnorm_statistics_untouched():
     assert pc.accumulate_gradients(model.train(), [(x, y)]) == 1
     assert model.conv1.weight.grad.abs().sum() > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_filter_pruned_trials_report_compact_macs_and_n_m_trials_end_exact():
+    sweep = validate({**TINY, "seeds": 1, "pruning": {"structure": "filters", "scope": "layerwise"}})
+    run = FinetuneRun(sweep, point(sweep, "gradual2", "finetune", 0.9), train_dense(sweep, 0, CPU), CPU)
+    dense_macs = pc.sparsity_report(run.model, (1, 8, 8))["macs_dense"]
+    reports = []
+    for _ in range(2):  # what the trial reports is the compacted model's count, after each prune
+        reports.append(run.run_epoch())
+        small = pc.compact(run.model, torch.zeros(2, 1, 8, 8))
+        assert reports[-1]["compact_macs"] == pc.sparsity_report(small, (1, 8, 8))["macs_dense"]
+    assert dense_macs > reports[0]["compact_macs"] > reports[1]["compact_macs"]
+    assert all(run.model.get_submodule(f"bn{i}").weight_mask.sum() == round(0.1 * 16 * (1 if i == 1 else 2))
+               for i in (1, 2, 3))  # 90% of every conv's filters, and their norms' channels
+
+    sweep = validate({**TINY, "seeds": 1, "sparsities": [0.5], "pruning": {"structure": "2:4", "exclude": ["conv1"]}})
+    run = FinetuneRun(sweep, point(sweep, "gradual2", "finetune", 0.5), train_dense(sweep, 0, CPU), CPU)
+    for epoch in range(2):
+        report = run.run_epoch()
+        assert "compact_macs" not in report
+        for name in ("conv2", "conv3", "fc"):
+            groups = pc.get_mask(run.model.get_submodule(name))
+            groups = (groups.movedim(1, -1) if groups.dim() > 2 else groups).reshape(-1, 4).sum(1)
+            assert (groups >= 2).all() if epoch == 0 else (groups == 2).all()
+    assert report["sparsity"] == pytest.approx(0.5 * (1 - 16 * 9 / run.prunable))

@@ -1,0 +1,236 @@
+"""Which convolution filters can be pruned as a unit, and removing pruned filters for real.
+
+Both read Torch-Pruning's dependency graph (``torch-pruning`` on PyPI): a trace of the model on
+example inputs that knows which layers share a channel. A conv's output channels form a *filter
+unit* when nothing else produces those channels: the unit holds the conv, any depthwise conv
+that carries the same channels on (MobileNet's expansion + depthwise pair), and the batch norms
+after them. A channel tied to another conv's output by a residual add (a ResNet's ``conv2`` and
+shortcut), a product, or a second producer is left alone, as Li et al. (2017) did for CIFAR
+ResNets: no mask then claims a saving that physical removal could not deliver.
+
+Pruning a filter of a unit zeroes the filter in every conv of the unit, their biases and the
+batch norms' scale and shift at that channel, so the channel is exactly zero in training and
+evaluation; :func:`compact` then deletes it with identical outputs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .masks import CONV_TYPES, PrunableWeight, get_mask, make_permanent, set_mask
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_COUPLING_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+@dataclass
+class FilterUnit:
+    """Output channels of ``root`` and everything pruned with them (see the module docstring):
+    ``convs`` and ``norms`` are ``(module, channels)``, ``channels[j]`` being the module's channel
+    that carries the root's channel ``j`` (the root first, with its own channels)."""
+
+    name: str
+    root: PrunableWeight
+    convs: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+    norms: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.root.module.weight.shape[0]
+
+    def set_keep(self, keep: torch.Tensor) -> None:
+        """Prune (False) channels in every layer of the unit; pruned channels stay pruned."""
+        for module, channels in self.convs + self.norms:
+            for param in ("weight", "bias"):
+                tensor = module._parameters.get(param)
+                if tensor is None:
+                    continue
+                mask = get_mask(module, param)
+                mask = torch.ones_like(tensor, dtype=torch.bool) if mask is None else mask.clone()
+                rows = keep.to(mask.device).reshape(-1, *([1] * (tensor.dim() - 1)))
+                mask[channels] = mask[channels] & rows
+                set_mask(module, mask, param)
+
+
+def _torch_pruning():
+    try:
+        import torch_pruning
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ImportError("filter pruning and compact() need torch-pruning: pip install 'torch-pruning>=1.6.1'") from None
+    return torch_pruning
+
+
+def _forward(model: nn.Module, inputs):
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def dependency_graph(model: nn.Module, example_inputs):
+    """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs`` (the model's mode kept)."""
+    tp = _torch_pruning()
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as exc:  # Torch-Pruning's own limits (e.g. ShuffleNet's channel shuffle)
+        raise ValueError(f"Torch-Pruning cannot trace this model's channels on the example inputs "
+                         f"({type(exc).__name__}: {exc}); use another structure") from exc
+    finally:
+        model.train(was_training)
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, CONV_TYPES) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def _group(graph, conv: nn.Module, idxs):
+    tp = _torch_pruning()
+    return graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(idxs))
+
+
+def _coupling(graph, conv: nn.Module, names: dict) -> tuple[list, list, str | None]:
+    """``(convs, norms, None)`` of the unit ``conv`` roots (see :class:`FilterUnit`), or
+    ``([], [], why it cannot be one)``."""
+    ops = _torch_pruning().ops
+    convs, norms = [(conv, torch.arange(conv.out_channels))], []
+    if conv.groups > 1:
+        return [], [], "a grouped convolution"
+    read = False  # by a layer after the unit: else its channels are the model's output
+    for item in _group(graph, conv, range(conv.out_channels)):
+        node, handler = item.dep.target, item.dep.handler
+        module = node.module
+        if isinstance(module, (nn.Linear, *CONV_TYPES)) and not _is_depthwise(module) and module is not conv:
+            read |= graph.is_in_channel_pruning_fn(handler)
+        if isinstance(module, CONV_TYPES) and module.groups > 1 and not _is_depthwise(module):
+            return [], [], f"grouped convolution {names.get(module, '?')!r} reads its channels"
+        if node.type == ops.OPTYPE.ELEMENTWISE and any(op in str(module._grad_fn) for op in _COUPLING_OPS):
+            return [], [], "its channels meet another layer's in a residual add or product"
+        if node.type == ops.OPTYPE.PARAMETER:
+            return [], [], "a bare parameter acts on its channels"
+        if module is conv or not graph.is_out_channel_pruning_fn(handler):
+            continue
+        channels = torch.empty(conv.out_channels, dtype=torch.long)
+        channels[torch.as_tensor([int(r) for r in item.root_idxs])] = torch.as_tensor([int(i) for i in item.idxs])
+        if _is_depthwise(module):
+            convs.append((module, channels))
+        elif isinstance(module, _NORMS):
+            norms.append((module, channels))
+        elif isinstance(module, (nn.Linear, *CONV_TYPES)):
+            return [], [], f"{names.get(module, '?')!r} produces the same channels"
+        elif "Norm" in type(module).__name__:
+            return [], [], f"{type(module).__name__} {names.get(module, '?')!r} normalises across its channels"
+    if not read:
+        return [], [], "its channels are the model's output"
+    return convs, norms, None
+
+
+def filter_units(model: nn.Module, convs: list[PrunableWeight], example_inputs) -> tuple[list[FilterUnit], dict[str, str]]:
+    """The filter units rooted at ``convs`` (in their order) and ``{conv name: why it is not one}``.
+
+    A depthwise conv is never a root (it is pruned with the conv feeding it); a unit that would
+    reach a conv outside ``convs`` (excluded by the caller) is not one either.
+    """
+    graph = dependency_graph(model, example_inputs)
+    names = {module: name for name, module in model.named_modules()}
+    allowed = {id(unit.module) for unit in convs}
+    units, skipped = [], {}
+    for unit in convs:
+        if _is_depthwise(unit.module):
+            skipped[unit.name] = "a depthwise conv: pruned with the conv feeding it"
+            continue
+        members, norms, why = _coupling(graph, unit.module, names)
+        outside = [names.get(m, "?") for m, _ in members if id(m) not in allowed]
+        if why is None and outside:
+            why = f"it would prune {outside[0]!r}, which is not in scope"
+        if why is not None:
+            skipped[unit.name] = why
+            continue
+        units.append(FilterUnit(unit.name, unit, members, norms))
+    return units, skipped
+
+
+def filter_keep(unit: FilterUnit) -> torch.Tensor:
+    """Which of the unit's channels still have a weight (True = kept)."""
+    mask = get_mask(unit.root.module)
+    if mask is None:
+        return torch.ones(unit.channels, dtype=torch.bool, device=unit.root.module.weight.device)
+    return mask.reshape(unit.channels, -1).any(dim=1)
+
+
+def _dead_channels(conv: nn.Module) -> list[int]:
+    mask = get_mask(conv)
+    if mask is None:
+        return []
+    return torch.nonzero(~mask.reshape(mask.shape[0], -1).any(dim=1)).flatten().tolist()
+
+
+def _channel_is_zero(graph, group, channels: list[int]) -> list[bool]:
+    """Per channel of the group's root: whether every layer producing it (filters, biases, norm
+    scales and shifts) is exactly zero there, so that deleting it changes nothing."""
+    zero = dict.fromkeys(channels, True)
+    for item in group:
+        module = item.dep.target.module
+        if not graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        for idx, root in zip(item.idxs, item.root_idxs):
+            for name in ("weight", "bias"):
+                tensor = getattr(module, name, None)
+                if isinstance(tensor, torch.Tensor) and tensor.dim() and bool(tensor.detach()[idx].any()):
+                    zero[root] = False
+    return [zero[c] for c in channels]
+
+
+@torch.no_grad()
+def compact(model: nn.Module, example_inputs, *, check: bool = True) -> nn.Module:
+    """A smaller dense copy of ``model`` with its pruned filters physically removed.
+
+    Every pruned filter of a filter unit (see :func:`prune` with ``structure="filters"``) goes,
+    with the batch-norm channels and the next layers' input channels it feeds, through
+    Torch-Pruning's dependency graph traced on ``example_inputs``. Masks are baked in and
+    dropped: the copy is an ordinary model (unstructured zeros stay as zeros). Channels that are
+    not exactly zero in every layer producing them stay, and a layer keeps at least one channel.
+    With ``check`` the copy's evaluation-mode outputs on ``example_inputs`` must equal the
+    model's (to float tolerance), else ``RuntimeError``. ``model`` itself is not changed.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        reference = _forward(model, example_inputs)
+    finally:
+        model.train(was_training)
+    small = copy.deepcopy(model)
+    roots = [(module, _dead_channels(module)) for module in small.modules()  # depthwise convs go with their root
+             if isinstance(module, CONV_TYPES) and not _is_depthwise(module)]
+    make_permanent(small)
+    small.eval()
+    graph = dependency_graph(small, example_inputs)
+    names = {module: name for name, module in small.named_modules()}
+    for conv, channels in roots:
+        if not channels:
+            continue
+        _, _, why = _coupling(graph, conv, names)
+        if why is not None:
+            continue
+        group = _group(graph, conv, channels)
+        removable = [c for c, ok in zip(channels, _channel_is_zero(graph, group, channels)) if ok]
+        if len(removable) >= conv.out_channels:
+            removable = removable[1:]  # a layer keeps a channel
+        if removable:
+            _group(graph, conv, removable).prune()
+    small.train(was_training)
+    if check:
+        small.eval()
+        out = _forward(small, example_inputs)
+        small.train(was_training)
+        scale = float(reference.abs().max()) if reference.numel() else 1.0
+        if out.shape != reference.shape or not torch.allclose(out, reference, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
+            diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("nan")
+            raise RuntimeError(f"compact: the compacted model's outputs differ from the pruned model's (max abs diff "
+                               f"{diff:.3g}); a layer after a pruned filter may not map zero to zero")
+    return small
