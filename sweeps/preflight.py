@@ -86,8 +86,7 @@ AUX_HINT = " (a model with auxiliary outputs: turn them off through model_args, 
 
 def _check_layer_patterns(config: SweepConfig, model: torch.nn.Module) -> None:
     """Refuse a ``pruning.include``/``exclude`` entry that names no prunable layer of the model
-    (a pattern written for another model would otherwise change nothing, silently), and a structure
-    that cannot apply to a layer in scope (N:M on a layer whose input is not a multiple of M)."""
+    (a pattern written for another model would otherwise change nothing, silently)."""
     layers = [u.name for u in pc.prunable_weights(model)]
     for field in ("include", "exclude"):
         for pattern in getattr(config.pruning, field) or []:
@@ -95,11 +94,21 @@ def _check_layer_patterns(config: SweepConfig, model: torch.nn.Module) -> None:
                 shown = ", ".join(layers[:10]) + (f", ... ({len(layers)} in all)" if len(layers) > 10 else "")
                 raise ConfigError(f"pruning.{field}: {pattern!r} matches no prunable layer of model "
                                   f"{config.model!r} (its prunable layers: {shown})")
+
+
+def _check_structure(config: SweepConfig, model: torch.nn.Module, batch: torch.Tensor) -> None:
+    """Refuse a structure that cannot apply to the layers in scope: N:M on a layer whose input is
+    not a multiple of M, filters on a model with no conv that can lose filters on its own."""
     p = config.pruning
     try:
-        pc.units_in_scope(model, p.structure, p.include, p.exclude)
+        units = pc.units_in_scope(model, p.structure, p.include, p.exclude)
+        if p.structure == "filters":
+            found, skipped = pc.filter_units(model, units, batch)
+            if not found:
+                name, why = next(iter(skipped.items()))
+                raise ValueError(f"no convolution in scope can lose filters on its own ({name!r}: {why})")
     except ValueError as exc:
-        raise ConfigError(f"pruning.structure: {exc} (model {config.model!r})") from None
+        raise ConfigError(f"pruning.structure: {p.structure}: {exc} (model {config.model!r})") from None
 
 
 def check_model(config: SweepConfig, info: DatasetInfo) -> None:
@@ -127,6 +136,7 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
             raise ConfigError(f"model {name!r}: in {mode} mode a batch of 2 {d.name} images gives "
                               f"{_logits_shape(output)}, not logits of shape (2, {info.classes}) for its "
                               f"{info.classes} classes{hint}")
+    _check_structure(config, model, batch)
 
 
 def _check_checkpoint(config: SweepConfig) -> None:

@@ -16,14 +16,16 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--quick", "--json", str(out), "--address", ray_session.address_info["address"]]) == 0
     figures = json.loads(out.read_text())
-    for key in ("loader_speedup", "mask_overhead", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
+    for key in ("loader_speedup", "mask_overhead", "compact_latency_ratio_50", "compact_latency_ratio_75",
+                "compact_macs_ratio_50", "prune_speedup", "prune_speedup_vs_vectorised_numpy",
                 "prune_fraction_of_epoch", "tune_overhead_tiny", "state_bytes_per_trial",
                 "tune_bare_state_bytes_per_trial", "state_vs_bare_tune", "checkpoint_bytes_per_trial",
                 "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb",
                 "streamed_vs_in_memory", "folder_decode_images_per_s"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     table = capsys.readouterr().out
-    assert "mask_overhead" in table and "GPU: none" in table and "analysis_400_s" in table
+    assert 0.2 < figures["compact_macs_ratio_50"] < 0.6 and figures["compact_macs_ratio_75"] < figures["compact_macs_ratio_50"]
+    assert "mask_overhead" in table and "compact_latency_ratio_75" in table and "GPU: none" in table and "analysis_400_s" in table
     assert "streamed_vs_in_memory" in table and figures["folder_source"] in ("random", "cifar10")
     assert figures["analysis_rows"] == 400 * 30
     assert "parallel_efficiency" not in figures  # measured in full runs only

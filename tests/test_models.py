@@ -167,8 +167,12 @@ def test_a_pruning_pattern_that_names_no_layer_of_the_model_is_refused(tmp_path,
 
 def test_a_structure_that_cannot_apply_to_a_layer_is_refused_before_ray(tmp_path, capsys):
     err = _refused(capsys, {**SHORT, "pruning": {"structure": "2:4"}, "sparsities": [0.5]}, tmp_path)
-    assert err == ("pruning.structure: structure '2:4': layer 'conv1' has input dimension 1, not a multiple of 4; "
-                   "exclude it (model 'small_cnn')")
+    assert err == ("pruning.structure: 2:4: structure '2:4': layer 'conv1' has input dimension 1, not a multiple of "
+                   "4; exclude it (model 'small_cnn')")
+    err = _refused(capsys, {**SHORT, "model": "resnet20", "pruning": {"structure": "filters", "include": ["conv1"]}},
+                   tmp_path)
+    assert err == ("pruning.structure: filters: no convolution in scope can lose filters on its own ('conv1': its "
+                   "channels meet another layer's in a residual add or product) (model 'resnet20')")
 
 
 def test_torchvision_models_take_the_datas_channels_and_classes():
