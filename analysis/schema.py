@@ -158,9 +158,9 @@ METRICS: tuple[Metric, ...] = (
     Metric(TARGET_SPARSITY, "the point this trial is compared at: the final target (a gradual trial's too, "
                             "during its early steps), or a ladder's current rung"),
     Metric(SEED, "the trial's seed", dtype="int64"),
-    Metric("sparsity", "measured: fraction of all prunable weights (every conv/linear `weight`, also those a "
-                       "config's `pruning.exclude` keeps dense) that are exactly zero; equals `target_sparsity` "
-                       "to the weight when nothing is excluded"),
+    Metric("sparsity", "measured: fraction of all prunable weights (every conv/linear `weight` and attention "
+                       "Q/K/V projection, also those a config's `pruning.exclude` keeps dense) that are exactly "
+                       "zero; equals `target_sparsity` to the weight when nothing is excluded (unstructured)"),
     Metric("compression_ratio", "1 / (1 − `sparsity`)"),
     Metric("step", "which prune step (1..k) the epoch belongs to; a ladder's rung number",
            dtype="int64"),

@@ -1,12 +1,14 @@
 """pruning_core: exact, fast magnitude/gradient/structured pruning on plain PyTorch.
 
-Usable on any ``nn.Module``; depends on torch only.
+Usable on any ``nn.Module``; depends on torch, and on torch-pruning's dependency graph for
+filter pruning and :func:`compact` (imported only when those run).
 """
 from .compaction import compact, filter_units
 from .masks import (
     MASK,
     PrunableWeight,
     apply_masks,
+    arm,
     attach_optimizer,
     clear_optimizer_state,
     get_mask,
@@ -29,6 +31,6 @@ __all__ = [
     "prune", "prune_threshold", "accumulate_gradients",
     "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
-    "attach_optimizer", "apply_masks", "mask_gradients", "clear_optimizer_state",
+    "attach_optimizer", "arm", "apply_masks", "mask_gradients", "clear_optimizer_state",
     "get_mask", "prunable_modules", "prunable_weights", "PrunableWeight", "nm_sparsity", "compact", "filter_units", "parse_structure", "units_in_scope", "sparsity_schedule", "check_sparsity",
 ]

@@ -120,6 +120,8 @@ def _coupling(graph, conv: nn.Module, names: dict) -> tuple[list, list, str | No
         if _is_depthwise(module):
             convs.append((module, channels))
         elif isinstance(module, _NORMS):
+            if module.weight is None or module.bias is None:
+                return [], [], f"batch norm {names.get(module, '?')!r} has no scale and shift to zero"
             norms.append((module, channels))
         elif isinstance(module, (nn.Linear, *CONV_TYPES)):
             return [], [], f"{names.get(module, '?')!r} produces the same channels"
@@ -134,7 +136,8 @@ def filter_units(model: nn.Module, convs: list[PrunableWeight], example_inputs) 
     """The filter units rooted at ``convs`` (in their order) and ``{conv name: why it is not one}``.
 
     A depthwise conv is never a root (it is pruned with the conv feeding it); a unit that would
-    reach a conv outside ``convs`` (excluded by the caller) is not one either.
+    reach a conv outside ``convs`` (excluded by the caller) is not one either. ``ValueError`` if
+    there is no unit at all (saying why for the first conv), or if the model cannot be traced.
     """
     graph = dependency_graph(model, example_inputs)
     names = {module: name for name, module in model.named_modules()}
@@ -152,22 +155,23 @@ def filter_units(model: nn.Module, convs: list[PrunableWeight], example_inputs) 
             skipped[unit.name] = why
             continue
         units.append(FilterUnit(unit.name, unit, members, norms))
+    if not units:
+        name, why = next(iter(skipped.items())) if skipped else ("-", "no convolution in scope")
+        raise ValueError(f"no convolution in scope can lose filters on its own ({name!r}: {why})")
     return units, skipped
+
+
+def _kept_filters(conv: nn.Module) -> torch.Tensor:
+    """Which output channels of ``conv`` still have a weight (True = kept)."""
+    mask = get_mask(conv)
+    if mask is None:
+        return torch.ones(conv.weight.shape[0], dtype=torch.bool, device=conv.weight.device)
+    return mask.reshape(mask.shape[0], -1).any(dim=1)
 
 
 def filter_keep(unit: FilterUnit) -> torch.Tensor:
     """Which of the unit's channels still have a weight (True = kept)."""
-    mask = get_mask(unit.root.module)
-    if mask is None:
-        return torch.ones(unit.channels, dtype=torch.bool, device=unit.root.module.weight.device)
-    return mask.reshape(unit.channels, -1).any(dim=1)
-
-
-def _dead_channels(conv: nn.Module) -> list[int]:
-    mask = get_mask(conv)
-    if mask is None:
-        return []
-    return torch.nonzero(~mask.reshape(mask.shape[0], -1).any(dim=1)).flatten().tolist()
+    return _kept_filters(unit.root.module)
 
 
 def _channel_is_zero(graph, group, channels: list[int]) -> list[bool]:
@@ -183,7 +187,36 @@ def _channel_is_zero(graph, group, channels: list[int]) -> list[bool]:
                 tensor = getattr(module, name, None)
                 if isinstance(tensor, torch.Tensor) and tensor.dim() and bool(tensor.detach()[idx].any()):
                     zero[root] = False
+                elif tensor is None and isinstance(module, _NORMS):
+                    zero[root] = False  # a norm without scale or shift: its output there is not 0
     return [zero[c] for c in channels]
+
+
+def _to(inputs, **kwargs):
+    """``example_inputs`` (a tensor, a tuple/list or a dict of them) with floating tensors moved."""
+    if isinstance(inputs, dict):
+        return {k: _to(v, **kwargs) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to(v, **kwargs) for v in inputs)
+    if torch.is_tensor(inputs):
+        return inputs.to(**kwargs) if inputs.is_floating_point() else inputs.to(kwargs.get("device", inputs.device))
+    return inputs
+
+
+def _same_outputs(model: nn.Module, small: nn.Module, example_inputs) -> None:
+    """Compare evaluation outputs in float64 on the CPU, where no kernel choice (TF32, another
+    algorithm for another channel count) can blur a real difference."""
+    inputs = _to(example_inputs, device="cpu", dtype=torch.float64)
+    outputs = []
+    for net in (model, small):
+        twin = copy.deepcopy(net).to(device="cpu", dtype=torch.float64).eval()
+        outputs.append(_forward(twin, inputs))
+    reference, out = outputs
+    scale = float(reference.abs().max()) if reference.numel() else 1.0
+    if out.shape != reference.shape or not torch.allclose(out, reference, rtol=1e-7, atol=1e-9 * max(1.0, scale)):
+        diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("nan")
+        raise RuntimeError(f"compact: the compacted model's outputs differ from the pruned model's (max abs diff "
+                           f"{diff:.3g} in float64); a layer after a pruned filter may not map zero to zero")
 
 
 @torch.no_grad()
@@ -196,19 +229,12 @@ def compact(model: nn.Module, example_inputs, *, check: bool = True) -> nn.Modul
     dropped: the copy is an ordinary model (unstructured zeros stay as zeros). Channels that are
     not exactly zero in every layer producing them stay, and a layer keeps at least one channel.
     With ``check`` the copy's evaluation-mode outputs on ``example_inputs`` must equal the
-    model's (to float tolerance), else ``RuntimeError``. ``model`` itself is not changed.
+    model's (compared in float64 on the CPU), else ``RuntimeError``. ``model`` is not changed.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        reference = _forward(model, example_inputs)
-    finally:
-        model.train(was_training)
     small = copy.deepcopy(model)
-    roots = [(module, _dead_channels(module)) for module in small.modules()  # depthwise convs go with their root
-             if isinstance(module, CONV_TYPES) and not _is_depthwise(module)]
+    roots = [(module, torch.nonzero(~_kept_filters(module)).flatten().tolist())  # depthwise: with their root
+             for module in small.modules() if isinstance(module, CONV_TYPES) and not _is_depthwise(module)]
     make_permanent(small)
-    small.eval()
     graph = dependency_graph(small, example_inputs)
     names = {module: name for name, module in small.named_modules()}
     for conv, channels in roots:
@@ -223,14 +249,7 @@ def compact(model: nn.Module, example_inputs, *, check: bool = True) -> nn.Modul
             removable = removable[1:]  # a layer keeps a channel
         if removable:
             _group(graph, conv, removable).prune()
-    small.train(was_training)
+    small.train(model.training)
     if check:
-        small.eval()
-        out = _forward(small, example_inputs)
-        small.train(was_training)
-        scale = float(reference.abs().max()) if reference.numel() else 1.0
-        if out.shape != reference.shape or not torch.allclose(out, reference, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
-            diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("nan")
-            raise RuntimeError(f"compact: the compacted model's outputs differ from the pruned model's (max abs diff "
-                               f"{diff:.3g}); a layer after a pruned filter may not map zero to zero")
+        _same_outputs(model, small, example_inputs)
     return small

@@ -12,8 +12,8 @@ Adam moments at now-pruned positions) can still move them; :func:`attach_optimiz
 that state and re-zeroes the weights after every step.
 
 Deep copies and unpickled models get their gradient hooks back on their first forward pass
-(a forward pre-hook, which copies and pickles with the module, re-arms them), and
-:func:`load_state_dict`/``load_pruned`` arm them at once. Because the mask is a buffer,
+(forward pre-hooks, which copy and pickle with the modules, re-arm them, under ``torch.compile``
+too), :func:`load_state_dict`/``load_pruned`` arm them at once, and :func:`arm` does it by hand. Because the mask is a buffer,
 ``state_dict`` and ``.to(device)`` carry it, and ``torch.compile`` sees the very same
 parameter tensors that reports and saves read.
 
@@ -140,7 +140,7 @@ def prunable_weights(
     """
     include = list(include) if include is not None else None
     exclude = list(exclude or [])
-    found = []
+    found, seen = [], set()
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
             units = [PrunableWeight(name, module)]
@@ -154,7 +154,10 @@ def prunable_weights(
                 continue
             if any(_matches(n, exclude) for n in names):
                 continue
-            found.append(unit)
+            key = (id(unit.module._parameters.get(unit.param, unit.module)), unit.rows and unit.rows.start)
+            if key not in seen:  # a weight tied between two layers counts once, under its first name
+                seen.add(key)
+                found.append(unit)
     return found
 
 
@@ -164,8 +167,8 @@ def is_torch_pruned(module: nn.Module) -> bool:
 
 
 def has_mask(module: nn.Module) -> bool:
-    """True if this module carries a pruning mask (ours or torch's)."""
-    return MASK in module._buffers
+    """True if this module carries a pruning mask (ours, on any parameter, or torch's)."""
+    return is_torch_pruned(module) or next(mask_entries(module), None) is not None
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
@@ -203,72 +206,101 @@ def set_mask(module: nn.Module, mask: torch.Tensor, param: str = "weight") -> No
         module.register_buffer(param + SUFFIX, mask.clone())
     with torch.no_grad():
         weight.mul_(module._buffers[param + SUFFIX])
-    arm(module)
+    _arm_module(module)
 
 
-def _module_masks(module: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(parameter, mask)`` of every pruning_core mask on ``module`` (not torch's)."""
-    for key, mask in module._buffers.items():
+def mask_entries(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(parameter name, parameter, mask)`` of every pruning_core mask on ``module`` (not torch's):
+    a buffer ``<name>_mask`` beside a parameter ``<name>``."""
+    for key, mask in list(module._buffers.items()):
         if mask is not None and key.endswith(SUFFIX):
             param = module._parameters.get(key[: -len(SUFFIX)])
             if param is not None:
-                yield param, mask
+                yield key[: -len(SUFFIX)], param, mask
 
 
 def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every module that carries a pruning_core mask (not torch's)."""
     for name, module in model.named_modules():
-        if next(_module_masks(module), None) is not None:
+        if next(mask_entries(module), None) is not None:
             yield name, module
 
 
 def _masked(model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for _, module in masked_modules(model):
-        yield from _module_masks(module)
+        for _, param, mask in mask_entries(module):
+            yield param, mask
 
 
-# parameter -> (module holding it, its mask buffer's name), for the gradient hook
+# parameter -> [(module holding it, its mask buffer's name), ...] (a tied weight has several)
 _OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# models whose every masked module has been armed (a deep copy is a new object: armed on its first call)
+_ARMED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _mask_accumulated_gradient(param: torch.Tensor) -> None:
-    owner = _OWNERS.get(param)
-    module = owner[0]() if owner is not None else None
-    if module is not None and param.grad is not None and module._parameters.get(owner[1][: -len(SUFFIX)]) is param:
-        param.grad.mul_(module._buffers[owner[1]])
+    if param.grad is None:
+        return
+    for module_ref, key in _OWNERS.get(param, ()):
+        module = module_ref()
+        if module is not None and module._parameters.get(key[: -len(SUFFIX)]) is param:
+            param.grad.mul_(module._buffers[key])
 
 
 def _rearm(module: nn.Module, args) -> None:
-    """Forward pre-hook: give a deep copy's or an unpickled model's parameters their gradient hooks."""
+    """Forward pre-hook of a masked module: hooks for a parameter that is new to it (a deep
+    copy's, an unpickled model's, a replaced one). Skipped while compiling (see :func:`_rearm_model`)."""
     if not torch.compiler.is_compiling():
-        arm(module)
+        _arm_module(module)
 
 
-def arm(module: nn.Module) -> None:
-    """Make sure every masked parameter of ``module`` has its pruned gradients zeroed by autograd."""
+@torch.compiler.disable
+def _rearm_model(model: nn.Module, args) -> None:
+    """Forward pre-hook of a pruned model: a copy of it gets every masked module armed on its first
+    call, also under ``torch.compile`` and for weights applied without calling their module."""
+    if model not in _ARMED:
+        arm(model)
+
+
+def _arm_module(module: nn.Module) -> None:
     if _rearm not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_rearm)
-    for key in list(module._buffers):
-        if not key.endswith(SUFFIX):
-            continue
-        param = module._parameters.get(key[: -len(SUFFIX)])
-        if param is None or not param.requires_grad:
-            continue
-        owner = _OWNERS.get(param)
-        if owner is None:
+    for name, param, _ in mask_entries(module):
+        if not param.requires_grad:
+            continue  # armed when it is unfrozen and the module next runs
+        owners = _OWNERS.get(param)
+        if owners is None:
+            owners = _OWNERS[param] = []
             param.register_post_accumulate_grad_hook(_mask_accumulated_gradient)
-        if owner is None or owner[0]() is not module or owner[1] != key:
-            _OWNERS[param] = (weakref.ref(module), key)
+        owners[:] = [(r, k) for r, k in owners if r() is not None and r()._parameters.get(k[: -len(SUFFIX)]) is param]
+        if not any(r() is module and k == name + SUFFIX for r, k in owners):
+            owners.append((weakref.ref(module), name + SUFFIX))
+
+
+def arm(model: nn.Module) -> nn.Module:
+    """Make autograd zero the pruned entries of every masked parameter's gradient in ``model``.
+
+    ``prune``, ``load_state_dict`` and ``load_pruned`` do this; a deep copy or an unpickled model
+    does it on its first forward pass. Call it yourself only to arm such a copy before that (say,
+    before wrapping it in ``nn.DataParallel``). Returns ``model``.
+    """
+    if _rearm_model not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_rearm_model)
+    for _, module in masked_modules(model):
+        _arm_module(module)
+    _ARMED[model] = True
+    return model
 
 
 def disarm(module: nn.Module) -> None:
-    """Remove :func:`arm`'s forward pre-hook (the gradient hooks then do nothing)."""
+    """Remove the re-arming hooks of ``module`` and its gradient masking (its masks are gone)."""
     for key, hook in list(module._forward_pre_hooks.items()):
-        if hook is _rearm:
+        if hook is _rearm or hook is _rearm_model:
             del module._forward_pre_hooks[key]
     for param in module._parameters.values():
-        if param is not None and param in _OWNERS:
-            del _OWNERS[param]
+        owners = _OWNERS.get(param) if param is not None else None
+        if owners:
+            owners[:] = [(r, k) for r, k in owners if r() is not module]
 
 
 @torch.no_grad()
@@ -332,25 +364,22 @@ def make_permanent(model: nn.Module) -> nn.Module:
     for _, module in list(model.named_modules()):
         if is_torch_pruned(module):
             torch.nn.utils.prune.remove(module, "weight")
-        for key in [k for k in module._buffers if k.endswith(SUFFIX) and k[: -len(SUFFIX)] in module._parameters]:
+        for name, param, mask in list(mask_entries(module)):
             with torch.no_grad():
-                module._parameters[key[: -len(SUFFIX)]].mul_(module._buffers[key])
-            del module._buffers[key]
+                param.mul_(mask)
+            del module._buffers[name + SUFFIX]
         disarm(module)
     return model
 
 
-def _module_of(key: str) -> str:
-    return key.rpartition(".")[0] or "(the model itself)"
-
-
 def check_fits(source: str, model: nn.Module, state: dict) -> None:
     """Raise ``ValueError`` naming ``source`` and the first module (in ``model``'s order) whose
-    entries in ``state`` are missing, unknown or differently shaped; masks may be absent."""
+    entries in ``state`` are missing, unknown or differently shaped. Masks the model lacks may
+    come with the state; masks the model has must."""
     own = model.state_dict()
     expected = {key: tuple(t.shape) for key, t in own.items()}
-    for key in [k for k in expected if k.endswith("_orig")]:  # a model pruned with torch.nn.utils.prune
-        expected[key[: -len("_orig")]] = expected.pop(key)
+    for key in [k for k in expected if k.endswith("_orig") and k[: -len("_orig")] + SUFFIX in own]:
+        expected[key[: -len("_orig")]] = expected.pop(key)  # a weight held by torch.nn.utils.prune
     for key in state:
         if key.endswith(SUFFIX) and key[: -len(SUFFIX)] in expected:
             expected[key] = expected[key[: -len(SUFFIX)]]
@@ -359,8 +388,7 @@ def check_fits(source: str, model: nn.Module, state: dict) -> None:
         module, _, leaf = key.rpartition(".")
         module = repr(module) if module else "(the model itself)"
         if key not in state:
-            if not key.endswith(SUFFIX):
-                raise ValueError(f"{where} module {module} has {leaf!r}, the saved state has not")
+            raise ValueError(f"{where} module {module} has {leaf!r}, the saved state has not")
         elif key not in expected:
             raise ValueError(f"{where} the saved state has {key!r}, which module {module} of this model has not")
         elif tuple(state[key].shape) != expected[key]:
@@ -397,5 +425,7 @@ def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True, sou
             continue
         if leaf not in module._buffers:
             module.register_buffer(leaf, torch.ones_like(module._parameters[param], dtype=torch.bool))
-        arm(module)
-    return model.load_state_dict(state_dict, strict=strict)
+    result = model.load_state_dict(state_dict, strict=strict)
+    if next(masked_modules(model), None) is not None:
+        arm(model)
+    return result

@@ -47,6 +47,14 @@ def nonzero_params(model: nn.Module) -> int:
     return count
 
 
+def _storage(tensor) -> int | None:
+    """Where a tensor's data lives: a weight and its views (``weight.T``) share it."""
+    try:
+        return (tensor.untyped_storage().data_ptr() or None) if torch.is_tensor(tensor) else None
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 _CONVS = (F.conv1d, F.conv2d, F.conv3d)
 _MHA = inspect.signature(F.multi_head_attention_forward)
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
@@ -75,7 +83,7 @@ class _WeightUses(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in _CONVS or func is F.linear:
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            name = self.names.get(id(weight))
+            name = self.names.get(_storage(weight))
             if name is not None:  # one sample: a conv's output positions, a linear's rows
                 self._use(name, out[0, 0].numel() if func in _CONVS else out.numel() // weight.shape[0])
         elif func is F.multi_head_attention_forward:
@@ -83,8 +91,13 @@ class _WeightUses(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"), (*args, None, None, None)[:3]))
             self.activation_macs += q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1]) * q[..., 0, 0].numel()
-        elif func in _MATMULS and all(torch.is_tensor(t) and id(t) not in self.names for t in args[-2:]):
-            self.activation_macs += out.numel() * args[-2].shape[-1]
+        elif func in _MATMULS and all(torch.is_tensor(t) for t in args[-2:]):
+            weights = [(self.names[_storage(t)], t) for t in args[-2:] if _storage(t) in self.names]
+            if weights:  # ``x @ layer.weight.T``: that layer's weight, applied to as many positions
+                name, weight = weights[0]
+                self._use(name, out.numel() * args[-2].shape[-1] // weight.numel())
+            else:
+                self.activation_macs += out.numel() * args[-2].shape[-1]
         return out
 
     def _attention(self, a: dict, out: torch.Tensor) -> None:
@@ -95,10 +108,10 @@ class _WeightUses(TorchFunctionMode):
         else:
             weights = [a["in_proj_weight"]] * 3
         for projection, weight, rows in zip(PROJECTIONS, weights, (length, source, source)):
-            prefix = self.projections.get(id(weight))
+            prefix = self.projections.get(_storage(weight))
             if prefix is not None:
                 self._use(f"{prefix}.{projection}_proj", rows)
-        name = self.names.get(id(a["out_proj_weight"]))
+        name = self.names.get(_storage(a["out_proj_weight"]))
         if name is not None:
             self._use(name, length)
         embed = a["embed_dim_to_check"]
@@ -112,13 +125,13 @@ def _positions(model: nn.Module, units, input_shape: tuple[int, ...]) -> _Weight
     handles = []
     for unit in units:
         if unit.param != "weight":  # an attention's Q/K/V projection
-            projections[id(unit.parameter)] = unit.name.rpartition(".")[0]
+            projections[_storage(unit.parameter)] = unit.name.rpartition(".")[0]
         elif is_torch_pruned(unit.module):  # its weight is recomputed before each call: learn it then
             def learn(mod, inputs, name=unit.name):
-                names[id(mod.weight)] = name
+                names[_storage(mod.weight)] = name
             handles.append(unit.module.register_forward_pre_hook(learn))
         else:
-            names[id(unit.parameter)] = unit.name
+            names[_storage(unit.parameter)] = unit.name
     param = next(model.parameters())
     was_training = model.training
     uses = _WeightUses(names, projections)

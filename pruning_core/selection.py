@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .compaction import FilterUnit, filter_keep, filter_units
-from .masks import CONV_TYPES, PrunableWeight, adopt_torch_pruning, attach_optimizer, prunable_weights
+from .masks import CONV_TYPES, PrunableWeight, adopt_torch_pruning, arm, attach_optimizer, prunable_weights
 from .schedules import check_sparsity
 
 CRITERIA = ("magnitude", "gradient", "magnitude_gradient", "random")
@@ -260,11 +260,7 @@ def prune(
         if example_inputs is None:
             raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
                              "graph traced on it tells which convolutions' channels are tied together")
-        units, skipped = filter_units(model, units, example_inputs)
-        if not units:
-            name, why = next(iter(skipped.items()))
-            raise ValueError(f"structure 'filters': no convolution in scope can lose filters on its own "
-                             f"({name!r}: {why})")
+        units, _ = filter_units(model, units, example_inputs)
 
     if kind == "filters":
         keeps = [filter_keep(u) for u in units]
@@ -302,6 +298,7 @@ def prune(
         else:
             unit.set_mask(keep.reshape(unit.weight.shape))
             result[unit.name] = unit.mask
+    arm(model)
     if optimizer is not None:
         attach_optimizer(model, optimizer)
     return result
@@ -327,6 +324,7 @@ def prune_threshold(
     for unit in prunable_weights(model, include, exclude):
         adopt_torch_pruning(unit.module)
         unit.set_mask((unit.weight.abs() >= threshold) & _weight_keep(unit))
+    arm(model)
     if optimizer is not None:
         attach_optimizer(model, optimizer)
     return model_sparsity(model)

@@ -6,7 +6,7 @@ import os
 import torch
 from torch import nn
 
-from .masks import SUFFIX, effective_weight, is_torch_pruned, load_state_dict
+from .masks import MASK, SUFFIX, effective_weight, is_torch_pruned, load_state_dict, mask_entries
 
 FORMAT = "pruning_core.pruned/1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -37,13 +37,10 @@ def _masked_params(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tens
     found = {}
     for name, module in model.named_modules():
         prefix = name + "." if name else ""
-        for key, mask in module._buffers.items():
-            if mask is None or not key.endswith(SUFFIX):
-                continue
-            param = key[: -len(SUFFIX)]
-            if param in module._parameters or (param == "weight" and is_torch_pruned(module)):
-                value = effective_weight(module) if param == "weight" else module._parameters[param].detach()
-                found[prefix + param] = (value, mask.bool())
+        if is_torch_pruned(module):
+            found[prefix + "weight"] = (effective_weight(module), module._buffers[MASK].bool())
+        for param_name, param, mask in mask_entries(module):
+            found[prefix + param_name] = (param.detach(), mask.bool())
     return found
 
 

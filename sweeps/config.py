@@ -100,10 +100,17 @@ def _structure(value: str) -> str:
     return value.strip()
 
 
+def _quoted_structure(value):
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 2:4 as 2 * 60 + 4
+        raise ValueError(f"got the number {value}: YAML reads an unquoted N:M such as 2:4 as a base-60 number; "
+                         "quote it: structure: \"2:4\"")
+    return value
+
+
 class PruningConfig(_Strict):
     criterion: Literal[CRITERIA] = "magnitude"  # type: ignore[valid-type]
     scope: Literal[SCOPES] = "global"  # type: ignore[valid-type]
-    structure: Annotated[str, AfterValidator(_structure)] = "unstructured"
+    structure: Annotated[str, BeforeValidator(_quoted_structure), AfterValidator(_structure)] = "unstructured"
     include: Optional[list[str]] = None
     exclude: list[str] = []
     gradient_batches: int = Field(8, ge=1)

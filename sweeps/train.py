@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruning_core as pc
+from pruning_core.masks import SUFFIX as MASK_SUFFIX
 
 from analysis import storage
 from analysis.schema import (BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LADDER, LAYER_SPARSITY, TEST_ACCURACY,
@@ -332,7 +333,7 @@ class FinetuneRun:
         start = self.regime.start_weights(self, phase.epochs)
         if start is not None:
             loaded = self.model.load_state_dict(start, strict=False)
-            stray = loaded.unexpected_keys + [k for k in loaded.missing_keys if not k.endswith(pc.MASK)]
+            stray = loaded.unexpected_keys + [k for k in loaded.missing_keys if not k.endswith(MASK_SUFFIX)]
             if stray:
                 raise RuntimeError(f"{self.regime.name}: the weights to start from do not fit the model ({stray[:3]})")
             pc.apply_masks(self.model)

@@ -73,7 +73,8 @@ def test_schedule_kinds_come_from_pruning_core():
 
 def test_every_reported_name_is_declared_and_reported():
     sweep = validate({**TINY, "dataset": {"name": "digits", "train_subset": 256, "validation": 64},
-                      "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 2, "batch_size": 64}})
+                      "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 2, "batch_size": 64},
+                      "pruning": {"structure": "filters"}})  # which adds compact_macs
     dense = train_dense(sweep, 0, torch.device("cpu"))
     run = FinetuneRun(sweep, expand(sweep)[0], dense, torch.device("cpu"))
     report = run.run_epoch()

@@ -767,3 +767,78 @@ def test_compact_refuses_a_model_whose_outputs_would_change():
     pc.prune(model, 0.5, structure="filters", scope="layerwise", example_inputs=x)
     with pytest.raises(RuntimeError, match="compacted model's outputs differ.*not map zero to zero"):
         pc.compact(model, x)  # a pruned channel is sigmoid(0) = 0.5 downstream, not 0
+
+
+def test_a_copy_is_armed_under_torch_compile_and_tied_weights_keep_every_mask():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    pc.prune(net, 0.7)
+    copied = copy.deepcopy(net)  # never run eagerly: its first call is the compiled one
+    compiled = torch.compile(copied, backend="eager")
+    opt = torch.optim.SGD(copied.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        compiled(torch.randn(4, 8)).sum().backward()
+        opt.step()
+    assert pc.sparsity(copied) == pc.sparsity(net)
+    a, b = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+    b.weight = a.weight  # one weight, two layers: listed and counted once
+    tied = nn.Sequential(a, nn.ReLU(), b)
+    assert [u.name for u in pc.prunable_weights(tied)] == ["0"]
+    pc.prune(tied, 0.5)
+    pc.masks.set_mask(b, pc.get_mask(a).flip(0))  # the second layer's own mask: both must hold
+    _ = pc.arm(tied)
+    opt = torch.optim.SGD(tied.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        tied(torch.randn(4, 8)).sum().backward()
+        opt.step()
+    assert torch.all(a.weight[~pc.get_mask(b)] == 0)
+
+
+def test_loads_refuse_a_state_without_the_models_masks_and_leave_it_unchanged(tmp_path):
+    model = tiny()
+    pc.prune(model, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"state_dict: does not fit this model: module '0' has 'weight_mask', "
+                                         r"the saved state has not"):
+        pc.load_state_dict(model, tiny().state_dict())  # a dense state into a pruned model
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    class Own(nn.Module):  # names ending in _orig/_mask that are nobody's pruning
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("scale_orig", torch.ones(2))
+            self.register_buffer("causal_mask", torch.ones(2, dtype=torch.bool))
+
+    own = Own()
+    pc.load_state_dict(own, Own().state_dict())
+    state = Own().state_dict()
+    del state["causal_mask"]
+    with pytest.raises(ValueError, match="module \\(the model itself\\) has 'causal_mask'"):
+        pc.load_state_dict(own, state)
+
+
+def test_report_counts_a_weight_applied_through_a_view():
+    class ByHand(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return x @ self.lin.weight.T
+
+    rep = pc.sparsity_report(ByHand(), (3, 4))
+    assert rep["layers"][0]["macs_dense"] == 3 * 20 and rep["macs_activations"] == 0 and rep["layers_not_run"] == []
+
+
+def test_a_norm_without_scale_and_shift_keeps_its_conv_out_of_filter_pruning():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(2, 3, 9, 9)
+    units, skipped = pc.filter_units(model, pc.units_in_scope(model, "filters"), x)
+    assert [u.name for u in units] == ["3"] and skipped == {"0": "batch norm '1' has no scale and shift to zero"}
+    pc.prune(model, 0.5, structure="filters", example_inputs=x)
+    small = pc.compact(model, x)
+    assert small[3].out_channels == 4 and small[0].out_channels == 8

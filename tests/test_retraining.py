@@ -251,3 +251,15 @@ def test_filter_pruned_trials_report_compact_macs_and_n_m_trials_end_exact():
             groups = (groups.movedim(1, -1) if groups.dim() > 2 else groups).reshape(-1, 4).sum(1)
             assert (groups >= 2).all() if epoch == 0 else (groups == 2).all()
     assert report["sparsity"] == pytest.approx(0.5 * (1 - 16 * 9 / run.prunable))
+
+
+@pytest.mark.parametrize("retrain", ["weight_rewind", "reinit"])
+def test_filter_pruning_with_rewinding_regimes_keeps_norm_masks(retrain):
+    sweep = validate({**TINY, "seeds": 1, "dense": DENSE, "pruning": {"structure": "filters", "scope": "layerwise"},
+                      "finetune": {"epochs": 2, "batch_size": 64, "retrain": [retrain]}})
+    run = FinetuneRun(sweep, point(sweep, "gradual2", retrain, 0.5), train_dense(sweep, 0, CPU), CPU)
+    while not run.done:
+        run.run_epoch()
+    keep = pc.get_mask(run.model.conv2).flatten(1).all(1)
+    assert torch.all(run.model.bn2.weight[~keep] == 0) and torch.all(run.model.bn2.bias[~keep] == 0)
+    assert int((~keep).sum()) == 16

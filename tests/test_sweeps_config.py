@@ -35,6 +35,7 @@ def run_cli(capsys, *argv):
     ({"model_args": {"width": 8}}, r"model 'small_cnn': built-in model 'small_cnn' takes no model_args \(got width\)"),
     ({"resources__gpu": 1.5}, r"resources.gpu above 1 must be a whole number"),
     ({"pruning__structure": "2:1"}, r"pruning.structure: structure '2:1': N:M needs 0 < N < M"),
+    ({"pruning__structure": 124}, r"pruning.structure: got the number 124: YAML reads an unquoted N:M such as 2:4 as a base-60 number; quote it"),
     ({"pruning__structure": "channels"}, r"pruning.structure: .*structure must be unstructured, filters or N:M such as \"2:4\"; got 'channels'"),
     ({"pruning__structure": "2:4", "sparsities": [0.5, 0.9]}, r"sparsities: structure '2:4' fixes every layer at sparsity 0.5; got \[0.5, 0.9\] \(allowed: \[0.5\]\)"),
     ({"pruning__criterion": "taylor"}, r"pruning.criterion: Input should be 'magnitude', 'gradient', 'magnitude_gradient' or 'random'"),
