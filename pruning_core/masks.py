@@ -254,12 +254,20 @@ def _rearm(module: nn.Module, args) -> None:
         _arm_module(module)
 
 
-@torch.compiler.disable
-def _rearm_model(model: nn.Module, args) -> None:
-    """Forward pre-hook of a pruned model: a copy of it gets every masked module armed on its first
-    call, also under ``torch.compile`` and for weights applied without calling their module."""
+def _arm_once(model: nn.Module) -> None:
     if model not in _ARMED:
         arm(model)
+
+
+def _rearm_model(model: nn.Module, args) -> None:
+    """Forward pre-hook of a pruned model: a copy of it gets every masked module armed on its first
+    call, also under ``torch.compile`` (run eagerly there, through ``torch.compiler.disable`` taken
+    only then: importing torch's compiler up front would cost every process a second and a half)
+    and for weights applied without calling their module."""
+    if torch.compiler.is_compiling():
+        torch.compiler.disable(_arm_once)(model)
+    else:
+        _arm_once(model)
 
 
 def _arm_module(module: nn.Module) -> None:
