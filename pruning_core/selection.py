@@ -75,7 +75,7 @@ def _weight_scores(unit: PrunableWeight, criterion: str) -> torch.Tensor:
     """Per-weight scores of one unit (its shape); low is pruned first."""
     if criterion == "random":
         return torch.rand(unit.weight.shape, device=unit.weight.device)
-    return _signed_score(unit, criterion).abs_()
+    return _signed_score(unit, criterion).abs()  # never in place: for float32 that is the weight itself
 
 
 def _filter_scores(unit: FilterUnit, criterion: str, norm: float) -> torch.Tensor:

@@ -842,3 +842,21 @@ def test_a_norm_without_scale_and_shift_keeps_its_conv_out_of_filter_pruning():
     pc.prune(model, 0.5, structure="filters", example_inputs=x)
     small = pc.compact(model, x)
     assert small[3].out_channels == 4 and small[0].out_channels == 8
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4", "filters"])
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "magnitude_gradient"])
+def test_pruning_changes_no_surviving_weight(structure, criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    x, y = torch.randn(4, 4, 7, 7), torch.tensor([0, 1, 2, 3])
+    pc.accumulate_gradients(model, [(x, y)])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    pc.prune(model, 0.5, criterion=criterion, structure=structure, example_inputs=x)
+    for name, value in model.state_dict().items():
+        if name in before and not name.endswith("_mask"):
+            kept = value != 0
+            assert torch.equal(value[kept], before[name][kept]), name  # signs and values untouched
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())  # the gradients too
