@@ -177,7 +177,9 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
 
 
 def get_mask(module: nn.Module, param: str = "weight") -> torch.Tensor | None:
-    """The keep-mask of ``module``'s ``param`` as a bool tensor (True = kept), or None if unpruned."""
+    """The keep-mask of ``module``'s ``param`` as a bool tensor (True = kept), or None if unpruned.
+
+    It is the mask buffer itself: read it, change masks only through pruning_core."""
     mask = module._buffers.get(param + SUFFIX)
     return None if mask is None else mask.bool()
 
@@ -243,8 +245,9 @@ def _mask_accumulated_gradient(param: torch.Tensor) -> None:
         return
     for module_ref, key in _OWNERS.get(param, ()):
         module = module_ref()
-        if module is not None and module._parameters.get(key[: -len(SUFFIX)]) is param:
-            param.grad.mul_(module._buffers[key])
+        mask = module._buffers.get(key) if module is not None else None
+        if mask is not None and module._parameters.get(key[: -len(SUFFIX)]) is param:
+            param.grad.mul_(mask)
 
 
 def _rearm(module: nn.Module, args) -> None:
@@ -338,28 +341,35 @@ def clear_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
                 value.mul_(mask)
 
 
-_ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, set[int]]" = weakref.WeakKeyDictionary()
+_ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.WeakSet]" = weakref.WeakKeyDictionary()
 
 
 def attach_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Clear ``optimizer``'s state at ``model``'s pruned positions and re-zero them after every step.
+    """Clear ``optimizer``'s state at ``model``'s pruned positions, and around every step mask the
+    gradients (also ones set by hand, which autograd's hooks never see) and re-zero the weights.
 
     Needed only for an optimizer that stepped *before* the prune (its momentum or Adam moments
     would otherwise move the pruned weights); any other optimizer keeps them at zero anyway,
-    because their gradients are masked. Idempotent; masks added later are covered. Returns the
-    optimizer.
+    because autograd masks their gradients. Idempotent; masks added later are covered. Returns
+    the optimizer.
     """
-    attached = _ATTACHED.setdefault(optimizer, set())
-    if id(model) not in attached:
+    attached = _ATTACHED.setdefault(optimizer, weakref.WeakSet())
+    if model not in attached:
         model_ref = weakref.ref(model)
+
+        def pre_hook(opt, args, kwargs):
+            m = model_ref()
+            if m is not None:
+                mask_gradients(m)
 
         def post_hook(opt, args, kwargs):
             m = model_ref()
             if m is not None:
                 apply_masks(m)
 
+        optimizer.register_step_pre_hook(pre_hook)
         optimizer.register_step_post_hook(post_hook)
-        attached.add(id(model))
+        attached.add(model)
     clear_optimizer_state(model, optimizer)
     return optimizer
 

@@ -253,13 +253,13 @@ def prune(
     if nm is not None and sparsity > 1.0 - nm[0] / nm[1] + 1e-9:
         raise ValueError(f"structure {structure!r} keeps {nm[0]} of every {nm[1]} weights, so sparsity is at most "
                          f"{1.0 - nm[0] / nm[1]:g}; got {sparsity}")
+    if kind == "filters" and example_inputs is None:
+        raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
+                         "graph traced on it tells which convolutions' channels are tied together")
     units = units_in_scope(model, structure, include, exclude)
     for unit in units:
         adopt_torch_pruning(unit.module)
     if kind == "filters":
-        if example_inputs is None:
-            raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
-                             "graph traced on it tells which convolutions' channels are tied together")
         units, _ = filter_units(model, units, example_inputs)
 
     if kind == "filters":
@@ -294,10 +294,10 @@ def prune(
     for unit, keep in zip(units, new_keeps):
         if kind == "filters":
             unit.set_keep(keep)
-            result[unit.name] = unit.root.mask
+            result[unit.name] = unit.root.mask.clone()
         else:
             unit.set_mask(keep.reshape(unit.weight.shape))
-            result[unit.name] = unit.mask
+            result[unit.name] = unit.mask.clone()
     arm(model)
     if optimizer is not None:
         attach_optimizer(model, optimizer)

@@ -860,3 +860,16 @@ def test_pruning_changes_no_surviving_weight(structure, criterion):
             kept = value != 0
             assert torch.equal(value[kept], before[name][kept]), name  # signs and values untouched
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())  # the gradients too
+
+
+def test_attached_optimizer_masks_a_gradient_set_by_hand_and_prune_hands_out_copies():
+    model = tiny()
+    masks = pc.prune(model, 0.5)
+    masks["3"].fill_(True)  # the caller's copy: the model's mask is untouched
+    assert not pc.get_mask(model[3]).all()
+    opt = pc.attach_optimizer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # not through autograd: only the attached pre-hook sees it
+    opt.step()
+    assert torch.all(model[3].weight[~model[3].weight_mask] == 0)
+    assert torch.all(model[3].weight.grad[~model[3].weight_mask] == 0)
