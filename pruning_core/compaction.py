@@ -187,8 +187,6 @@ def _channel_is_zero(graph, group, channels: list[int]) -> list[bool]:
                 tensor = getattr(module, name, None)
                 if isinstance(tensor, torch.Tensor) and tensor.dim() and bool(tensor.detach()[idx].any()):
                     zero[root] = False
-                elif tensor is None and isinstance(module, _NORMS):
-                    zero[root] = False  # a norm without scale or shift: its output there is not 0
     return [zero[c] for c in channels]
 
 

@@ -9,13 +9,13 @@ optimizer, attached or not, made before or after the prune, moves a pruned weigh
 weight with a zero gradient and zero optimizer state stays zero under SGD (momentum, weight
 decay), Adam and AdamW alike. Only state an optimizer built up *before* the prune (momentum,
 Adam moments at now-pruned positions) can still move them; :func:`attach_optimizer` clears
-that state and re-zeroes the weights after every step.
+that state and, around every step, masks the gradients and re-zeroes the weights.
 
 Deep copies and unpickled models get their gradient hooks back on their first forward pass
 (forward pre-hooks, which copy and pickle with the modules, re-arm them, under ``torch.compile``
-too), :func:`load_state_dict`/``load_pruned`` arm them at once, and :func:`arm` does it by hand. Because the mask is a buffer,
-``state_dict`` and ``.to(device)`` carry it, and ``torch.compile`` sees the very same
-parameter tensors that reports and saves read.
+too), :func:`load_state_dict`/``load_pruned`` arm them at once, and :func:`arm` does it by hand.
+Because the mask is a buffer, ``state_dict`` and ``.to(device)`` carry it, and
+``torch.compile`` sees the very same parameter tensors that reports and saves read.
 
 Modules pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask`` + a forward
 pre-hook) are understood too: they count in reports, and :func:`make_permanent` removes
@@ -55,18 +55,7 @@ def prunable_modules(
     Attention's Q/K/V projections are prunable weights too, but not modules of their own:
     :func:`prunable_weights` lists them.
     """
-    include = list(include) if include is not None else None
-    exclude = list(exclude or [])
-    found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
-            continue
-        if include is not None and not _matches(name, include):
-            continue
-        if _matches(name, exclude):
-            continue
-        found.append((name, module))
-    return found
+    return [(unit.name, unit.module) for unit in prunable_weights(model, include, exclude) if unit.param == "weight"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,13 +229,19 @@ _OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _ARMED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def _holds(module_ref, key: str, param: torch.Tensor) -> nn.Module | None:
+    """The owner's module if it is alive and still holds ``param`` under ``key``'s parameter name."""
+    module = module_ref()
+    return module if module is not None and module._parameters.get(key[: -len(SUFFIX)]) is param else None
+
+
 def _mask_accumulated_gradient(param: torch.Tensor) -> None:
     if param.grad is None:
         return
     for module_ref, key in _OWNERS.get(param, ()):
-        module = module_ref()
+        module = _holds(module_ref, key, param)
         mask = module._buffers.get(key) if module is not None else None
-        if mask is not None and module._parameters.get(key[: -len(SUFFIX)]) is param:
+        if mask is not None:
             param.grad.mul_(mask)
 
 
@@ -283,7 +278,7 @@ def _arm_module(module: nn.Module) -> None:
         if owners is None:
             owners = _OWNERS[param] = []
             param.register_post_accumulate_grad_hook(_mask_accumulated_gradient)
-        owners[:] = [(r, k) for r, k in owners if r() is not None and r()._parameters.get(k[: -len(SUFFIX)]) is param]
+        owners[:] = [(r, k) for r, k in owners if _holds(r, k, param) is not None]
         if not any(r() is module and k == name + SUFFIX for r, k in owners):
             owners.append((weakref.ref(module), name + SUFFIX))
 

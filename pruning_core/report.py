@@ -55,6 +55,10 @@ def _storage(tensor) -> int | None:
         return None
 
 
+def _argument(args: tuple, kwargs: dict, position: int, name: str):
+    return args[position] if len(args) > position else kwargs.get(name)
+
+
 _CONVS = (F.conv1d, F.conv2d, F.conv3d)
 _MHA = inspect.signature(F.multi_head_attention_forward)
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
@@ -82,14 +86,14 @@ class _WeightUses(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in _CONVS or func is F.linear:
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            weight = _argument(args, kwargs, 1, "weight")
             name = self.names.get(_storage(weight))
             if name is not None:  # one sample: a conv's output positions, a linear's rows
                 self._use(name, out[0, 0].numel() if func in _CONVS else out.numel() // weight.shape[0])
         elif func is F.multi_head_attention_forward:
             self._attention(_MHA.bind(*args, **kwargs).arguments, out[0])
         elif func is F.scaled_dot_product_attention:
-            q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"), (*args, None, None, None)[:3]))
+            q, k, v = (_argument(args, kwargs, i, name) for i, name in enumerate(("query", "key", "value")))
             self.activation_macs += q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1]) * q[..., 0, 0].numel()
         elif func in _MATMULS and all(torch.is_tensor(t) for t in args[-2:]):
             weights = [(self.names[_storage(t)], t) for t in args[-2:] if _storage(t) in self.names]

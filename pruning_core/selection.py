@@ -33,7 +33,7 @@ def parse_structure(structure: str) -> tuple[str, tuple[int, int] | None]:
             if 0 < n < m:
                 return "n:m", (n, m)
             raise ValueError(f"structure {structure!r}: N:M needs 0 < N < M (keep N of every M weights)")
-        if structure in STRUCTURES[:2]:
+        if structure in ("unstructured", "filters"):
             return structure, None
     raise ValueError(f"structure must be unstructured, filters or N:M such as \"2:4\"; got {structure!r}")
 
@@ -182,11 +182,12 @@ def units_in_scope(
         units = [u for u in units if isinstance(u.module, CONV_TYPES)]
     if not units:
         raise ValueError(f"no prunable layers in scope (structure={structure!r}, include={include}, exclude={exclude})")
-    for unit in units if nm is not None else ():
-        shape = unit.weight.shape
-        if shape[1] % nm[1]:
-            raise ValueError(f"structure '{nm[0]}:{nm[1]}': layer {unit.name!r} has input dimension {shape[1]}, "
-                             f"not a multiple of {nm[1]}; exclude it")
+    if nm is not None:
+        for unit in units:
+            inputs = unit.weight.shape[1]
+            if inputs % nm[1]:
+                raise ValueError(f"structure '{nm[0]}:{nm[1]}': layer {unit.name!r} has input dimension {inputs}, "
+                                 f"not a multiple of {nm[1]}; exclude it")
     return units
 
 
@@ -237,9 +238,10 @@ def prune(
     convs that can lose filters on their own, found by tracing the model on ``example_inputs``:
     convs whose channels meet another layer's in a residual add are left alone, a depthwise conv
     is pruned with the conv feeding it, and a pruned filter's bias and batch-norm scale and shift
-    are zeroed too, so :func:`compact` can delete it; Linear layers are left alone), or single weights under an N:M pattern (``"2:4"``: in every
-    group of M consecutive weights along the input dimension at most M - N are pruned, so
-    ``sparsity`` may be at most ``1 - N/M``, where every group keeps exactly N).
+    are zeroed too, so :func:`compact` can delete it; Linear layers are left alone), or single
+    weights under an N:M pattern (``"2:4"``: in every group of M consecutive weights along the
+    input dimension at most M - N are pruned, so ``sparsity`` may be at most ``1 - N/M``, where
+    every group keeps exactly N).
     ``scope="global"`` ranks all units together, ``"layerwise"`` prunes each layer to
     ``round(sparsity * N_layer)``. Pruning is cumulative: pruned units stay pruned and a target
     below the current sparsity is a ``ValueError``. Pruned weights stay exactly zero under any
@@ -250,9 +252,9 @@ def prune(
     _choice(criterion, CRITERIA, "criterion")
     _choice(scope, SCOPES, "scope")
     kind, nm = parse_structure(structure)
-    if nm is not None and sparsity > 1.0 - nm[0] / nm[1] + 1e-9:
+    if nm is not None and sparsity > nm_sparsity(structure) + 1e-9:
         raise ValueError(f"structure {structure!r} keeps {nm[0]} of every {nm[1]} weights, so sparsity is at most "
-                         f"{1.0 - nm[0] / nm[1]:g}; got {sparsity}")
+                         f"{nm_sparsity(structure):g}; got {sparsity}")
     if kind == "filters" and example_inputs is None:
         raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
                          "graph traced on it tells which convolutions' channels are tied together")
@@ -261,8 +263,6 @@ def prune(
         adopt_torch_pruning(unit.module)
     if kind == "filters":
         units, _ = filter_units(model, units, example_inputs)
-
-    if kind == "filters":
         keeps = [filter_keep(u) for u in units]
         scores = [_filter_scores(u, criterion, norm) for u in units]
     else:

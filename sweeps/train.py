@@ -6,6 +6,7 @@ plain loop drive the same :class:`FinetuneRun`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -309,11 +310,12 @@ class FinetuneRun:
             return False
         pc.prune(self.model, phase.prune_to, criterion=p.criterion, scope=p.scope, structure=p.structure,
                  include=p.include, exclude=p.exclude, optimizer=self.optimizer,
-                 example_inputs=self._examples() if p.structure == "filters" else None)
+                 example_inputs=self._examples if p.structure == "filters" else None)
         self._compact_macs = None
         self.model.zero_grad(set_to_none=True)
         return True
 
+    @functools.cached_property
     def _examples(self) -> torch.Tensor:
         """Two test images, as the model sees them: what filter pruning traces the model on."""
         images, _ = next(iter(self.data.batches("test", 2)))
@@ -322,7 +324,7 @@ class FinetuneRun:
     def compact_macs(self) -> int:
         """MACs of one sample through the model with its pruned filters removed (once per prune)."""
         if self._compact_macs is None:
-            examples = self._examples()
+            examples = self._examples
             small = pc.compact(self.model, examples)
             self._compact_macs = pc.sparsity_report(small, tuple(examples.shape[1:]))["macs_dense"]
         return self._compact_macs

@@ -832,6 +832,17 @@ def test_report_counts_a_weight_applied_through_a_view():
     rep = pc.sparsity_report(ByHand(), (3, 4))
     assert rep["layers"][0]["macs_dense"] == 3 * 20 and rep["macs_activations"] == 0 and rep["layers_not_run"] == []
 
+    class Attend(nn.Module):  # scaled_dot_product_attention: scores and weighted sums, per head
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):  # x: (1, heads 2, length 5, 4)
+            return nn.functional.scaled_dot_product_attention(self.lin(x), x, value=x)
+
+    rep = pc.sparsity_report(Attend(), (2, 5, 4))
+    assert rep["macs_activations"] == 2 * 5 * 5 * (4 + 4) and rep["layers"][0]["macs_dense"] == 16 * 10
+
 
 def test_a_norm_without_scale_and_shift_keeps_its_conv_out_of_filter_pruning():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 8, 3),
