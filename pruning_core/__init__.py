@@ -21,14 +21,14 @@ from .masks import (
 from .report import layer_sparsity, nonzero_params, sparsity, sparsity_report
 from .schedules import SCHEDULE_KINDS, check_sparsity, sparsity_schedule
 from .selection import (
-    CRITERIA, SCOPES, STRUCTURES, accumulate_gradients, nm_sparsity, parse_structure, prune, prune_threshold,
-    units_in_scope,
+    CRITERIA, SCOPES, STRUCTURES, accumulate_gradients, needs_gradients, nm_sparsity, parse_structure, prune,
+    prune_threshold, units_in_scope,
 )
 from .serialization import load_pruned, save_pruned
 
 __all__ = [
     "MASK", "CRITERIA", "SCOPES", "STRUCTURES", "SCHEDULE_KINDS",
-    "prune", "prune_threshold", "accumulate_gradients",
+    "prune", "prune_threshold", "accumulate_gradients", "needs_gradients",
     "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
     "attach_optimizer", "arm", "apply_masks", "mask_gradients", "clear_optimizer_state",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .masks import CONV_TYPES, PrunableWeight, get_mask, make_permanent, set_mask
+from .masks import CONV_TYPES, PrunableWeight, get_mask, make_permanent, prunable_weights, set_mask
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _COUPLING_OPS = ("Add", "Sub", "Mul", "Div")
@@ -132,33 +132,55 @@ def _coupling(graph, conv: nn.Module, names: dict) -> tuple[list, list, str | No
     return convs, norms, None
 
 
-def filter_units(model: nn.Module, convs: list[PrunableWeight], example_inputs) -> tuple[list[FilterUnit], dict[str, str]]:
-    """The filter units rooted at ``convs`` (in their order) and ``{conv name: why it is not one}``.
+def filter_units(
+    model: nn.Module, convs: list[PrunableWeight] | None = None, example_inputs=None,
+) -> tuple[list[FilterUnit], dict[str, str]]:
+    """The filter units rooted at ``convs`` (in their order) and ``{weight name: why it is not one}``.
 
-    A depthwise conv is never a root (it is pruned with the conv feeding it); a unit that would
-    reach a conv outside ``convs`` (excluded by the caller) is not one either. ``ValueError`` if
-    there is no unit at all (saying why for the first conv), or if the model cannot be traced.
+    ``convs``: prunable weights of ``model`` (default: all of them, see :func:`prunable_weights`);
+    those that are not convolutions (Linear layers, attention projections) have no filters and are
+    only listed with that reason. ``example_inputs`` (required): a batch the model takes, to trace
+    it on. A depthwise conv is never a root (it is pruned with the conv feeding it); a unit that
+    would reach a conv outside ``convs`` (excluded by the caller) is not one either.
+    ``ValueError`` if there is no unit at all (saying why for the first conv), or if the model
+    cannot be traced.
     """
+    if example_inputs is None:
+        raise ValueError("filter_units needs example_inputs (a batch the model takes): the dependency graph "
+                         "traced on it tells which convolutions' channels are tied together")
+    convs = prunable_weights(model) if convs is None else list(convs)
     graph = dependency_graph(model, example_inputs)
     names = {module: name for name, module in model.named_modules()}
     allowed = {id(unit.module) for unit in convs}
-    units, skipped = [], {}
+    units, skipped, conv_skipped = [], {}, {}
     for unit in convs:
-        if _is_depthwise(unit.module):
-            skipped[unit.name] = "a depthwise conv: pruned with the conv feeding it"
+        members, norms, why = _root_coupling(graph, unit, names, allowed)
+        if why is None:
+            units.append(FilterUnit(unit.name, unit, members, norms))
             continue
-        members, norms, why = _coupling(graph, unit.module, names)
-        outside = [names.get(m, "?") for m, _ in members if id(m) not in allowed]
-        if why is None and outside:
-            why = f"it would prune {outside[0]!r}, which is not in scope"
-        if why is not None:
-            skipped[unit.name] = why
-            continue
-        units.append(FilterUnit(unit.name, unit, members, norms))
+        skipped[unit.name] = why
+        if isinstance(unit.module, CONV_TYPES):
+            conv_skipped.setdefault(unit.name, why)
     if not units:
-        name, why = next(iter(skipped.items())) if skipped else ("-", "no convolution in scope")
+        first = conv_skipped or skipped
+        name, why = next(iter(first.items())) if first else ("-", "no convolution in scope")
         raise ValueError(f"no convolution in scope can lose filters on its own ({name!r}: {why})")
     return units, skipped
+
+
+def _root_coupling(graph, unit: PrunableWeight, names: dict, allowed: set) -> tuple[list, list, str | None]:
+    """``(convs, norms, None)`` of the filter unit ``unit`` roots, or ``([], [], why it cannot root one)``;
+    ``allowed``: ids of the modules in scope."""
+    module = unit.module
+    if not isinstance(module, CONV_TYPES):
+        return [], [], f"a {type(module).__name__}, not a convolution: only convolutions have filters"
+    if _is_depthwise(module):
+        return [], [], "a depthwise conv: pruned with the conv feeding it"
+    members, norms, why = _coupling(graph, module, names)
+    outside = [names.get(m, "?") for m, _ in members if id(m) not in allowed]
+    if why is None and outside:
+        why = f"it would prune {outside[0]!r}, which is not in scope"
+    return members, norms, why
 
 
 def _kept_filters(conv: nn.Module) -> torch.Tensor:

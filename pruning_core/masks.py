@@ -155,11 +155,6 @@ def is_torch_pruned(module: nn.Module) -> bool:
     return "weight_orig" in module._parameters and MASK in module._buffers
 
 
-def has_mask(module: nn.Module) -> bool:
-    """True if this module carries a pruning mask (ours, on any parameter, or torch's)."""
-    return is_torch_pruned(module) or next(mask_entries(module), None) is not None
-
-
 def effective_weight(module: nn.Module) -> torch.Tensor:
     """The weight the module computes with, never a stale copy."""
     return PrunableWeight("", module).weight

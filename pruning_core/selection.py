@@ -2,90 +2,29 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from .compaction import FilterUnit, filter_keep, filter_units
-from .masks import CONV_TYPES, PrunableWeight, adopt_torch_pruning, arm, attach_optimizer, prunable_weights
+from .criteria import CRITERIA, get_criterion, needs_gradients
+from .masks import adopt_torch_pruning, arm, attach_optimizer, prunable_weights
 from .schedules import check_sparsity
+from .structures import (
+    STRUCTURES, get_structure, nm_sparsity, parse_structure, units_in_scope, weight_keep, weights_in_scope,
+)
 
-CRITERIA = ("magnitude", "gradient", "magnitude_gradient", "random")
 SCOPES = ("global", "layerwise")
-STRUCTURES = ("unstructured", "filters", "n:m")
-_NM = re.compile(r"([0-9]+):([0-9]+)")
+__all__ = [
+    "CRITERIA", "SCOPES", "STRUCTURES", "needs_gradients", "nm_sparsity", "parse_structure", "units_in_scope",
+    "kth_smallest", "lowest_k", "prune", "prune_threshold", "accumulate_gradients",
+]
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
     return value
-
-
-def parse_structure(structure: str) -> tuple[str, tuple[int, int] | None]:
-    """``("unstructured" | "filters", None)``, or ``("n:m", (n, m))`` for a string like ``"2:4"``."""
-    if isinstance(structure, str):
-        match = _NM.fullmatch(structure.strip())
-        if match:
-            n, m = int(match.group(1)), int(match.group(2))
-            if 0 < n < m:
-                return "n:m", (n, m)
-            raise ValueError(f"structure {structure!r}: N:M needs 0 < N < M (keep N of every M weights)")
-        if structure in ("unstructured", "filters"):
-            return structure, None
-    raise ValueError(f"structure must be unstructured, filters or N:M such as \"2:4\"; got {structure!r}")
-
-
-def nm_sparsity(structure: str) -> float | None:
-    """The sparsity an N:M ``structure`` fixes every layer at (``1 - n/m``); None for other structures."""
-    kind, nm = parse_structure(structure)
-    return None if nm is None else 1.0 - nm[0] / nm[1]
-
-
-def _score_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Scores are ranked in float32, or float64 for a float64 model (never in half precision)."""
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
-
-
-def _gradient(unit: PrunableWeight, criterion: str) -> torch.Tensor:
-    grad = unit.parameter.grad
-    if grad is None:
-        raise ValueError(
-            f"criterion {criterion!r} needs gradients, but layer {unit.name!r} has no .grad: "
-            "run loss.backward() on one or more batches before prune()"
-        )
-    grad = grad.detach()
-    return grad if unit.rows is None else grad[unit.rows]
-
-
-def _signed_score(unit: PrunableWeight, criterion: str) -> torch.Tensor:
-    """``w``, ``dL/dw`` or ``w * dL/dw`` of the unit's weight: its magnitude is the score."""
-    weight = unit.weight
-    dtype = _score_dtype(weight)
-    weight = weight.to(dtype)
-    if criterion == "magnitude":
-        return weight
-    grad = _gradient(unit, criterion).to(dtype)
-    return grad if criterion == "gradient" else weight * grad
-
-
-def _weight_scores(unit: PrunableWeight, criterion: str) -> torch.Tensor:
-    """Per-weight scores of one unit (its shape); low is pruned first."""
-    if criterion == "random":
-        return torch.rand(unit.weight.shape, device=unit.weight.device)
-    return _signed_score(unit, criterion).abs()  # never in place: for float32 that is the weight itself
-
-
-def _filter_scores(unit: FilterUnit, criterion: str, norm: float) -> torch.Tensor:
-    """One score per channel of a filter unit: the ``norm``-norm of its filters in all the unit's convs."""
-    channels = unit.channels
-    if criterion == "random":
-        return torch.rand(channels, device=unit.root.module.weight.device)
-    values = torch.cat([_signed_score(PrunableWeight(unit.name, conv), criterion)[rows].reshape(channels, -1)
-                        for conv, rows in unit.convs], dim=1)
-    return torch.linalg.vector_norm(values, ord=norm, dim=1)
 
 
 SAMPLED_SELECTION_MIN = 1 << 16
@@ -153,58 +92,6 @@ def lowest_k(scores: torch.Tensor, keep: torch.Tensor, k: int, pruned: int | Non
     return new_keep
 
 
-def _weight_keep(unit: PrunableWeight) -> torch.Tensor:
-    mask = unit.mask
-    return torch.ones(unit.weight.shape, dtype=torch.bool, device=unit.weight.device) if mask is None else mask
-
-
-def _groups(t: torch.Tensor, m: int) -> torch.Tensor:
-    """``t`` (a weight's shape) as rows of ``m`` consecutive entries along the input dimension."""
-    return t.movedim(1, -1).reshape(-1, m)
-
-
-def _ungroup(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    moved = (shape[0], *shape[2:], shape[1])
-    return rows.reshape(moved).movedim(-1, 1)
-
-
-def units_in_scope(
-    model: nn.Module,
-    structure: str = "unstructured",
-    include: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
-) -> list[PrunableWeight]:
-    """The weights :func:`prune` prunes with these arguments; ``ValueError`` if there are none, or if
-    the structure cannot apply to one of them (N:M on a layer whose input is not a multiple of M)."""
-    kind, nm = parse_structure(structure)
-    units = prunable_weights(model, include, exclude)
-    if kind == "filters":
-        units = [u for u in units if isinstance(u.module, CONV_TYPES)]
-    if not units:
-        raise ValueError(f"no prunable layers in scope (structure={structure!r}, include={include}, exclude={exclude})")
-    if nm is not None:
-        for unit in units:
-            inputs = unit.weight.shape[1]
-            if inputs % nm[1]:
-                raise ValueError(f"structure '{nm[0]}:{nm[1]}': layer {unit.name!r} has input dimension {inputs}, "
-                                 f"not a multiple of {nm[1]}; exclude it")
-    return units
-
-
-def _nm_scores(unit: PrunableWeight, score: torch.Tensor, keep: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """``score`` where a weight may still go under N:M, +inf where it may not: in every group of
-    ``m`` weights along the input dimension only the ``m - n`` lowest (pruned ones included) may."""
-    shape = unit.weight.shape
-    rows, kept = _groups(score, m), _groups(keep, m)
-    order = torch.argsort(torch.where(kept, rows, -torch.inf), dim=1, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=order.device).expand_as(order))
-    pruned = m - kept.sum(dim=1)
-    if bool((pruned > m - n).any()):
-        raise ValueError(f"structure '{n}:{m}': layer {unit.name!r} already has more than {m - n} of "
-                         f"{m} weights pruned in a group (pruned before without N:M)")
-    return _ungroup(torch.where(kept & (rank < m - n), rows, torch.inf), shape)
-
-
 def _current(keep: torch.Tensor) -> int:
     return keep.numel() - int(torch.count_nonzero(keep))
 
@@ -247,61 +134,58 @@ def prune(
     below the current sparsity is a ``ValueError``. Pruned weights stay exactly zero under any
     optimizer; pass an ``optimizer`` that has already stepped (or call :func:`attach_optimizer`)
     so its old momentum cannot move them. Returns ``{weight_name: keep_mask}``.
+
+    Steps: validate, find the structure's units, score them with the criterion, select the
+    lowest, install the new keep-masks (criteria: :mod:`pruning_core.criteria`, structures:
+    :mod:`pruning_core.structures`).
     """
     sparsity = check_sparsity(sparsity)
-    _choice(criterion, CRITERIA, "criterion")
+    scorer = get_criterion(criterion)
     _choice(scope, SCOPES, "scope")
-    kind, nm = parse_structure(structure)
-    if nm is not None and sparsity > nm_sparsity(structure) + 1e-9:
-        raise ValueError(f"structure {structure!r} keeps {nm[0]} of every {nm[1]} weights, so sparsity is at most "
-                         f"{nm_sparsity(structure):g}; got {sparsity}")
-    if kind == "filters" and example_inputs is None:
-        raise ValueError("structure 'filters' needs example_inputs (a batch the model takes): the dependency "
-                         "graph traced on it tells which convolutions' channels are tied together")
-    units = units_in_scope(model, structure, include, exclude)
-    for unit in units:
-        adopt_torch_pruning(unit.module)
-    if kind == "filters":
-        units, _ = filter_units(model, units, example_inputs)
-        keeps = [filter_keep(u) for u in units]
-        scores = [_filter_scores(u, criterion, norm) for u in units]
-    else:
-        keeps = [_weight_keep(u) for u in units]
-        scores = [_weight_scores(u, criterion) for u in units]
-    for unit, score in zip(units, scores):  # a diverged model, or NaN gradients: no ranking is exact
+    shape = get_structure(structure)
+    shape.check(sparsity, example_inputs)
+    weights = weights_in_scope(model, shape, include, exclude)
+    for weight in weights:
+        adopt_torch_pruning(weight.module)
+    units = shape.units(model, weights, example_inputs)
+    keeps = [shape.keep(u) for u in units]
+    scores = [shape.scores(u, scorer, norm) for u in units]
+    _check_not_nan(units, scores, criterion)
+    scores = [shape.constrain(u, s, k) for u, s, k in zip(units, scores, keeps)]
+    new_keeps = _select([u.name for u in units], keeps, scores, sparsity, scope)
+    result = {u.name: shape.install(u, keep) for u, keep in zip(units, new_keeps)}
+    arm(model)
+    if optimizer is not None:
+        attach_optimizer(model, optimizer)
+    return result
+
+
+def _check_not_nan(units: list, scores: list[torch.Tensor], criterion: str) -> None:
+    """``ValueError`` for a unit with a NaN score (a diverged model, or NaN gradients): no ranking is exact."""
+    for unit, score in zip(units, scores):
         if torch.isnan(score).any():
             raise ValueError(f"scores of layer {unit.name!r} contain NaN (criterion {criterion!r}): "
                              "its weights or gradients are NaN")
-    if nm is not None:
-        scores = [_nm_scores(u, s, k, *nm) for u, s, k in zip(units, scores, keeps)]
+
+
+def _select(names: list[str], keeps: list[torch.Tensor], scores: list[torch.Tensor], sparsity: float,
+            scope: str) -> list[torch.Tensor]:
+    """New flat keep-masks, one per unit: the lowest scores pruned so exactly ``round(sparsity * N)``
+    entries are, N counted over all units (``"global"``) or per unit (``"layerwise"``)."""
     sizes = [k.numel() for k in keeps]
     flat_keeps = [k.flatten() for k in keeps]
     flat_scores = [s.flatten() for s in scores]
     if scope == "global":
         groups = [("the pruned scope", torch.cat(flat_keeps), torch.cat(flat_scores))]
     else:
-        groups = [(f"layer {u.name!r}", k, s) for u, k, s in zip(units, flat_keeps, flat_scores)]
+        groups = [(f"layer {name!r}", k, s) for name, k, s in zip(names, flat_keeps, flat_scores)]
     new_keeps = []
     for where, keep, score in groups:
         k, current = round(sparsity * keep.numel()), _current(keep)
         if k < current:
             raise _too_low(sparsity, current, keep.numel(), where)
         new_keeps.append(lowest_k(score, keep, k, current))
-    if scope == "global":
-        new_keeps = torch.split(new_keeps[0], sizes)
-
-    result = {}
-    for unit, keep in zip(units, new_keeps):
-        if kind == "filters":
-            unit.set_keep(keep)
-            result[unit.name] = unit.root.mask.clone()
-        else:
-            unit.set_mask(keep.reshape(unit.weight.shape))
-            result[unit.name] = unit.mask.clone()
-    arm(model)
-    if optimizer is not None:
-        attach_optimizer(model, optimizer)
-    return result
+    return list(torch.split(new_keeps[0], sizes)) if scope == "global" else new_keeps
 
 
 def prune_threshold(
@@ -323,7 +207,7 @@ def prune_threshold(
         raise ValueError(f"threshold must be a number >= 0, got {threshold}")
     for unit in prunable_weights(model, include, exclude):
         adopt_torch_pruning(unit.module)
-        unit.set_mask((unit.weight.abs() >= threshold) & _weight_keep(unit))
+        unit.set_mask((unit.weight.abs() >= threshold) & weight_keep(unit))
     arm(model)
     if optimizer is not None:
         attach_optimizer(model, optimizer)
@@ -334,7 +218,7 @@ def accumulate_gradients(model: nn.Module, batches, loss_fn=None) -> int:
     """Zero ``.grad`` and run backward over ``batches`` of ``(inputs, targets)``, in the model's
     current mode; normalisation layers' running statistics are left exactly as they were.
 
-    Prepares the ``gradient`` and ``magnitude_gradient`` criteria; returns the batch count.
+    Prepares the criteria that need gradients (see :func:`needs_gradients`); returns the batch count.
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]

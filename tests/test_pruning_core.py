@@ -884,3 +884,46 @@ def test_attached_optimizer_masks_a_gradient_set_by_hand_and_prune_hands_out_cop
     opt.step()
     assert torch.all(model[3].weight[~model[3].weight_mask] == 0)
     assert torch.all(model[3].weight.grad[~model[3].weight_mask] == 0)
+
+
+class ConvAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(8, 16, 1)
+        self.bn = nn.BatchNorm1d(16)
+        self.conv2 = nn.Conv1d(16, 16, 1)
+        self.att = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):  # (batch, length, 8)
+        h = self.conv2(torch.relu(self.bn(self.conv(x.transpose(1, 2))))).transpose(1, 2)
+        return self.head(self.att(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_filter_units_takes_every_prunable_weight_and_says_why_the_linear_is_not_a_unit():
+    model, x = tiny(), torch.randn(2, 1, 6, 6)
+    convs_only = pc.filter_units(model, pc.units_in_scope(model, "filters"), x)
+    for units, skipped in (pc.filter_units(model, pc.prunable_weights(model), x),
+                           pc.filter_units(model, example_inputs=x)):
+        assert [u.name for u in units] == [u.name for u in convs_only[0]] == ["0", "3"]
+        assert skipped == {**convs_only[1], "7": "a Linear, not a convolution: only convolutions have filters"}
+
+
+def test_filter_units_on_a_model_with_attention_lists_its_projections_as_not_convolutions():
+    model, x = ConvAttention(), torch.randn(2, 5, 8)
+    units, skipped = pc.filter_units(model, example_inputs=x)
+    assert [u.name for u in units] == ["conv"]
+    assert skipped["att.q_proj"] == "a MultiheadAttention, not a convolution: only convolutions have filters"
+    assert skipped["head"].startswith("a Linear, not a convolution")
+
+
+def test_filter_units_without_a_unit_names_the_first_conv_or_says_none_is_a_conv():
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"no convolution in scope can lose filters on its own \('0': a Linear"):
+        pc.filter_units(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), example_inputs=x)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Unflatten(1, (8, 1)), nn.Conv1d(8, 4, 1), nn.Flatten())
+    with pytest.raises(ValueError, match=r"\('2': its channels are the model's output\)"):
+        pc.filter_units(model, example_inputs=x)
+    with pytest.raises(ValueError, match="filter_units needs example_inputs"):
+        pc.filter_units(model)
