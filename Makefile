@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.prunesweep-installed
 STORAGE ?= $(CURDIR)/results
 NAME   ?= quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv sweep test bench clean
+.PHONY: venv sweep test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ sweep: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
+
+# the unit tier: everything that needs neither Ray nor an S3 server (markers in pyproject.toml)
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider -m unit --durations=10; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test-fast: no tests were collected"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --json benchmarks/results.json

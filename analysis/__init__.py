@@ -7,14 +7,17 @@ the two) without loading pandas or matplotlib into every trial.
 import importlib
 
 _EXPORTS = {
-    "load_experiment": "load", "final_results": "load", "completion": "load", "NotAnExperiment": "load",
-    "healthy": "load", "diverged": "load", "complete_results": "load", "is_complete": "load",
+    "load_experiment": "load", "NotAnExperiment": "experiment_file",
+    "final_results": "completeness", "completion": "completeness", "healthy": "completeness",
+    "diverged": "completeness", "complete_results": "completeness", "is_complete": "completeness",
+    "analyse": "computed", "Analysis": "computed",
     "summarize": "stats", "compare": "stats", "compare_all": "stats", "seeds_needed": "stats",
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
     "plot_difference_vs_sparsity": "plots",
     "write_report": "report",
 }
-_MODULES = ("schema", "storage", "trial_results", "load", "stats", "plots", "report", "cli")
+_MODULES = ("schema", "storage", "experiment_file", "trial_results", "legacy", "load", "completeness", "stats",
+            "computed", "messages", "plots", "report", "cli")
 __all__ = list(_EXPORTS)
 
 

@@ -5,8 +5,8 @@ import argparse
 import math
 import sys
 
-from . import storage
-from .load import NotAnExperiment
+from .experiment_file import NotAnExperiment
+from .messages import one_line
 from .report import write_report
 from .schema import TEST_ACCURACY, is_percent
 from .stats import ERROR_BARS
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     try:
         files = write_report(args.experiment, args.out, args.metric, args.error, effect)
     except (NotAnExperiment, ValueError, OSError) as exc:
-        print(f"prunesweep analyze: error: {storage.one_line(exc, 1000)}", file=sys.stderr)
+        print(f"prunesweep analyze: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
     print(f"report: {files['report']}")
     for key in ("summary", "comparison"):

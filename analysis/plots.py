@@ -3,6 +3,9 @@
 Each function draws into the ``Axes`` (or ``Figure``) it is given, or into a new ``Figure``,
 and returns the figure; it never saves, shows or touches pyplot's state or backend, so a
 notebook keeps its own (``report`` saves the figures it writes).
+
+``plot_*`` take an experiment's reports (:func:`analysis.load.load_experiment`) and compute what
+they draw; ``draw_*`` draw tables computed already (an :class:`analysis.computed.Analysis`'s).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .load import final_results, healthy, with_arms
+from .completeness import final_results, healthy
+from .load import layer_columns, with_arms
 from .schema import (ARM, EPOCH, LAYER_SPARSITY, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, arm,
                      is_percent)
 from .stats import ALPHA, ERROR_BARS, compare_all, describe, error_bars, summarize
@@ -56,7 +60,12 @@ def plot_metric_vs_sparsity(df: pd.DataFrame, metric: str = TEST_ACCURACY, error
     The x axis is the compression ratio 1/(1-sparsity) on a log scale, labelled in sparsity,
     so 0.9, 0.95 and 0.98 do not crowd together.
     """
-    summary = summarize(df, metric)
+    return draw_metric_vs_sparsity(summarize(df, metric), metric, error, ax)
+
+
+def draw_metric_vs_sparsity(summary: pd.DataFrame, metric: str = TEST_ACCURACY, error: str = "ci95",
+                            ax: Axes | None = None) -> Figure:
+    """:func:`plot_metric_vs_sparsity` of a summary table (:func:`analysis.stats.summarize` of ``metric``)."""
     ylabel, scale = _label(metric)
     ax, ours = _axes(ax, (7.5, 4.8))
     arms = [arm(s, r) for s, r in zip(summary[SCHEDULE], summary[RETRAIN])]
@@ -87,6 +96,11 @@ def plot_difference_vs_sparsity(data: pd.DataFrame, metric: str = TEST_ACCURACY,
     or an experiment's reports, compared here; either way the points are the table's own.
     """
     table = data if "mean_diff" in data else compare_all(data, metric)
+    return draw_difference_vs_sparsity(table, metric, ax)
+
+
+def draw_difference_vs_sparsity(table: pd.DataFrame, metric: str = TEST_ACCURACY, ax: Axes | None = None) -> Figure:
+    """:func:`plot_difference_vs_sparsity` of a comparison table (:func:`analysis.stats.compare_all`)."""
     metric = table["metric"].iloc[0] if len(table) else metric
     holm = "p_holm" in table
     p = table["p_holm" if holm else "p_value"]
@@ -121,7 +135,12 @@ def plot_difference_vs_sparsity(data: pd.DataFrame, metric: str = TEST_ACCURACY,
 def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Figure | None = None) -> Figure:
     """``metric`` after every fine-tuning epoch, per schedule (mean and 95% CI band), one panel per
     target; diverged trials are left out."""
-    df = with_arms(healthy(df))
+    return draw_metric_vs_epoch(with_arms(healthy(df)), metric, fig)
+
+
+def draw_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Figure | None = None) -> Figure:
+    """:func:`plot_metric_vs_epoch` of reports already without diverged trials, with arms
+    (:func:`analysis.completeness.healthy`, :func:`analysis.load.with_arms`)."""
     targets = sorted(df[TARGET_SPARSITY].dropna().unique())
     cols = min(3, len(targets))
     rows = -(-len(targets) // cols)
@@ -149,15 +168,15 @@ def plot_metric_vs_epoch(df: pd.DataFrame, metric: str = TEST_ACCURACY, fig: Fig
     return fig
 
 
-def layer_columns(df: pd.DataFrame) -> list[str]:
-    """The per-layer sparsity columns of an experiment's reports (empty if it has none)."""
-    return [c for c in df.columns if c.startswith(f"{LAYER_SPARSITY}.")]
-
-
 def plot_layer_sparsity(df: pd.DataFrame, target: float | None = None, seed=None, ax: Axes | None = None) -> Figure:
     """Per-layer sparsity of the final model of each schedule's trial at ``target`` (default: the
     highest); diverged trials are left out."""
-    finals = with_arms(final_results(healthy(df)))
+    return draw_layer_sparsity(with_arms(final_results(healthy(df))), target, seed, ax)
+
+
+def draw_layer_sparsity(finals: pd.DataFrame, target: float | None = None, seed=None,
+                        ax: Axes | None = None) -> Figure:
+    """:func:`plot_layer_sparsity` of final results already without diverged trials, with arms."""
     columns = layer_columns(finals)
     if not columns:
         raise ValueError(f"the experiment has no {LAYER_SPARSITY} reports")

@@ -1,4 +1,7 @@
-"""``summary.csv``, ``comparison.csv``, plots and a ``report.md`` that says who wins where."""
+"""``summary.csv``, ``comparison.csv``, plots and a ``report.md`` that says who wins where.
+
+The numbers are computed once (:func:`analysis.computed.analyse`); the prose (functions that take
+them and return sentences) and every figure are rendered from that one :class:`~analysis.computed.Analysis`."""
 from __future__ import annotations
 
 import io
@@ -8,12 +11,11 @@ import shlex
 import pandas as pd
 
 from . import storage
-from .load import completion, healthy, load_experiment, read_config
-from .plots import (layer_columns, plot_difference_vs_sparsity, plot_layer_sparsity, plot_metric_vs_epoch,
-                    plot_metric_vs_sparsity)
-from .schema import (ANALYSIS_DIR, CUMULATIVE, DIVERGED, FINETUNE, LADDER, PER_PRUNE, RETRAIN, SCHEDULE,
-                     TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes, seed_list)
-from .stats import ALPHA, EFFECT_COLUMN, ERROR_BARS, MIN_SEEDS, POWER, compare_all, summarize
+from .computed import Analysis, analyse
+from .plots import draw_difference_vs_sparsity, draw_layer_sparsity, draw_metric_vs_epoch, draw_metric_vs_sparsity
+from .schema import (ANALYSIS_DIR, CUMULATIVE, DIVERGED, FINETUNE, LADDER, PER_PRUNE, REGIME_MEANINGS, RETRAIN,
+                     SCHEDULE, TARGET_SPARSITY, TEST_ACCURACY, arm, higher_is_better, is_percent, regimes, seed_list)
+from .stats import ALPHA, EFFECT_COLUMN, ERROR_BARS, MIN_SEEDS, POWER
 
 
 def _fmt(value: float, metric: str, diff: bool = False) -> str:
@@ -155,16 +157,6 @@ def _budgets(r) -> str:
     return f"; after {a:g} vs {b:g} retraining epochs"
 
 
-REGIME_MEANINGS = {
-    FINETUNE: "fine-tuning: the pruned weights train on at the fine-tuning optimizer's learning rate",
-    "lr_rewind": "learning-rate rewinding: each prune's P epochs replay the dense run's last P learning rates, "
-                 "with the dense optimizer",
-    "weight_rewind": "weight rewinding: as learning-rate rewinding, from the dense weights of epoch T − P",
-    "reinit": "random reinitialisation of the kept weights (the lottery-ticket control), retrained as "
-              "learning-rate rewinding",
-}
-
-
 def _protocol(config: dict) -> list[str]:
     """What the compared arms trained: the retraining regimes and, with a ladder, its budget rule."""
     finetune = config.get("finetune") or {}
@@ -201,53 +193,43 @@ def _png(figure, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95",
-                 effect: float | None = None) -> dict:
-    """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths.
-
-    Both may be local folders or object-store URIs (``s3://...``), in any combination. ``effect``: a
-    difference worth detecting, in ``metric``'s units (:func:`analysis.stats.compare`).
-    """
-    if error not in ERROR_BARS:
-        raise ValueError(f"--error must be one of {', '.join(ERROR_BARS)}; got {error!r}")
-    given = str(experiment)
-    experiment = storage.normalise(given)
-    df = load_experiment(experiment)
-    if df.empty:
-        raise ValueError(f"{experiment}: no trial has reported yet")
-    layers = layer_columns(df)
-    if metric not in df:
-        allowed = sorted(c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith("config.")
-                         and c not in layers)
-        raise ValueError(f"--metric {metric!r} is not reported; numeric metrics are: {', '.join(allowed)}")
-    out = storage.normalise(str(out)) if out else storage.join(experiment, ANALYSIS_DIR)
-    done = completion(df, experiment)
-    config = read_config(experiment) or {}
-    summary = summarize(df, metric)
-    comparison = compare_all(df, metric, effect, seed_list(config["seeds"]) if "seeds" in config else None)
+def output_names(analysed: Analysis) -> dict:
+    """The files a report of ``analysed`` writes, by key: the tables, the figures it can draw (no
+    epoch curves when every trial diverged, no layer sparsity without per-layer reports) and report.md."""
+    metric = analysed.metric
     names = {"summary": "summary.csv", "comparison": "comparison.csv", "vs_difference": "difference_vs_sparsity.png",
              "vs_sparsity": f"{metric}_vs_sparsity.png",
              "vs_epoch": f"{metric}_vs_epoch.png", "layers": "layer_sparsity.png", "report": "report.md"}
-    curves = not healthy(df).empty  # when every trial diverged there is nothing to draw per epoch
-    if not (layers and curves):
+    curves = not analysed.curves.empty  # when every trial diverged there is nothing to draw per epoch
+    if not (analysed.layers and curves):
         names.pop("layers")
     if not curves:
         names.pop("vs_epoch")
-    files = {key: storage.join(out, name) for key, name in names.items()}
-    storage.write_bytes(files["summary"], summary.to_csv(index=False).encode())
-    storage.write_bytes(files["comparison"], comparison.to_csv(index=False).encode())
-    storage.write_bytes(files["vs_difference"], _png(plot_difference_vs_sparsity(comparison, metric), 120))
-    storage.write_bytes(files["vs_sparsity"], _png(plot_metric_vs_sparsity(df, metric, error), 120))
-    if "vs_epoch" in files:
-        storage.write_bytes(files["vs_epoch"], _png(plot_metric_vs_epoch(df, metric), 110))
-    if "layers" in files:
-        storage.write_bytes(files["layers"], _png(plot_layer_sparsity(df), 110))
+    return names
 
+
+FIGURES = {  # key in output_names: (how to draw it from an Analysis, dpi)
+    "vs_difference": (lambda a: draw_difference_vs_sparsity(a.comparison, a.metric), 120),
+    "vs_sparsity": (lambda a: draw_metric_vs_sparsity(a.summary, a.metric, a.error), 120),
+    "vs_epoch": (lambda a: draw_metric_vs_epoch(a.curves, a.metric), 110),
+    "layers": (lambda a: draw_layer_sparsity(a.healthy_finals), 110),
+}
+
+
+def figure_png(analysed: Analysis, key: str) -> bytes:
+    """The PNG of the report's figure ``key`` (one of :data:`FIGURES`), drawn from ``analysed``."""
+    draw, dpi = FIGURES[key]
+    return _png(draw(analysed), dpi)
+
+
+def trials_said(analysed: Analysis) -> list[str]:
+    """The report's lines on its trials: model, dataset and counts; then, when there are, the
+    diverged trials and the missing or unfinished ones."""
+    config, done, summary = analysed.config, analysed.done, analysed.summary
     model = config.get("model", "?")
     dataset = (config.get("dataset") or {}).get("name", "?")
-    lines = [f"# {storage.name(experiment)}: {metric.replace('_', ' ')} by pruning schedule", ""]
-    lines.append(f"Model `{model}` on `{dataset}`. Trials: {done['finished']} finished of {done['expected']} "
-                 f"expected ({done['started']} started).")
+    lines = [f"Model `{model}` on `{dataset}`. Trials: {done['finished']} finished of {done['expected']} "
+             f"expected ({done['started']} started)."]
     if done["diverged"]:
         lost = summary[summary[DIVERGED] > 0]
         where = ", ".join(f"{arm(r[SCHEDULE], r[RETRAIN])} at {r[TARGET_SPARSITY]:g}: {r[DIVERGED]}"
@@ -260,19 +242,42 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         lines.append(f"**Partial experiment: {done['missing']} trial(s) missing or unfinished**; the numbers "
                      "below use the finished trials (and the rungs a ladder has finished); the summary's `unfinished` "
                      "and the comparisons' `pairs_left_out` count the rest (`prunesweep resume` finishes them).")
-    for line in _protocol(config):
+    return lines
+
+
+def method_said(analysed: Analysis) -> str:
+    """The sentence on what is compared and what the error bars are."""
+    return ("Compared on the final epoch's value of each trial (never a best-epoch pick), "
+            f"error bars are the {ERROR_BARS[analysed.error]} across seeds, comparisons are paired by seed.")
+
+
+def seeds_section(analysed: Analysis) -> list[str]:
+    """The report's "How many seeds" section (:func:`seed_advice`), or no lines when every comparison is decided."""
+    advice = seed_advice(analysed.comparison, analysed.given, analysed.effect, analysed.config.get("seeds"))
+    if not advice:
+        return []
+    return ["## How many seeds", "",
+            f"For a two-sided paired t-test at α = {ALPHA:g} to detect the difference with {POWER:.0%} power, "
+            "taking the spread between seeds seen so far as the truth (itself an estimate from few seeds); "
+            "a seed counts once both arms finished it. This plans for one test alone: the verdicts above "
+            "apply Holm's correction over all of them, which asks for somewhat more.", "", *advice]
+
+
+def report_text(analysed: Analysis, names: dict | None = None) -> str:
+    """The text of ``report.md``: title, trials, protocol, verdicts, seed advice, the tables and the
+    figures (``names``: :func:`output_names`, computed when not given)."""
+    names = output_names(analysed) if names is None else names
+    metric, summary, comparison = analysed.metric, analysed.summary, analysed.comparison
+    lines = [f"# {storage.name(analysed.experiment)}: {metric.replace('_', ' ')} by pruning schedule", ""]
+    lines += trials_said(analysed)
+    for line in _protocol(analysed.config):
         lines += ["", line]
-    lines += ["", "Compared on the final epoch's value of each trial (never a best-epoch pick), "
-              f"error bars are the {ERROR_BARS[error]} across seeds, comparisons are paired by seed.", ""]
+    lines += ["", method_said(analysed), ""]
     lines += ["## Verdict", "", f"![difference a − b vs sparsity]({names['vs_difference']})", ""]
     lines += verdicts(comparison) or ["- no pair of schedules shares a seed and a sparsity yet."]
-    advice = seed_advice(comparison, given, effect, config.get("seeds"))
-    if advice:
-        lines += ["", "## How many seeds", "",
-                  f"For a two-sided paired t-test at α = {ALPHA:g} to detect the difference with {POWER:.0%} power, "
-                  "taking the spread between seeds seen so far as the truth (itself an estimate from few seeds); "
-                  "a seed counts once both arms finished it. This plans for one test alone: the verdicts above "
-                  "apply Holm's correction over all of them, which asks for somewhat more.", "", *advice]
+    seeds = seeds_section(analysed)
+    if seeds:
+        lines += ["", *seeds]
     lines += ["", f"![{metric} vs sparsity]({names['vs_sparsity']})", "",
               "## Summary per schedule and sparsity", "", _table(summary), "",
               "## Paired comparisons", "", _table(comparison) if not comparison.empty else "(none)", ""]
@@ -280,5 +285,30 @@ def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str =
         lines += [f"![{metric} during fine-tuning]({names['vs_epoch']})", ""]
     if "layers" in names:
         lines += [f"![per-layer sparsity]({names['layers']})", ""]
-    storage.write_bytes(files["report"], "\n".join(lines).encode())
+    return "\n".join(lines)
+
+
+def write_analysis(analysed: Analysis, out=None) -> dict:
+    """Write ``analysed``'s tables, figures and report.md into ``out`` (default ``<experiment>/analysis``,
+    a folder or an object-store URI); returns the file paths by key (:func:`output_names`)."""
+    out = storage.normalise(str(out)) if out else storage.join(analysed.experiment, ANALYSIS_DIR)
+    names = output_names(analysed)
+    files = {key: storage.join(out, name) for key, name in names.items()}
+    storage.write_bytes(files["summary"], analysed.summary.to_csv(index=False).encode())
+    storage.write_bytes(files["comparison"], analysed.comparison.to_csv(index=False).encode())
+    for key in FIGURES:
+        if key in files:
+            storage.write_bytes(files[key], figure_png(analysed, key))
+    storage.write_bytes(files["report"], report_text(analysed, names).encode())
     return files
+
+
+def write_report(experiment, out=None, metric: str = TEST_ACCURACY, error: str = "ci95",
+                 effect: float | None = None) -> dict:
+    """Analyse ``experiment`` into ``out`` (default ``<experiment>/analysis``); returns the file paths.
+
+    Both may be local folders or object-store URIs (``s3://...``), in any combination. ``effect``: a
+    difference worth detecting, in ``metric``'s units (:func:`analysis.stats.compare`). The same as
+    :func:`write_analysis` of :func:`analysis.computed.analyse`.
+    """
+    return write_analysis(analyse(experiment, metric, error, effect), out)

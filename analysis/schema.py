@@ -48,6 +48,17 @@ PARAM = "trial"                   # the trial point's key in each trial's Tune c
 INSTANT = "instant"               # the schedule kind the other schedules are compared against
 LADDER = "ladder"                 # one trial per seed that walks up every sparsity in order
 FINETUNE = "finetune"             # the retraining regime the other regimes are compared against
+LR_REWIND, WEIGHT_REWIND, REINIT = "lr_rewind", "weight_rewind", "reinit"
+# the retraining regimes (Renda, Frankle & Carbin 2020) and what each means: the report says these words,
+# and ``sweeps.regimes`` gives each its behaviour
+REGIME_MEANINGS = {
+    FINETUNE: "fine-tuning: the pruned weights train on at the fine-tuning optimizer's learning rate",
+    LR_REWIND: "learning-rate rewinding: each prune's P epochs replay the dense run's last P learning rates, "
+               "with the dense optimizer",
+    WEIGHT_REWIND: "weight rewinding: as learning-rate rewinding, from the dense weights of epoch T − P",
+    REINIT: "random reinitialisation of the kept weights (the lottery-ticket control), retrained as "
+            "learning-rate rewinding",
+}
 CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"  # finetune.ladder_budget: what other schedules train at a rung
 # Ray Tune's own columns
 TRIAL_ID = "trial_id"

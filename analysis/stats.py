@@ -9,7 +9,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from .load import final_results, healthy, is_complete, with_arms
+from .completeness import final_results, healthy, is_complete
+from .load import with_arms
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
                      TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better)
 
@@ -22,8 +23,10 @@ STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"
 UNFINISHED, MISSING = "unfinished", "missing"
 
 
-def _finals(df: pd.DataFrame) -> pd.DataFrame:
-    """The last report of every trial at every target sparsity, finished or not (unique index)."""
+def last_reports(df: pd.DataFrame) -> pd.DataFrame:
+    """The last report of every trial at every target sparsity, finished or not (unique index), with
+    its arm: what :func:`summarize`, :func:`compare` and :func:`default_comparisons` take values from.
+    Given these instead of ``df`` they return the same tables, so an analysis computes them once."""
     df = with_arms(df)
     if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any():
         return final_results(df)
@@ -55,7 +58,7 @@ def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd
 
 def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """Per (schedule, retraining regime, target_sparsity): n, mean, std, sem, 95% CI (t), min and
-    max of the complete final results (:func:`analysis.load.is_complete`), and what is left out of
+    max of the complete final results (:func:`analysis.completeness.is_complete`), and what is left out of
     all of them, counted: ``diverged`` (trials that diverged), ``unfinished`` (trials still short of
     their final epoch: a partial experiment's numbers would move) and ``missing`` (a NaN value in a
     trial that did not diverge). :func:`compare` leaves out the same reports.
@@ -63,7 +66,7 @@ def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     ``std`` uses n-1; with n = 1 the spread columns are NaN.
     """
     by = [SCHEDULE, RETRAIN, TARGET_SPARSITY]
-    finals = _finals(df)
+    finals = last_reports(df)
     status = np.select([~finals.index.isin(healthy(finals).index), ~is_complete(finals), finals[metric].isna()],
                        [DIVERGED, UNFINISHED, MISSING], "")
     counted = [DIVERGED, UNFINISHED, MISSING]
@@ -185,7 +188,7 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
     seeds are NaN too, and the report calls the comparison undetermined; ``wilcoxon_p`` still
     says how unlikely so many equal signs are.
     """
-    finals = _finals(df)
+    finals = last_reports(df)
     finals = finals[finals[ARM].isin([a, b])]
     complete = is_complete(finals)
     diverged = ~finals.index.isin(healthy(finals).index)
@@ -235,7 +238,7 @@ def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
     each instant schedule (without one, the first schedule against the rest). Across regimes: every
     schedule retrained by a regime against the same schedule fine-tuned (``ladder+lr_rewind`` vs
     ``ladder``)."""
-    finals = _finals(df)
+    finals = last_reports(df)
     arms = finals.groupby(ARM, sort=True)[[SCHEDULE, RETRAIN]].first()
     arms[SCHEDULE_KIND] = (finals.groupby(ARM)[SCHEDULE_KIND].first() if SCHEDULE_KIND in finals else None)
     pairs = []

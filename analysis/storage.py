@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from . import messages
+
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
@@ -27,12 +29,6 @@ def normalise(path: str) -> str:
     if not rest.strip("/"):
         raise ValueError(f"{path!r} names no bucket or location after {scheme}://")
     return str(path).rstrip("/")
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception's message on one line, cut to ``limit`` characters (object stores can answer at length)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def join(base: str, *parts: str) -> str:
@@ -133,7 +129,7 @@ def check_writable(storage: str) -> str | None:
             write_bytes(probe, b"")
             delete(probe)
         except Exception as exc:  # pyarrow raises OSError, ValueError, ... for the same refusals
-            return one_line(exc)
+            return messages.one_line(exc)
         return None
     probe = normalise(storage)
     while not os.path.exists(probe):

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 import yaml
 
 import pruning_core as pc
-from sweeps.config import DatasetConfig, expand, validate
+from sweeps.config import DatasetConfig, validate
 from sweeps.data import DeviceLoader, load_dataset
 from sweeps.models import build_model
-from sweeps.train import FinetuneRun, train_dense
+from sweeps.dense_training import train_dense
+from sweeps.plan import expand
+from sweeps.trial import TrialRun
 
 from .synthetic import without_md5_check, write_cifar10_format
 
@@ -102,7 +104,7 @@ def data_paths(quick: bool) -> dict:
     workers decoding, the same augmentation on the device): seconds per training epoch of the
     small CNN (batch 128, crop+flip; the cheapest model, so the data path weighs most), and how
     fast the folder decodes into memory."""
-    from sweeps.train import train_epoch
+    from sweeps.loops import train_epoch
 
     n = 256 if quick else 10000
     cpu = torch.device("cpu")
@@ -271,7 +273,7 @@ def plain_loop(config_file: str) -> None:
     torch.set_num_threads(1)
     dense = train_dense(sweep, 0, torch.device("cpu"))
     for trial in expand(sweep):
-        run = FinetuneRun(sweep, trial, dense, torch.device("cpu"))
+        run = TrialRun.of_point(sweep, trial, dense, torch.device("cpu"))
         while not run.done:
             run.run_epoch()
 
@@ -328,7 +330,7 @@ def gpu_figures(quick: bool, address: str | None) -> dict:
     (data on the device, batch crop/flip, bf16 autocast, channels_last), and trials per hour
     with 1, 2, 4 and 8 trials packed on the one GPU through fractional ``resources.gpu``."""
     from sweeps.data import TensorData, channel_stats
-    from sweeps.train import prepare, train_epoch
+    from sweeps.loops import prepare, train_epoch
 
     device = torch.device("cuda", 0)
     n = 5000 if quick else 50000

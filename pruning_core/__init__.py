@@ -25,10 +25,11 @@ from .selection import (
     prune_threshold, units_in_scope,
 )
 from .serialization import load_pruned, save_pruned
+from .structures import needs_example_inputs
 
 __all__ = [
     "MASK", "CRITERIA", "SCOPES", "STRUCTURES", "SCHEDULE_KINDS",
-    "prune", "prune_threshold", "accumulate_gradients", "needs_gradients",
+    "prune", "prune_threshold", "accumulate_gradients", "needs_gradients", "needs_example_inputs",
     "sparsity", "layer_sparsity", "nonzero_params", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "load_state_dict",
     "attach_optimizer", "arm", "apply_masks", "mask_gradients", "clear_optimizer_state",

@@ -28,6 +28,7 @@ class Structure:
 
     kind: str = ""
     args: tuple | None = None  # what the string parametrises (N:M's ``(n, m)``), None if nothing
+    needs_example_inputs: bool = False  # whether prune() must trace the model on a batch it takes
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -101,6 +102,7 @@ class Filters(Structure):
     ``norm``-norm of their weights' criterion values."""
 
     kind = "filters"
+    needs_example_inputs = True
 
     def check(self, sparsity: float, example_inputs) -> None:
         """Filters need ``example_inputs`` to trace the model's channel dependencies."""
@@ -212,6 +214,12 @@ def get_structure(structure: str) -> Structure:
             if parsed is not None:
                 return parsed
     raise ValueError(f"structure must be unstructured, filters or N:M such as \"2:4\"; got {structure!r}")
+
+
+def needs_example_inputs(structure: str) -> bool:
+    """Whether :func:`pruning_core.prune` with this ``structure`` needs ``example_inputs`` (a batch
+    the model takes, to trace which layers' channels are tied together)."""
+    return get_structure(structure).needs_example_inputs
 
 
 def parse_structure(structure: str) -> tuple[str, tuple[int, int] | None]:

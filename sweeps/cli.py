@@ -6,7 +6,8 @@ import sys
 
 from analysis.schema import EPOCH, is_diverged, is_finished
 
-from .config import ConfigError, epochs_to_train, expand, load_config
+from .config import ConfigError, load_config
+from .plan import epochs_to_train, expand
 from .preflight import preflight, will_download
 from .trackers import TRACKERS
 
@@ -60,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _summarise(outcome, path: str) -> int:
-    results = outcome.results
+def _summarise(outcome) -> int:
+    results, path = outcome.results, outcome.path
     errors = [r for r in results if r.error is not None]
     finished = [r for r in results if r.error is None and EPOCH in (r.metrics or {}) and is_finished(r.metrics)]
     diverged = sum(is_diverged(r.metrics) for r in finished)
@@ -99,23 +100,19 @@ def main(argv=None) -> int:
             if will_download(config):
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0
-        from analysis import storage
-
         from . import runner
+        from .ray_connection import RayOptions
 
-        options = runner.RayOptions(address=args.address, dashboard=not args.no_dashboard,
+        options = RayOptions(address=args.address, dashboard=not args.no_dashboard,
                                     dashboard_host=args.dashboard_host, autoscale=args.autoscale)
         if args.command == "run":
             config = load_config(args.config, args.overrides)
             outcome = runner.run(config, args.storage, args.name, options, args.trackers)
-            path = storage.join(storage.normalise(args.storage), args.name or config.name)
         elif args.command == "extend":
             outcome = runner.extend(args.experiment, args.overrides, options, args.force, args.trackers)
-            path = storage.normalise(args.experiment)
         else:
             outcome = runner.resume(args.experiment, options, force=args.force, trackers=args.trackers)
-            path = storage.normalise(args.experiment)
-        return _summarise(outcome, path)
+        return _summarise(outcome)
     except ConfigError as exc:
         print(f"prunesweep: error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ on the driver, by :mod:`sweeps.preflight`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -14,12 +13,14 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from analysis import schema
-from analysis.schema import CUMULATIVE, FINETUNE, INSTANT, LADDER, PER_PRUNE, TrialPoint
-from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, check_sparsity, nm_sparsity, parse_structure, sparsity_schedule
+from analysis.schema import CUMULATIVE, FINETUNE, INSTANT, LADDER, PER_PRUNE
+from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, check_sparsity, nm_sparsity, parse_structure
 
-from .datasets import IMAGEFOLDER, SPECS
+from . import legacy
+from .datasets import IMAGEFOLDER, SPECS, validation_problem
 from .models import check_name
-from .retrain import REGIMES
+from .plan import every_phase
+from .regimes import REGIMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ModelName = Annotated[str, AfterValidator(check_name)]
@@ -58,10 +59,9 @@ class DatasetConfig(_Strict):
     @model_validator(mode="after")
     def _fits_dataset(self):
         spec = SPECS[self.name]
-        size = spec.train_size
-        if size is not None and self.validation >= size:
-            raise ValueError(f"dataset.validation must leave training images: {self.name} has {size}, "
-                             f"so the allowed range is 0..{size - 1} (got {self.validation})")
+        problem = spec.train_size is not None and validation_problem(self.validation, spec.train_size, self.name)
+        if problem:
+            raise ValueError(problem)
         if self.name != "digits" and not self.root:
             raise ValueError(f"dataset.root is required for {self.name} (a folder holding {spec.files})")
         if self.name == IMAGEFOLDER:
@@ -264,54 +264,6 @@ class SweepConfig(_Strict):
         return any(s.kind == LADDER for s in self.schedules)
 
 
-@dataclass(frozen=True)
-class Phase:
-    """Prune to ``prune_to``, then train ``epochs``; reports are compared at ``target``."""
-
-    prune_to: float
-    epochs: int
-    target: float
-
-
-def budget(config: SweepConfig, target: float) -> int:
-    """Fine-tuning epochs a (non-ladder) trial at ``target`` gets.
-
-    ``finetune.epochs``; with a ladder in the sweep and ``finetune.ladder_budget: cumulative``,
-    the ladder's cumulative budget at that rung, so that every point compares equal compute
-    (``per_prune``, Renda et al.'s protocol: ``finetune.epochs`` after every prune, the ladder's too).
-    """
-    if not config.has_ladder or config.finetune.ladder_budget == PER_PRUNE:
-        return config.finetune.epochs
-    rung = sorted(config.sparsities).index(target)
-    return (rung + 1) * config.finetune.epochs
-
-
-def expand(config: SweepConfig) -> list[TrialPoint]:
-    """Every trial of the sweep (:func:`analysis.schema.trial_points`)."""
-    return schema.trial_points(config.model_dump(mode="json"))
-
-
-def every_phase(config: SweepConfig) -> list[tuple[TrialPoint, Phase]]:
-    """``(trial, phase)`` for every phase of every trial of the sweep."""
-    return [(point, phase) for point in expand(config) for phase in plan(config, point)]
-
-
-def plan(config: SweepConfig, point: TrialPoint) -> list[Phase]:
-    """The prune/train phases of one trial."""
-    if point.schedule_kind == LADDER:
-        return [Phase(s, config.finetune.epochs, s) for s in sorted(config.sparsities)]
-    target = point.target_sparsity
-    total = budget(config, target)
-    steps = sparsity_schedule(point.schedule_kind, target, point.steps)
-    return [Phase(s, total // len(steps), target) for s in steps]
-
-
-def epochs_to_train(config: SweepConfig) -> tuple[int, int]:
-    """``(dense, retraining)``: the epochs the whole sweep trains, which its compute is proportional to."""
-    dense = (config.dense.epochs or 0) * len(config.seed_list)
-    return dense, sum(phase.epochs for _, phase in every_phase(config))
-
-
 # ---------------------------------------------------------------- loading and errors
 
 def _fields_at(loc) -> list[str]:
@@ -427,17 +379,12 @@ def load_config(path: str, overrides: list[str] = ()) -> SweepConfig:
     return validate(raw)
 
 
-LEGACY_KEEP = "checkpoints_to_keep"  # before checkpoint.keep; experiments that recorded it still resume
-
-
 def validate(raw: dict) -> SweepConfig:
-    if isinstance(raw, dict) and LEGACY_KEEP in raw:
-        raw = dict(raw)
-        keep = raw.pop(LEGACY_KEEP)
-        section = raw.get("checkpoint")
-        if isinstance(section, dict) and "keep" in section:
-            raise ConfigError(f"{LEGACY_KEEP}: give checkpoint.keep only ({LEGACY_KEEP} is its old name)")
-        raw["checkpoint"] = {**(section if isinstance(section, dict) else {}), "keep": keep}
+    """A raw config (a dict, as YAML gives it) validated; raises ConfigError naming the field."""
+    try:
+        raw = legacy.upgrade_config(raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.storage import one_line
+from analysis.messages import one_line
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,14 @@ class DatasetInfo:
     def bytes(self) -> int:
         """Size of every image as uint8 at ``image_size``."""
         return (self.train_size + self.test_size) * self.channels * self.image_size ** 2
+
+
+def validation_problem(validation: int, train_size: int, where: str) -> str | None:
+    """Why ``dataset.validation`` cannot be held out of ``where``'s ``train_size`` training images, or None."""
+    if validation < train_size:
+        return None
+    return (f"dataset.validation must leave training images: {where} has {train_size}, so the allowed range is "
+            f"0..{train_size - 1} (got {validation})")
 
 
 class DatasetError(ValueError):

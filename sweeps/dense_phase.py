@@ -4,7 +4,7 @@ Each missing seed trains as a Ray task of its own (on a GPU in a fresh worker pr
 ``max_calls=1``, so that its CUDA context goes with it) that checkpoints every epoch into the experiment's storage and
 is retried (``max_failures``) from there; it writes its dense model to storage itself, so a
 driver that dies loses nothing. A seed whose training fails for good fails only its own trials.
-Ray Tune gets the trials through :class:`SeedGate`, which hands out a seed's trials once that
+Ray Tune gets the trials through :class:`sweeps.search.SeedGate`, which hands out a seed's trials once that
 seed's dense model exists: trials of the seeds that are ready run while the others still train.
 """
 from __future__ import annotations
@@ -12,20 +12,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import signal
 import sys
 import time
-from collections import deque
 
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from analysis import storage
-from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, TrialPoint, dense_checkpoint_file, dense_file
+from analysis.messages import one_line
+from analysis.schema import DENSE_DIR, DENSE_LOG, TrialPoint, dense_checkpoint_file, dense_file
 
-from .config import ConfigError, SweepConfig, expand
+from .config import SweepConfig
+from .plan import expand
+from .torch_files import load_torch, save_torch
 
 CHAOS_ENV = "PRUNESWEEP_CHAOS_DENSE"  # "<seed>@<epoch>": kill once before epoch's checkpoint; "<seed>@fail"
 PROGRESS_S = 30.0  # a dense training prints its progress at most this often (and at its end)
@@ -41,11 +41,11 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
     """The Ray task of one seed: train (continuing from the seed's checkpoint in storage, if any),
     write ``dense/seed_<n>.pt``, drop the checkpoint. Returns ``(summary, dense)``."""
     import ray
-    import torch
 
-    from .train import device_for, load_torch, save_torch, train_dense
+    from .dense_training import train_dense
+    from .loops import device_for, use_cpus
 
-    torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
+    use_cpus(sweep.resources.cpu)
     folder = storage.join(experiment, DENSE_DIR)
     checkpoint = storage.join(folder, dense_checkpoint_file(seed))
     resume = load_torch(checkpoint) if storage.exists(checkpoint) else None
@@ -78,25 +78,6 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
     return {**summary, "resumed_from_epoch": first}, dense
 
 
-def check_snapshots(config: SweepConfig, path: str) -> None:
-    """Refuse (ConfigError) a dense model in the experiment that lacks a snapshot the sweep's weight
-    rewinding starts from (one trained for another config, resumed with ``--force``), before Ray starts."""
-    from .retrain import REWIND, rewind_epochs
-    from .train import load_torch
-
-    needed = set(rewind_epochs(config))
-    if not needed:
-        return
-    for seed in config.seed_list:
-        file = storage.join(path, DENSE_DIR, dense_file(seed))
-        if storage.exists(file):
-            lacking = sorted(needed - set(load_torch(file).get(REWIND, {})))
-            if lacking:
-                raise ConfigError(f"finetune.retrain: weight_rewind starts from dense epoch(s) "
-                                  f"{', '.join(map(str, lacking))}, which {file} does not hold (it was trained for "
-                                  "another config); delete it to train it again, or drop weight_rewind")
-
-
 class DensePhase:
     """The dense models of one sweep, on the driver: :meth:`start` loads the seeds whose model is in
     storage and starts a task for each other one; :meth:`poll` notes which tasks have finished.
@@ -105,7 +86,7 @@ class DensePhase:
 
     def __init__(self, config: SweepConfig, path: str, checkpoint_state: dict | None = None):
         self.config, self.path, self.checkpoint_state = config, path, checkpoint_state
-        self.points: list[TrialPoint] = expand(config)  # the sweep's grid, in order (:class:`SeedGate`)
+        self.points: list[TrialPoint] = expand(config)  # the sweep's grid, in order (:class:`sweeps.search.SeedGate`)
         self.refs: dict = {}
         self.ready: set[int] = set()
         self.failed: dict[int, str] = {}
@@ -116,7 +97,7 @@ class DensePhase:
     def start(self) -> "DensePhase":
         import ray
 
-        from .train import dense_checkpoint, load_torch
+        from .preflight import dense_checkpoint
 
         missing = []
         for seed in self.config.seed_list:
@@ -154,7 +135,7 @@ class DensePhase:
     @property
     def reserved(self) -> bool:
         """Whether every training still to finish has its resources (its placement group is placed).
-        Until then :class:`SeedGate` hands out no trial, so that a trial (or an actor Ray Tune keeps
+        Until then :class:`sweeps.search.SeedGate` hands out no trial, so that a trial (or an actor Ray Tune keeps
         for the next one) never holds what a dense training waits for."""
         return not self._placing
 
@@ -182,7 +163,7 @@ class DensePhase:
             try:
                 summary = ray.get(ref)
             except Exception as exc:  # the task's own error, or its worker's death, after every retry
-                self.failed[seed] = storage.one_line(getattr(exc, "cause", None) or exc)
+                self.failed[seed] = one_line(getattr(exc, "cause", None) or exc)
                 print(f"dense seed {seed} failed after {self.config.max_failures} retries: {self.failed[seed]}; "
                       "its trials fail too (`prunesweep resume` trains it again)", file=sys.stderr, flush=True)
                 continue
@@ -198,7 +179,7 @@ class DensePhase:
 
     def wait_reserved(self) -> None:
         """Until every training still to finish has its resources (:attr:`reserved`): trials that Ray
-        Tune restores start without asking :class:`SeedGate`, and must not take what a training needs."""
+        Tune restores start without asking :class:`sweeps.search.SeedGate`, and must not take what a training needs."""
         import ray
 
         if self._placing:
@@ -219,78 +200,18 @@ class DensePhase:
 _ACTIVE: list[DensePhase] = []
 
 
+def current() -> DensePhase:
+    """The dense phase of the sweep this driver process runs (:func:`active`)."""
+    return _ACTIVE[-1]
+
+
 @contextlib.contextmanager
 def active(phase: DensePhase):
-    """Make ``phase`` the one :class:`SeedGate` consults (in this driver process) while the sweep runs."""
+    """Make ``phase`` the one :class:`sweeps.search.SeedGate` consults (in this driver process) while
+    the sweep runs."""
     _ACTIVE.append(phase)
     try:
         yield phase
     finally:
         _ACTIVE.remove(phase)
         phase.release()
-
-
-class SeedGate(Searcher):
-    """A Ray Tune searcher over the sweep's fixed grid of trial points, in grid order, that hands
-    out a seed's trials only once its dense model exists (or its training failed: then its trials
-    fail at once, naming why, and ``resume`` runs them again), and none while a dense training
-    still waits for resources (:attr:`DensePhase.reserved`). The dense models are the driver's
-    :class:`DensePhase` (:func:`active`), so this searcher's state is only which points it handed
-    out, saved with the experiment for ``resume``. The grid too is the active phase's (its config's
-    trials), so that an experiment restored after ``prunesweep extend`` hands out the grown grid."""
-
-    def __init__(self):
-        super().__init__()
-        self._points: list[dict] = []
-        self._labels: list[str] = []
-        self._given: set[str] = set()
-        self._queues: dict[int, deque] | None = None  # seed -> grid positions not handed out, in order
-
-    def _open(self, phase: "DensePhase") -> dict[int, deque]:
-        if self._queues is None:
-            points = phase.points
-            self._points, self._labels = [p.to_dict() for p in points], [p.label for p in points]
-            self._queues = {}
-            for i, point in enumerate(self._points):
-                if self._labels[i] not in self._given:
-                    self._queues.setdefault(point["seed"], deque()).append(i)
-        return self._queues
-
-    def suggest(self, trial_id: str):
-        phase = _ACTIVE[-1]
-        phase.poll()
-        queues = self._open(phase)
-        ready = [q for seed, q in queues.items()
-                 if q and phase.reserved and (seed in phase.ready or seed in phase.failed)]
-        if ready:  # the earliest point in grid order among the seeds that may go
-            i = min(ready, key=lambda q: q[0]).popleft()
-            self._given.add(self._labels[i])
-            return {PARAM: dict(self._points[i])}
-        return None if any(queues.values()) else Searcher.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"given": sorted(self._given)}, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self._given = set(pickle.load(f)["given"])
-        self._queues = None
-
-
-class GridSearch(SearchGenerator):
-    """Ray Tune's search algorithm over a :class:`SeedGate` (limited to ``max_concurrent`` running
-    trials when given). Restored, it asks its gate again instead of keeping a saved "finished": an
-    experiment's grid may have grown since (``prunesweep extend``); a gate with nothing left to
-    hand out says so at once."""
-
-    def __init__(self, max_concurrent: int | None = None):
-        gate = SeedGate()
-        super().__init__(ConcurrencyLimiter(gate, max_concurrent=max_concurrent) if max_concurrent else gate)
-
-    def set_state(self, state: dict) -> None:
-        super().set_state(state)
-        self._finished = False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from analysis import schema
 
-from .config import ConfigError, SweepConfig, apply_override, expand, plan, validate
+from .config import ConfigError, SweepConfig, apply_override, validate
+from .plan import expand, phases, rewind_epochs
 
 GROWABLE = ("seeds", "sparsities", "schedules")
 
@@ -87,7 +88,7 @@ def _same_trials(old: SweepConfig, new: SweepConfig) -> None:
             raise ConfigError(f"sparsities: the ladder schedule {point.schedule!r} walks every sparsity in order, "
                               "so a new sparsity would change its existing trials; extend such an experiment by "
                               "seeds or schedules, or start a new one")
-        if plan(old, point) != plan(new, point):
+        if phases(old, point) != phases(new, point):
             raise ConfigError(
                 f"schedules: the experiment's trial {point.label} would train differently in the grown grid "
                 f"(with finetune.ladder_budget: {schema.CUMULATIVE}, a ladder sets every schedule's budget); "
@@ -96,8 +97,6 @@ def _same_trials(old: SweepConfig, new: SweepConfig) -> None:
 
 def _same_snapshots(old: SweepConfig, new: SweepConfig) -> None:
     """The existing dense models hold every snapshot the grown grid rewinds to."""
-    from .retrain import rewind_epochs
-
     lacking = sorted(set(rewind_epochs(new)) - set(rewind_epochs(old)))
     if lacking:
         raise ConfigError(f"schedules: weight_rewind in the grown grid starts from dense epoch(s) "

@@ -12,7 +12,7 @@ import sys
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.storage import one_line
+from analysis.messages import one_line
 
 
 class _ShortcutA(nn.Module):

@@ -15,10 +15,15 @@ import torch
 
 import pruning_core as pc
 from analysis import storage
+from analysis.messages import one_line
+from analysis.schema import DENSE_DIR, dense_file
 
 from .config import ConfigError, SweepConfig
-from .datasets import IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, missing, present
+from .datasets import (IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, missing, present,
+                       validation_problem)
 from .models import ModelError, build_model
+from .plan import rewind_epochs
+from .torch_files import SNAPSHOTS, load_torch, read_checkpoint
 
 
 def resolve_paths(config: SweepConfig) -> SweepConfig:
@@ -63,7 +68,7 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
                 if created:
                     shutil.rmtree(d.root, ignore_errors=True)
                 raise ConfigError(f"dataset.download: could not download {d.name} into {d.root!r} "
-                                  f"({storage.one_line(exc)}); put {SPECS[d.name].files} there yourself and set "
+                                  f"({one_line(exc)}); put {SPECS[d.name].files} there yourself and set "
                                   "dataset.download: false") from None
     try:
         info = describe(d)
@@ -71,9 +76,9 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
             check_images(d.root, info.channels, info.image_size)
     except DatasetError as exc:
         raise ConfigError(f"dataset.root {d.root!r}: {exc}") from None
-    if d.name == IMAGEFOLDER and d.validation >= info.train_size:
-        raise ConfigError(f"dataset.validation must leave training images: {d.root} has {info.train_size}, "
-                          f"so the allowed range is 0..{info.train_size - 1} (got {d.validation})")
+    problem = validation_problem(d.validation, info.train_size, d.root or d.name)
+    if problem:
+        raise ConfigError(problem)
     return info
 
 
@@ -127,7 +132,7 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
         except Exception as exc:
             hint = AUX_HINT if getattr(model, "aux_logits", False) and mode == "training" else ""
             raise ConfigError(f"model {name!r}: a batch of {d.name} images ({'x'.join(map(str, shape[1:]))}) fails "
-                              f"in its {mode} forward ({type(exc).__name__}: {storage.one_line(exc)}){hint}") from None
+                              f"in its {mode} forward ({type(exc).__name__}: {one_line(exc)}){hint}") from None
         if not (isinstance(output, torch.Tensor) and tuple(output.shape) == (2, info.classes)):
             hint = AUX_HINT if not isinstance(output, torch.Tensor) else ""
             raise ConfigError(f"model {name!r}: in {mode} mode a batch of 2 {d.name} images gives "
@@ -143,7 +148,7 @@ def _check_checkpoint(config: SweepConfig) -> None:
     try:
         found = storage.is_file(path)
     except Exception as exc:  # an unreachable object store, a malformed URI
-        raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({storage.one_line(exc)})") from None
+        raise ConfigError(f"dense.checkpoint {path!r} cannot be read ({one_line(exc)})") from None
     if not found:
         raise ConfigError(f"dense.checkpoint {path!r} is not a file")
 
@@ -155,3 +160,38 @@ def preflight(config: SweepConfig, download: bool = True) -> SweepConfig:
     check_model(config, _check_dataset(config, download))
     _check_checkpoint(config)
     return config
+
+
+def dense_checkpoint(sweep: SweepConfig) -> dict:
+    """``dense.checkpoint``'s state_dict, checked to fit the config's model exactly (every key and
+    shape); raises ConfigError naming the field otherwise. Run on the driver, before anything is
+    written."""
+    path = sweep.dense.checkpoint
+    try:
+        state = read_checkpoint(path)
+    except Exception as exc:  # a truncated or foreign file, an unreadable URI
+        raise ConfigError(f"dense.checkpoint {path!r} is not a readable torch state_dict "
+                          f"({one_line(exc)})") from None
+    info = describe(sweep.dataset)
+    try:
+        build_model(sweep.model, info.classes, info.channels, sweep.model_args).load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"dense.checkpoint {path!r} does not fit model {sweep.model!r} on {sweep.dataset.name} "
+                          f"({one_line(exc)})") from None
+    return state
+
+
+def check_snapshots(config: SweepConfig, path: str) -> None:
+    """Refuse (ConfigError) a dense model in the experiment that lacks a snapshot the sweep's weight
+    rewinding starts from (one trained for another config, resumed with ``--force``), before Ray starts."""
+    needed = set(rewind_epochs(config))
+    if not needed:
+        return
+    for seed in config.seed_list:
+        file = storage.join(path, DENSE_DIR, dense_file(seed))
+        if storage.exists(file):
+            lacking = sorted(needed - set(load_torch(file).get(SNAPSHOTS, {})))
+            if lacking:
+                raise ConfigError(f"finetune.retrain: weight_rewind starts from dense epoch(s) "
+                                  f"{', '.join(map(str, lacking))}, which {file} does not hold (it was trained for "
+                                  "another config); delete it to train it again, or drop weight_rewind")

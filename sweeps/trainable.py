@@ -16,7 +16,9 @@ import pruning_core as pc
 from analysis import schema, storage, trial_results
 
 from .config import SweepConfig
-from .train import FinetuneRun, device_for
+from .loops import device_for, use_cpus
+from .plan import TrialPlan, trial_plan
+from .trial import TrialRun
 
 STATE_FILE = "state.pt"
 CHAOS_ENV = "PRUNESWEEP_CHAOS_KILL_AT_EPOCH"
@@ -34,11 +36,15 @@ class Chaos:
     kill_at_epoch: int | None = None
     diverge: tuple[str, int] | None = None
 
-    def apply(self, run: FinetuneRun, trial_dir: str) -> None:
+    def plan(self, plan: TrialPlan) -> TrialPlan:
+        """``plan``, diverging from its epoch N on where ``diverge`` names its point."""
+        if self.diverge is not None and self.diverge[0] == plan.point.label:
+            return plan.with_lr_from(self.diverge[1], math.inf)
+        return plan
+
+    def apply(self, run: TrialRun, trial_dir: str) -> None:
         if self.kill_at_epoch is not None:
             kill_once_mid_epoch(run, self.kill_at_epoch, os.path.join(trial_dir, CHAOS_MARKER))
-        if self.diverge is not None and self.diverge[0] == run.point.label:
-            diverge_from_epoch(run, self.diverge[1])
 
 
 def chaos_from_env() -> Chaos:
@@ -51,19 +57,7 @@ def chaos_from_env() -> Chaos:
     return Chaos(int(kill) if kill else None, diverge or None)
 
 
-def diverge_from_epoch(run: FinetuneRun, epoch: int) -> None:
-    """Fault injection: from epoch ``epoch`` (1-based) on, every optimizer step uses an infinite
-    learning rate."""
-
-    def hook(optimizer, args, kwargs):
-        if run.epoch + 1 >= epoch:
-            for group in optimizer.param_groups:
-                group["lr"] = math.inf
-
-    run.add_step_hook(hook)
-
-
-def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> None:
+def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
     """Fault injection: SIGKILL this worker at the second optimizer step after ``kill_at_epoch``
     epochs (one training batch into the epoch), once per trial (``marker`` remembers it), as a
     real worker death mid-epoch would."""
@@ -77,7 +71,7 @@ def kill_once_mid_epoch(run: FinetuneRun, kill_at_epoch: int, marker: str) -> No
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    run.add_step_hook(hook)
+    run.learner.add_step_hook(hook)
 
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
@@ -92,7 +86,7 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     ``checkpoint.every_epochs``) and at the end, when the pruned model is saved compactly too.
     """
     point = schema.TrialPoint.from_dict(config[schema.PARAM])
-    torch.set_num_threads(max(1, int(round(sweep.resources.cpu))))
+    use_cpus(sweep.resources.cpu)
     context = tune.get_context()
     trial_dir = context.get_trial_dir()
     files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id())
@@ -104,24 +98,25 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
         return
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
-    run = FinetuneRun(sweep, point, ray.get(dense_refs[point.seed]), device)
+    plan = chaos.plan(trial_plan(sweep, point))
+    run = TrialRun.of_point(sweep, point, ray.get(dense_refs[point.seed]), device, plan)
     history = []
     if state is not None:
         run.load_state(state)
         history = state["history"]
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
     chaos.apply(run, trial_dir)
-    every = sweep.checkpoint.every(run.total_epochs)
     while not run.done:
-        report = _checked({**run.run_epoch(), **where})
+        [report] = run.run_epoch()
+        report = _checked({**report, **where})
         history.append(report)
         if run.done:
-            files.write_results(history, run.layers)
+            files.write_results(history, run.learner.layers)
             if not report.get(schema.DIVERGED):
-                files.write_model(run.model)
+                files.write_model(run.learner.model(0))
             _report(report, {"done": True, "history": history})
-        elif run.epoch % every == 0:
-            files.write_results(history, run.layers)
+        elif plan.epochs[run.epoch - 1].checkpoint:
+            files.write_results(history, run.learner.layers)
             _report(report, {**run.state(), "history": history})
         else:
             tune.report(schema.for_tune(report))

@@ -12,6 +12,35 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FAULTS = {"injected": 0, "survived": 0, "trials_lost": 0}
 
+# The test tiers (pyproject.toml declares the markers): a test that uses the session's Ray or a fixture
+# built on it is `ray`, one that uses the S3 server `s3`; tests that start Ray or a cluster by other means
+# say so themselves. Everything else is `unit`: `make test-fast` runs those, and they may not start Ray.
+TIERS = ("ray", "s3", "cluster")
+RAY_FIXTURES = {"ray_session", "tiny_experiment", "reference"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+        if "s3" in fixtures:
+            item.add_marker(pytest.mark.s3)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request, monkeypatch):
+    """A `unit` test that starts Ray is mis-tiered: it fails, saying so."""
+    if request.node.get_closest_marker("unit") is not None:
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError(f"{request.node.nodeid} starts Ray but is not marked ray: mark it, or use ray_session")
+
+        monkeypatch.setattr(ray, "init", refuse)
+
 
 def record_fault(survived: bool, trials_lost: int) -> None:
     """Count one injected fault for the fault figures printed at the end of the test run."""

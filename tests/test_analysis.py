@@ -660,3 +660,33 @@ def test_analyze_rejects_a_bad_effect(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit:
             analyze_main([str(tmp_path), "--effect", bad])
         assert exit.value.code == 2 and "--effect" in capsys.readouterr().err
+
+
+def test_the_report_renders_one_computed_analysis(tmp_path):
+    """write_report computes the experiment's tables once (analyse) and renders its prose and every
+    figure from them: the same tables and figures as the public functions compute from the reports."""
+    import io
+
+    from analysis import analyse, compare_all, plot_difference_vs_sparsity, plot_metric_vs_epoch, \
+        plot_metric_vs_sparsity
+    from analysis.report import figure_png, output_names, report_text
+
+    values = {("gradual4", 0.9): [0.90, 0.85, 0.93], ("instant", 0.9): [0.89, 0.86, 0.9],
+              ("gradual4", 0.5): [0.7, 0.8, 0.75], ("instant", 0.5): [0.7, 0.79, 0.7]}
+    path = write_experiment(tmp_path / "exp", values, unfinished={("instant", 0.5, 2)})
+    a = analyse(path, error="std", effect=0.01)
+    pd.testing.assert_frame_equal(a.summary, summarize(a.df))
+    pd.testing.assert_frame_equal(a.comparison, compare_all(a.df, effect=0.01))
+    assert a.done == {"expected": 12, "started": 12, "finished": 11, "diverged": 0, "missing": 1}
+
+    def png(figure, dpi):
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+    assert figure_png(a, "vs_sparsity") == png(plot_metric_vs_sparsity(a.df, error="std"), 120)
+    assert figure_png(a, "vs_difference") == png(plot_difference_vs_sparsity(a.df), 120)
+    assert figure_png(a, "vs_epoch") == png(plot_metric_vs_epoch(a.df), 110)
+    assert "layers" not in output_names(a)  # no per-layer reports
+    files = write_report(path, tmp_path / "out", error="std", effect=0.01)
+    assert open(files["report"]).read() == report_text(a)
+    assert "1 trial(s) missing or unfinished" in report_text(a)

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from analysis import load_experiment
 from benchmarks.bench import main as bench_main
 
@@ -31,6 +33,7 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
     assert "parallel_efficiency" not in figures  # measured in full runs only
 
 
+@pytest.mark.ray
 def test_run_starts_local_ray_with_dashboard_and_shuts_it_down(tmp_path):
     cfg = write_config(tmp_path, seeds=1, sparsities=[0.5], finetune={"epochs": 2, "batch_size": 64})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from benchmarks.synthetic import without_md5_check, write_cifar10_format
-from sweeps.config import DatasetConfig, expand, validate
+from sweeps.config import DatasetConfig, validate
 from sweeps.data import load_dataset, random_crop_flip
-from sweeps.train import FinetuneRun, train_dense
+from sweeps.dense_training import train_dense
+from sweeps.plan import expand
+from sweeps.trial import TrialRun
 
 
 @pytest.fixture
@@ -41,8 +43,8 @@ def test_resnet20_trial_on_cifar_format(cifar_root):
                     "schedules": [{"name": "g", "kind": "gradual", "steps": 2}], "sparsities": [0.8]})
     assert cfg.dataset.augments  # crop + flip by default on CIFAR
     dense = train_dense(cfg, 0, torch.device("cpu"))
-    run = FinetuneRun(cfg, expand(cfg)[0], dense, torch.device("cpu"))
-    metrics = [run.run_epoch() for _ in range(2)]
+    run = TrialRun.of_point(cfg, expand(cfg)[0], dense, torch.device("cpu"))
+    metrics = [r for _ in range(2) for r in run.run_epoch()]
     assert run.done and metrics[-1]["sparsity"] == pytest.approx(round(0.8 * 268336) / 268336)
     assert metrics[0]["step"] == 1 and metrics[1]["step"] == 2
 
@@ -81,13 +83,13 @@ def test_trial_reports_validation_metrics(tmp_path):
                       "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 1, "batch_size": 64},
                       "schedules": [{"name": "instant", "kind": "instant"}], "sparsities": [0.5]})
     dense = train_dense(sweep, 0, torch.device("cpu"))
-    run = FinetuneRun(sweep, expand(sweep)[0], dense, torch.device("cpu"))
-    assert run.data.x_train.shape[0] == 1797 - DIGITS_TEST - 200 and run.data.x_val.shape[0] == 200
-    metrics = run.run_epoch()
+    run = TrialRun.of_point(sweep, expand(sweep)[0], dense, torch.device("cpu"))
+    assert run.learner.data.x_train.shape[0] == 1797 - DIGITS_TEST - 200 and run.learner.data.x_val.shape[0] == 200
+    [metrics] = run.run_epoch()
     assert 0 <= metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
     # what is reported is this model's accuracy on exactly the held-out images, in eval mode
-    run.model.eval()
+    run.learner.model(0).eval()
     with torch.no_grad():
-        for split, x, y in (("val", run.data.x_val, run.data.y_val), ("test", run.data.x_test, run.data.y_test)):
-            correct = int((run.model(run.data.normalise(x)).argmax(1) == y).sum())
+        for split, x, y in (("val", run.learner.data.x_val, run.learner.data.y_val), ("test", run.learner.data.x_test, run.learner.data.y_test)):
+            correct = int((run.learner.model(0)(run.learner.data.normalise(x)).argmax(1) == y).sum())
             assert metrics[f"{split}_accuracy"] == correct / y.shape[0], split

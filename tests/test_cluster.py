@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
 from analysis import completion, load_experiment
-from sweeps.train import LOGICAL_GPU_ENV
+from sweeps.loops import LOGICAL_GPU_ENV
 
 from .conftest import ROOT, write_config
 
@@ -60,23 +61,25 @@ def test_cluster_yaml_could_run_today():
     assert "--dashboard-host=0.0.0.0" not in text and "ray-client-server-port" not in text
 
 
+@pytest.mark.cluster
 def test_autoscale_request_is_withdrawn_when_the_sweep_ends(ray_session):
     """``--autoscale`` asks the autoscaler for a node that fits a trial; Ray keeps such a request
     until it is replaced, so the session replaces it with none on the way out."""
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 
-    from sweeps import runner
+    from sweeps import ray_connection
     from sweeps.config import validate
 
     from .conftest import TINY
 
     config = validate({**TINY, "resources": {"cpu": 1, "gpu": 0.5}})
-    with runner.ray_session(config, runner.RayOptions(autoscale=True)):
+    with ray_connection.ray_session(config, ray_connection.RayOptions(autoscale=True)):
         assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == [{"CPU": 1.0, "GPU": 0.5}]
     assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == []
 
 
+@pytest.mark.cluster
 def test_sweep_on_two_node_cluster(tmp_path):
     spread = write_config(tmp_path, "spread.yaml", seeds=1, finetune={"epochs": 2, "batch_size": 64})
     gpu = write_config(tmp_path, "gpu.yaml", seeds=1, sparsities=[0.5], finetune={"epochs": 2, "batch_size": 64},

@@ -14,12 +14,14 @@ import yaml
 import pruning_core as pc
 from analysis import completion, load_experiment, schema
 from analysis.schema import TrialPoint
-from sweeps.config import expand, load_config, validate
-from sweeps.train import FinetuneRun, train_dense
+from sweeps.config import load_config, validate
+from sweeps.plan import expand
+from sweeps.dense_training import train_dense
+from sweeps.trial import TrialRun
 
 from .conftest import ROOT, TINY, write_config
 
-CONTEXT = {"node_id", "device", "gpu_ids"}  # what the trainable adds to FinetuneRun's reports
+CONTEXT = {"node_id", "device", "gpu_ids"}  # what the trainable adds to TrialRun's reports
 
 
 def test_trial_grid_is_the_schemas_and_counts_ladders_once(tmp_path):
@@ -76,11 +78,11 @@ def test_every_reported_name_is_declared_and_reported():
                       "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 2, "batch_size": 64},
                       "pruning": {"structure": "filters"}})  # which adds compact_macs
     dense = train_dense(sweep, 0, torch.device("cpu"))
-    run = FinetuneRun(sweep, expand(sweep)[0], dense, torch.device("cpu"))
-    report = run.run_epoch()
+    run = TrialRun.of_point(sweep, expand(sweep)[0], dense, torch.device("cpu"))
+    [report] = run.run_epoch()
     assert schema.undeclared(report) == []
     poisoned = {**dense, "state_dict": {k: v * float("nan") for k, v in dense["state_dict"].items()}}
-    diverged = FinetuneRun(sweep, expand(sweep)[0], poisoned, torch.device("cpu")).run_epoch()
+    [diverged] = TrialRun.of_point(sweep, expand(sweep)[0], poisoned, torch.device("cpu")).run_epoch()
     assert diverged[schema.DIVERGED] is True and set(diverged) < set(report) | {schema.DIVERGED_EPOCH}
     assert set(report) | set(diverged) | CONTEXT == {m.name for m in schema.METRICS}
     from sweeps.trainable import _checked

@@ -7,7 +7,8 @@ import torch
 from benchmarks.synthetic import without_md5_check
 from sweeps.config import DatasetConfig, validate
 from sweeps.data import DeviceLoader, StreamedData, TensorData, batch_bounds, load_dataset
-from sweeps.train import evaluate, train_dense
+from sweeps.dense_training import train_dense
+from sweeps.loops import evaluate
 
 from .conftest import TINY
 from .helpers.formats import write_cifar100, write_image_folder, write_mnist, write_svhn

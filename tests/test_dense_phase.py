@@ -9,9 +9,10 @@ from ray.tune.search import Searcher
 
 from analysis import completion, load_experiment, storage
 from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, dense_file
-from sweeps import dense
+from sweeps import dense_phase, search
 from sweeps.cli import main
-from sweeps.config import expand, validate
+from sweeps.config import validate
+from sweeps.plan import expand
 from sweeps.progress import ProgressLine
 
 from .conftest import TINY, write_config
@@ -28,7 +29,7 @@ def _dense(path, seed) -> dict:
 def test_a_failed_dense_seed_fails_only_its_trials_and_resume_runs_them(ray_session, tmp_path, monkeypatch, capsys):
     cfg = write_config(tmp_path, sparsities=[0.5], max_failures=1)  # 2 schedules x 2 seeds
     path = tmp_path / "r" / "tiny"
-    monkeypatch.setenv(dense.CHAOS_ENV, "1@fail")  # seed 1's dense training raises, every attempt
+    monkeypatch.setenv(dense_phase.CHAOS_ENV, "1@fail")  # seed 1's dense training raises, every attempt
     assert main(["run", str(cfg), "--storage", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "the dense model of seed 1 could not be trained (" in err and "injected failure" in err
@@ -39,7 +40,7 @@ def test_a_failed_dense_seed_fails_only_its_trials_and_resume_runs_them(ray_sess
     assert (path / DENSE_DIR / dense_file(0)).exists() and not (path / DENSE_DIR / dense_file(1)).exists()
     assert [e["seed"] for e in _log(path)] == [0]
 
-    monkeypatch.delenv(dense.CHAOS_ENV)
+    monkeypatch.delenv(dense_phase.CHAOS_ENV)
     assert main(["resume", str(path)]) == 0
     df = load_experiment(path)
     assert completion(df, path) == {"expected": 4, "started": 4, "finished": 4, "diverged": 0, "missing": 0}
@@ -53,7 +54,7 @@ def test_killed_dense_training_continues_from_its_last_epoch(ray_session, tmp_pa
                        dense={"epochs": 4, "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64},
                        finetune={"epochs": 1, "batch_size": 64})
     assert main(["run", str(cfg), "--storage", str(tmp_path), "--name", "clean"]) == 0
-    monkeypatch.setenv(dense.CHAOS_ENV, "0@1")
+    monkeypatch.setenv(dense_phase.CHAOS_ENV, "0@1")
     assert main(["run", str(cfg), "--storage", str(tmp_path), "--name", "killed"]) == 0
     assert (tmp_path / "killed" / DENSE_DIR / ".chaos-killed-0").exists(), "the fault was not injected"
     (entry,) = _log(tmp_path / "killed")
@@ -72,8 +73,8 @@ def test_trials_of_a_seed_are_handed_out_once_its_dense_model_exists(tmp_path):
     points = expand(config)
     phase = SimpleNamespace(points=points[:-2], ready={1}, failed={}, reserved=False, poll=lambda: None,
                             release=lambda: None)
-    gate = dense.SeedGate()
-    with dense.active(phase):
+    gate = search.SeedGate()
+    with dense_phase.active(phase):
         assert gate.suggest("t") is None  # a dense training still waits for its resources: nothing yet
         phase.reserved = True
         given = []
@@ -90,7 +91,7 @@ def test_trials_of_a_seed_are_handed_out_once_its_dense_model_exists(tmp_path):
         # restored as saved: what was handed out is not handed out again; a grid grown since
         # (prunesweep extend) hands out its new points too
         phase.points = points
-        restored = dense.SeedGate()
+        restored = search.SeedGate()
         restored.restore(str(tmp_path / "gate.pkl"))
         again = []
         while (s := restored.suggest("t")) not in (None, Searcher.FINISHED):

@@ -10,9 +10,10 @@ import yaml
 
 from analysis import load_experiment
 from analysis.schema import CONFIG_FILE, DENSE_DIR, DENSE_LOG, PROVENANCE, TRIAL_RESULTS_FILE, split_provenance
-from sweeps import provenance, runner
+from sweeps import provenance
 from sweeps.cli import main
-from sweeps.config import ConfigError, validate
+from sweeps.config import validate
+from sweeps.experiment import write_experiment_file
 from sweeps.extend import grow
 
 from .conftest import TINY
@@ -35,7 +36,7 @@ def _experiment(tmp_path, config: dict):
     path = tmp_path / config["name"]
     path.mkdir()
     sweep = validate(config)
-    runner._write_experiment_file(str(path), sweep, provenance.record(sweep))
+    write_experiment_file(str(path), sweep, provenance.record(sweep))
     return path
 
 

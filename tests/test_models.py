@@ -318,7 +318,7 @@ def test_the_readmes_own_model_and_data_example_validates(tmp_path, monkeypatch,
 
 
 def test_a_torchvision_dense_checkpoint_must_fit_the_model_built_for_the_data(tmp_path, capsys):
-    from sweeps.train import dense_checkpoint
+    from sweeps.preflight import dense_checkpoint
 
     torch.save(build_model("torchvision:mobilenet_v3_small", 10, 1).state_dict(), tmp_path / "fits.pt")
     torch.save(build_model("torchvision:mobilenet_v3_small", 1000, 3).state_dict(), tmp_path / "imagenet.pt")
@@ -333,7 +333,7 @@ def test_a_torchvision_dense_checkpoint_must_fit_the_model_built_for_the_data(tm
 def test_the_builder_is_shipped_unless_the_ray_job_ships_code_itself(user_folder, monkeypatch):
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
-    from sweeps.runner import worker_code
+    from sweeps.ray_connection import worker_code
 
     folder, _ = user_folder
     config = validate({**SHORT, "model": "mymodels.nets:build"})

@@ -148,17 +148,19 @@ def test_fault_injection_fires_one_step_into_the_epoch(tmp_path, monkeypatch):
     import torch
 
     from sweeps import trainable
-    from sweeps.config import expand, validate
-    from sweeps.train import FinetuneRun, train_dense
+    from sweeps.config import validate
+    from sweeps.dense_training import train_dense
+    from sweeps.plan import expand
+    from sweeps.trial import TrialRun
 
     from .conftest import TINY
 
     sweep = validate({**TINY, "pruning": {"criterion": "gradient", "gradient_batches": 1},
                       "dense": {"epochs": 1, "batch_size": 64}, "finetune": {"epochs": 4, "batch_size": 64}})
     point = [p for p in expand(sweep) if p.schedule_kind == "gradual"][0]
-    run = FinetuneRun(sweep, point, train_dense(sweep, 0, torch.device("cpu")), torch.device("cpu"))
+    run = TrialRun.of_point(sweep, point, train_dense(sweep, 0, torch.device("cpu")), torch.device("cpu"))
     steps = {}
-    run.optimizer.register_step_post_hook(lambda *_: steps.update({run.epoch: steps.get(run.epoch, 0) + 1}))
+    run.learner.optimizer.register_step_post_hook(lambda *_: steps.update({run.epoch: steps.get(run.epoch, 0) + 1}))
     kills = []
     monkeypatch.setattr(trainable.os, "kill", lambda pid, sig: kills.append((run.epoch, steps.get(run.epoch, 0), sig)))
     trainable.kill_once_mid_epoch(run, 2, str(tmp_path / CHAOS_MARKER))  # epoch 3 starts with the second prune

@@ -177,3 +177,10 @@ def test_a_new_structure_is_one_registered_class(monkeypatch):
     masks = pc.prune(model, 0.5, structure="rows")
     assert list(masks) == ["8"] and masks["8"].all(dim=1).sum() == 2 and masks["8"].any(dim=1).sum() == 2
     assert pc.parse_structure("rows") == ("rows", None) and pc.nm_sparsity("rows") is None
+
+
+def test_a_structure_says_whether_it_needs_example_inputs():
+    assert pc.needs_example_inputs("filters")
+    assert not pc.needs_example_inputs("unstructured") and not pc.needs_example_inputs("2:4")
+    with pytest.raises(ValueError, match="structure must be"):
+        pc.needs_example_inputs("rows of 3")

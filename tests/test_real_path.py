@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+import pruning_core as pc
+
 from analysis import completion, load_experiment, storage
 from analysis.schema import CONFIG_FILE, DENSE_DIR, PROVENANCE, dense_file
 from benchmarks.synthetic import without_md5_check, write_cifar10_format
@@ -155,15 +157,16 @@ def test_resume_refuses_a_changed_config_unless_forced(tiny_experiment, tmp_path
 
 def test_absurd_learning_rate_diverges_into_a_final_report():
     """Real divergence (no injection): the run ends with a ``diverged`` report, nothing raises."""
-    from sweeps.config import expand
-    from sweeps.train import FinetuneRun, train_dense
+    from sweeps.dense_training import train_dense
+    from sweeps.plan import expand
+    from sweeps.trial import TrialRun
 
     sweep = validate({**TINY, "dense": {"epochs": 1, "batch_size": 64},
                       "finetune": {"epochs": 4, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 1e30}}})
     point = [p for p in expand(sweep) if p.schedule == "gradual2"][0]
     dense = train_dense(sweep, 0, torch.device("cpu"))
-    run = FinetuneRun(sweep, point, dense, torch.device("cpu"))
-    report = run.run_epoch()
+    run = TrialRun.of_point(sweep, point, dense, torch.device("cpu"))
+    [report] = run.run_epoch()
     assert run.done and report["diverged"] is True and report["diverged_epoch"] == report["epoch"] == 1
     assert report["budget_epochs"] == 4 and not report["train_loss"] < float("inf")
     assert run.load_state(run.state()) is None and run.done  # a restored diverged run stays ended
@@ -171,10 +174,10 @@ def test_absurd_learning_rate_diverges_into_a_final_report():
     # weights that are not finite when a prune is due: ends at the epoch reached, before pruning
     poisoned = {**dense, "state_dict": {k: v.clone() for k, v in dense["state_dict"].items()}}
     next(v for k, v in poisoned["state_dict"].items() if k.endswith("weight")).view(-1)[0] = float("nan")
-    run = FinetuneRun(sweep, point, poisoned, torch.device("cpu"))
-    report = run.run_epoch()
+    run = TrialRun.of_point(sweep, point, poisoned, torch.device("cpu"))
+    [report] = run.run_epoch()
     assert report["diverged"] is True and report["epoch"] == report["diverged_epoch"] == 1 and run.done
-    assert run.prunes_done == 0
+    assert all(pc.get_mask(m) is None for _, m in pc.prunable_modules(run.learner.model(0)))  # nothing pruned
 
 
 def test_diverged_trial_ends_is_not_retried_and_is_counted(ray_session, tmp_path, monkeypatch):
@@ -212,7 +215,7 @@ def test_diverged_trial_ends_is_not_retried_and_is_counted(ray_session, tmp_path
 
 
 def test_a_gpu_torch_cannot_see_is_an_error_not_a_silent_cpu_run(monkeypatch):
-    from sweeps.train import LOGICAL_GPU_ENV, device_for
+    from sweeps.loops import LOGICAL_GPU_ENV, device_for
 
     if torch.cuda.is_available():
         assert device_for(["0"]) == torch.device("cuda", 0)

@@ -2,7 +2,9 @@
 import pytest
 
 from sweeps.cli import main
-from sweeps.config import ConfigError, budget, expand, load_config, plan, validate
+from sweeps.config import ConfigError, load_config, validate
+from sweeps.plan import budget, expand
+from sweeps.plan import phases as plan
 
 from .conftest import TINY, write_config
 
@@ -155,7 +157,7 @@ def test_resume_of_a_folder_that_is_no_experiment(tmp_path, capsys):
 def test_lr_schedules_epoch_by_epoch():
     import math
 
-    from sweeps.retrain import schedule_lrs
+    from sweeps.optimizers import schedule_lrs
 
     def lrs(kind, epochs, lr=0.1):
         return schedule_lrs(kind, lr, epochs)

@@ -1,0 +1,30 @@
+"""What exists only so that experiments written by older prunesweep versions still open: in one place."""
+from __future__ import annotations
+
+import sys
+
+# modules renamed since experiments pickled classes from them (Ray Tune's tuner.pkl and searcher
+# state name the search algorithm's module): old name -> where those classes live now
+MOVED_MODULES = {"sweeps.dense": "sweeps.search"}
+LEGACY_KEEP = "checkpoints_to_keep"  # before checkpoint.keep; experiments that recorded it still resume
+
+
+def alias_moved_modules() -> None:
+    """Let pickles that name a module by its old name (:data:`MOVED_MODULES`) find it."""
+    import importlib
+
+    for old, new in MOVED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+
+
+def upgrade_config(raw: dict) -> dict:
+    """A raw config with the fields of older versions renamed to today's (a ValueError names a clash)."""
+    if not isinstance(raw, dict) or LEGACY_KEEP not in raw:
+        return raw
+    raw = dict(raw)
+    keep = raw.pop(LEGACY_KEEP)
+    section = raw.get("checkpoint")
+    if isinstance(section, dict) and "keep" in section:
+        raise ValueError(f"{LEGACY_KEEP}: give checkpoint.keep only ({LEGACY_KEEP} is its old name)")
+    raw["checkpoint"] = {**(section if isinstance(section, dict) else {}), "keep": keep}
+    return raw

@@ -1,0 +1,178 @@
+"""Connecting to Ray (a local one it starts, or a cluster), and refusing before any trial starts
+what that Ray cannot run: resources it lacks, a GPU torch cannot see, a model its workers cannot import."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+
+from analysis.messages import one_line
+
+from . import ray_private
+from .config import ConfigError, SweepConfig
+from .models import builder_source, import_builder
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how a sweep gets its Ray: ``address`` (None starts a local Ray, with a dashboard
+    on ``dashboard_host`` unless ``dashboard`` is off); ``autoscale``: the cluster adds nodes on
+    demand, so resources it lacks now are requested rather than refused."""
+
+    address: str | None = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    autoscale: bool = False
+
+
+def worker_code(config: SweepConfig) -> dict | None:
+    """Ray's runtime environment that ships the user's model builder (its top-level package, or its
+    one file) to every worker, on this machine and on a cluster; None when there is nothing to ship,
+    or when the Ray job this driver runs in (``ray job submit``) already ships code of its own
+    (``--working-dir``, ``py_modules``), which Ray would refuse to merge with ours."""
+    source = builder_source(config.model)
+    job = ray_private.job_runtime_env()
+    if not source or "working_dir" in job or "py_modules" in job:
+        return None
+    return {"py_modules": [source]}
+
+
+def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
+    """Use the Ray already initialised here, connect to ``options.address``, or start a local one,
+    with ``runtime_env`` for this job's workers.
+
+    Returns True if this call started (and so must shut down) the connection.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if options.address:
+        ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env)
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
+    else:
+        ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
+                       runtime_env=runtime_env)
+        url = getattr(ctx, "dashboard_url", None)
+        if options.dashboard and url:
+            print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
+            if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
+                print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
+                      "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
+    return True
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _token_auth() -> bool:
+    """Whether this Ray session uses token authentication (Ray sets RAY_AUTH_MODE=token when it
+    turns it on by default, as for a local cluster)."""
+    return os.environ.get(AUTH_MODE_ENV, "").lower() == "token"
+
+
+def _token_hint(remote: bool) -> str:
+    """What the dashboard will ask for, and where to get it."""
+    if not _token_auth():
+        return "no token authentication (RAY_AUTH_MODE is not token)"
+    where = ("the cluster's token (the ~/.ray/auth_token its nodes were started with; `ray get-auth-token` "
+             "on the head prints it)" if remote else "the token `ray get-auth-token` prints (~/.ray/auth_token)")
+    return (f"it asks for {where}. The sweep's trials are under Jobs when the sweep was submitted with "
+            "`ray job submit`, else under Actors (one per running trial) and Tune's table printed here")
+
+
+@contextlib.contextmanager
+def ray_session(config: SweepConfig, options: RayOptions):
+    """Connect (:func:`connect`), refuse what the cluster cannot run (:func:`check_resources`),
+    and on the way out withdraw an autoscaler request it made and shut down what it started."""
+    code = worker_code(config)
+    started = connect(options, code)
+    requested = False
+    try:
+        source = builder_source(config.model)
+        if source and not (code and started):  # a builder prunesweep did not ship: can the workers import it?
+            _check_importable(config.model, {"py_modules": [source]})
+        requested = check_resources(config, options.autoscale)
+        yield
+    finally:
+        if requested:  # Ray keeps a request until it is replaced: without this no GPU node would ever go
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def check_resources(config: SweepConfig, autoscale: bool = False) -> bool:
+    """Refuse, before any trial starts, a request the cluster can never meet; with ``autoscale``,
+    ask the autoscaler for a node that fits a trial instead. Returns whether it asked."""
+    import ray
+
+    total = ray.cluster_resources()
+    res = config.resources
+    if res.gpu > 0 and total.get("GPU", 0) == 0 and not autoscale:
+        have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
+        raise ConfigError(
+            f"resources.gpu: each trial asks for {res.gpu:g} GPU but the Ray cluster has none ({have}); "
+            "set resources.gpu: 0, connect to a cluster with GPUs (--address), or pass --autoscale if the "
+            "cluster launcher adds GPU nodes on demand"
+        )
+    if res.cpu > total.get("CPU", 0) and not autoscale:
+        raise ConfigError(f"resources.cpu: each trial asks for {res.cpu:g} CPUs but the cluster has {total.get('CPU', 0):g}")
+    if autoscale and (res.gpu > 0 or res.cpu > total.get("CPU", 0)):
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})}])
+        return True
+    if res.gpu > 0:
+        _check_gpu_visible(res.gpu)
+    return False
+
+
+def _import_builder(name: str) -> None:
+    import_builder(name)
+
+
+def _check_importable(name: str, code: dict) -> None:
+    """Refuse a user model that the workers cannot import, where prunesweep did not ship it itself
+    (a Ray this process already runs, a Ray job that ships code of its own)."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        ray.get(ray.remote(_import_builder).options(num_cpus=0).remote(name))
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise ConfigError(f"model {name!r}: the Ray workers cannot import it ({one_line(cause)}); let "
+                          f"prunesweep start or connect to Ray, or give the job runtime_env={code}") from None
+
+
+def _gpu_device() -> str:
+    import ray
+
+    from .loops import device_for
+
+    return str(device_for(ray.get_gpu_ids()))
+
+
+def _check_gpu_visible(gpu: float, timeout_s: float = 120) -> None:
+    """One task with a trial's GPU share: refuse the sweep if torch there cannot see the GPU Ray
+    gives it (rather than every trial failing and being retried)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayTaskError
+
+    probe = ray.remote(_gpu_device).options(num_cpus=0, num_gpus=gpu).remote()
+    try:
+        ray.get(probe, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(probe, force=True)
+        print(f"warning: no GPU came free within {timeout_s:g} s to check that torch sees it; going on",
+              file=sys.stderr, flush=True)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise ConfigError(f"resources.gpu: {one_line(cause)}") from None
