@@ -9,15 +9,27 @@ from __future__ import annotations
 import pandas as pd
 
 from .experiment_file import read_config
-from .schema import BUDGET_EPOCHS, EPOCH, TARGET_SPARSITY, TRIAL_ID, is_diverged, is_finished, trial_points
+from .schema import (BUDGET_EPOCHS, EPOCH, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TRIAL_ID, is_diverged,
+                     is_finished, trial_points)
+
+# the order reports are kept in: by trial point, then Ray Tune's (random) trial id and the epoch, so that
+# the same reports give the same tables to the last digit, whatever ids a run drew
+POINT_ORDER = (SCHEDULE, RETRAIN, SEED, TRIAL_ID, TARGET_SPARSITY, EPOCH)
+
+
+def in_point_order(df: pd.DataFrame) -> pd.DataFrame:
+    """``df``'s rows in :data:`POINT_ORDER` (by the columns it has), indexed 0..n-1."""
+    keys = [k for k in POINT_ORDER if k in df]
+    return df.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
 
 
 def final_results(df: pd.DataFrame) -> pd.DataFrame:
-    """The last report of each trial at each target sparsity (one row per rung for a ladder)."""
+    """The last report of each trial at each target sparsity (one row per rung for a ladder), in
+    :data:`POINT_ORDER`."""
     if df.empty:
         return df
     order = df.sort_values([TRIAL_ID, TARGET_SPARSITY, EPOCH])
-    return order.groupby([TRIAL_ID, TARGET_SPARSITY], as_index=False, sort=True).tail(1).reset_index(drop=True)
+    return in_point_order(order.groupby([TRIAL_ID, TARGET_SPARSITY], as_index=False, sort=True).tail(1))
 
 
 def is_complete(finals: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,7 @@ import fnmatch
 import pandas as pd
 
 from . import experiment_file, legacy, storage, trial_results
+from .completeness import in_point_order
 from .messages import one_line
 from .schema import (ARM, EPOCH, EXPERIMENT_STATE_GLOB, FINETUNE, LAYER_SPARSITY, RESULT_FILE, RETRAIN, SCHEDULE,
                      SEED, TARGET_SPARSITY, TRIAL_ID, TRIAL_RESULTS_FILE, TUNER_FILE, arm)
@@ -17,7 +18,7 @@ KEYS = [TRIAL_ID, SCHEDULE, TARGET_SPARSITY, SEED]
 
 def load_experiment(path) -> pd.DataFrame:
     """One row per epoch of every trial: ``trial_id``, the declared metrics (``layer_sparsity.<layer>``
-    one column per layer) and the trial's ``arm`` (:func:`with_arms`), sorted by trial and epoch.
+    one column per layer) and the trial's ``arm`` (:func:`with_arms`), in the order of :data:`analysis.completeness.POINT_ORDER` (a trial's rows together, by epoch).
 
     Reads each trial's results file (:data:`analysis.schema.TRIAL_RESULTS_FILE`) as one columnar
     dataset, from a local folder or straight from a URI (``s3://bucket/prefix/name``); needs Ray
@@ -50,7 +51,7 @@ def load_experiment(path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=KEYS + [EPOCH])
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return with_arms(df.sort_values([TRIAL_ID, EPOCH], kind="stable").reset_index(drop=True))
+    return with_arms(in_point_order(df))
 
 
 def with_arms(df: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from .completeness import final_results, healthy, is_complete
+from .completeness import final_results, healthy, in_point_order, is_complete
 from .load import with_arms
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
                      TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better)
@@ -25,12 +25,14 @@ UNFINISHED, MISSING = "unfinished", "missing"
 
 def last_reports(df: pd.DataFrame) -> pd.DataFrame:
     """The last report of every trial at every target sparsity, finished or not (unique index), with
-    its arm: what :func:`summarize`, :func:`compare` and :func:`default_comparisons` take values from.
-    Given these instead of ``df`` they return the same tables, so an analysis computes them once."""
+    its arm, in trial-point order (:data:`analysis.completeness.POINT_ORDER`: the same reports give
+    the same tables to the last digit): what :func:`summarize`, :func:`compare` and
+    :func:`default_comparisons` take values from. Given these instead of ``df`` they return the same
+    tables, so an analysis computes them once."""
     df = with_arms(df)
     if EPOCH in df and df.duplicated([TRIAL_ID, TARGET_SPARSITY]).any():
         return final_results(df)
-    return df.reset_index(drop=True)
+    return in_point_order(df)
 
 
 def t_interval(mean: float, sd: float, n: int) -> tuple[float, float, float]:

@@ -690,3 +690,23 @@ def test_the_report_renders_one_computed_analysis(tmp_path):
     files = write_report(path, tmp_path / "out", error="std", effect=0.01)
     assert open(files["report"]).read() == report_text(a)
     assert "1 trial(s) missing or unfinished" in report_text(a)
+
+
+def test_the_same_reports_give_the_same_tables_to_the_last_digit_whatever_the_trial_ids():
+    """Ray Tune draws random trial ids: two runs of one sweep report the same numbers under other
+    ids, and the tables must not change even in their last digit (sums run in trial-point order)."""
+    from analysis import compare_all
+
+    rng = np.random.default_rng(3)
+    values = {(s, p): list(rng.uniform(0.1, 0.9, 7)) for s in ("instant", "gradual") for p in (0.5, 0.9)}
+    base = frame(values)
+    tables = []
+    for ids in (sorted(base["trial_id"].unique()), sorted(base["trial_id"].unique(), reverse=True),
+                list(rng.permutation(sorted(base["trial_id"].unique())))):
+        renamed = base.assign(trial_id=base["trial_id"].map(dict(zip(sorted(base["trial_id"].unique()), ids))))
+        shuffled = renamed.sample(frac=1, random_state=len(tables)).sort_values("trial_id")  # as loaded: by id
+        tables.append((summarize(shuffled).to_csv(), compare_all(shuffled).to_csv()))
+    assert tables[0] == tables[1] == tables[2]
+    # the order matters at all: summed in another order, these values round differently
+    per_group = values["instant", 0.5]
+    assert any(sum(per_group) != sum(np.random.default_rng(k).permutation(per_group)) for k in range(50))
