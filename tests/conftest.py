@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.s3)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
+        else:  # under pytest-xdist (make test), one worker runs them all, with the session's one Ray
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +49,26 @@ def record_fault(survived: bool, trials_lost: int) -> None:
     FAULTS["injected"] += 1
     FAULTS["survived"] += int(survived)
     FAULTS["trials_lost"] += trials_lost
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its fault figures to the controller (:func:`pytest_testnodedown`)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["faults"] = dict(FAULTS)
+
+
+class _WorkerFaults:
+    """The controller's side of the hand-over (an xdist hook, so registered only where xdist runs)."""
+
+    @staticmethod
+    def pytest_testnodedown(node, error):
+        for key, value in getattr(node, "workeroutput", {}).get("faults", {}).items():
+            FAULTS[key] += value
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_WorkerFaults())
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -154,6 +176,42 @@ def tune_rows(trial_dir) -> list[dict]:
     from analysis.schema import RESULT_FILE
 
     return [json.loads(line) for line in (Path(trial_dir) / RESULT_FILE).read_text().splitlines() if line.strip()]
+
+
+def uninterrupted(experiment) -> "pd.DataFrame":
+    """Every report the experiment's trials give when each runs from start to end in this process
+    (one thread, as a trial with ``resources.cpu: 1`` does; from the experiment's own dense models),
+    in the columns and row order :func:`analysis.load_experiment` gives the experiment's own: the
+    reference an interrupted run of it must equal."""
+    import io
+
+    import pandas as pd
+    import torch
+
+    from analysis import storage, trial_results
+    from analysis.completeness import in_point_order
+    from analysis.load import with_arms
+    from analysis.schema import DENSE_DIR, dense_file
+    from sweeps.experiment import experiment_config
+    from sweeps.plan import expand
+    from sweeps.trial import TrialRun
+
+    config, _ = experiment_config(str(experiment))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tables = []
+    try:
+        for i, point in enumerate(expand(config)):
+            file = storage.join(str(experiment), DENSE_DIR, dense_file(point.seed))
+            dense = torch.load(io.BytesIO(storage.read_bytes(file)), map_location="cpu", weights_only=False)
+            run = TrialRun.of_point(config, point, dense, torch.device("cpu"))
+            reports = []
+            while not run.done:
+                reports += run.run_epoch()
+            tables.append(trial_results.to_table(f"in-process-{i}", reports, run.learner.layers))
+    finally:
+        torch.set_num_threads(threads)
+    return with_arms(in_point_order(pd.concat([t.to_pandas() for t in tables], ignore_index=True)))
 
 
 def write_config(folder: Path, name="tiny.yaml", **changes) -> Path:

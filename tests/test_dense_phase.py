@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import torch
+import yaml
 from ray.tune.search import Searcher
 
 from analysis import completion, load_experiment, storage
@@ -12,6 +13,7 @@ from analysis.schema import DENSE_DIR, DENSE_LOG, PARAM, dense_file
 from sweeps import dense_phase, search
 from sweeps.cli import main
 from sweeps.config import validate
+from sweeps.dense_training import train_dense
 from sweeps.plan import expand
 from sweeps.progress import ProgressLine
 
@@ -53,13 +55,19 @@ def test_killed_dense_training_continues_from_its_last_epoch(ray_session, tmp_pa
     cfg = write_config(tmp_path, seeds=1, sparsities=[0.5], schedules=[{"name": "instant", "kind": "instant"}],
                        dense={"epochs": 4, "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64},
                        finetune={"epochs": 1, "batch_size": 64})
-    assert main(["run", str(cfg), "--storage", str(tmp_path), "--name", "clean"]) == 0
     monkeypatch.setenv(dense_phase.CHAOS_ENV, "0@1")
     assert main(["run", str(cfg), "--storage", str(tmp_path), "--name", "killed"]) == 0
     assert (tmp_path / "killed" / DENSE_DIR / ".chaos-killed-0").exists(), "the fault was not injected"
     (entry,) = _log(tmp_path / "killed")
     assert entry["resumed_from_epoch"] == 1 and entry["epochs"] == 4
-    clean, killed = _dense(tmp_path / "clean", 0), _dense(tmp_path / "killed", 0)
+    # the uninterrupted training: in this process, one thread, as the task's resources.cpu: 1 gives it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clean = train_dense(validate(yaml.safe_load(cfg.read_text())), 0, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    killed = _dense(tmp_path / "killed", 0)
     assert clean["state_dict"].keys() == killed["state_dict"].keys()
     assert all(torch.equal(clean["state_dict"][k], killed["state_dict"][k]) for k in clean["state_dict"])
     assert clean["test_accuracy"] == killed["test_accuracy"]
