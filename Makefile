@@ -23,7 +23,7 @@ sweep: $(STAMP)
 
 # pytest's exit code 5 (no tests collected) is a failure, not a pass.
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations=20; rc=$$?; \
+	$(PY) -m pytest tests -q -p no:cacheprovider -n 2 --dist loadscope --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
 
 # the unit tier: everything that needs neither Ray nor an S3 server (markers in pyproject.toml)

@@ -28,8 +28,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.s3)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
-        else:  # under pytest-xdist (make test), one worker runs them all, with the session's one Ray
-            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +176,7 @@ def tune_rows(trial_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(trial_dir) / RESULT_FILE).read_text().splitlines() if line.strip()]
 
 
-def uninterrupted(experiment) -> "pd.DataFrame":
+def uninterrupted(experiment):
     """Every report the experiment's trials give when each runs from start to end in this process
     (one thread, as a trial with ``resources.cpu: 1`` does; from the experiment's own dense models),
     in the columns and row order :func:`analysis.load_experiment` gives the experiment's own: the
@@ -236,3 +234,4 @@ def tiny_experiment(ray_session, tmp_path_factory):
     cfg = write_config(folder, schedules=TINY["schedules"] + [{"name": "ladder", "kind": "ladder"}])
     assert main(["run", str(cfg), "--storage", str(folder / "results"), "--name", "tiny"]) == 0
     return folder / "results" / "tiny"
+
