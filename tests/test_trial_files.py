@@ -57,8 +57,11 @@ def test_checkpoint_every_n_epochs_resumes_with_equal_numbers(ray_session, tmp_p
     rows = tune_rows(trial)
     saved = [r["epoch"] for r in rows if r.get("should_checkpoint")]
     assert saved == [3, 6, 8]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert [r["iterations_since_restore"] for r in rows] == [1, 2, 3, 1, 2, 3, 4, 5]  # restored after epoch 3
+    # epoch 4's report reached Ray Tune before the worker died, or did not (a race with the kill): the
+    # restored trial reports epochs 4 to 8 again, from the epoch-3 checkpoint
+    assert [r["epoch"] for r in rows] in ([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 4, 5, 6, 7, 8])
+    assert [(r["epoch"], r["iterations_since_restore"]) for r in rows[-5:]] == [(4, 1), (5, 2), (6, 3), (7, 4), (8, 5)]
+    assert [r["iterations_since_restore"] for r in rows[:3]] == [1, 2, 3]
     # equal to the same trial run without interruption (in this process, from the same dense model)
     chaos = load_experiment(storage / "chaos")
     numbers = [c for c in chaos.columns if not c.endswith("_s") and c not in ("trial_id", "node_id", "device", "gpu_ids")]
