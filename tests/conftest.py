@@ -19,7 +19,20 @@ TIERS = ("ray", "s3", "cluster")
 RAY_FIXTURES = {"ray_session", "tiny_experiment", "reference"}
 
 
+# the modules with the longest Ray tests, longest first: `make test` runs modules on two pytest-xdist
+# workers in the order collected, so these go first and the short ones fill the gaps at the end
+LONGEST_FIRST = ("test_nothing_lost", "test_benchmarks_and_cli", "test_dense_phase", "test_cluster", "test_models",
+                 "test_real_path", "test_extend", "test_analysis", "test_sweeps_ray", "test_trial_files",
+                 "test_contract")
+
+
+def _module_rank(item) -> int:
+    name = item.module.__name__.rpartition(".")[2] if getattr(item, "module", None) else ""
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_module_rank)  # stable: a module's tests keep their order
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & RAY_FIXTURES:
