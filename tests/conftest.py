@@ -19,20 +19,7 @@ TIERS = ("ray", "s3", "cluster")
 RAY_FIXTURES = {"ray_session", "tiny_experiment", "reference"}
 
 
-# the modules with the longest Ray tests, longest first: `make test` runs modules on two pytest-xdist
-# workers in the order collected, so these go first and the short ones fill the gaps at the end
-LONGEST_FIRST = ("test_nothing_lost", "test_benchmarks_and_cli", "test_dense_phase", "test_cluster", "test_models",
-                 "test_real_path", "test_extend", "test_analysis", "test_sweeps_ray", "test_trial_files",
-                 "test_contract")
-
-
-def _module_rank(item) -> int:
-    name = item.module.__name__.rpartition(".")[2] if getattr(item, "module", None) else ""
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=_module_rank)  # stable: a module's tests keep their order
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & RAY_FIXTURES:
@@ -68,18 +55,37 @@ def pytest_sessionfinish(session):
         session.config.workeroutput["faults"] = dict(FAULTS)
 
 
-class _WorkerFaults:
-    """The controller's side of the hand-over (an xdist hook, so registered only where xdist runs)."""
+# the modules whose tests share the session's tiny sweep (`tiny_experiment`): under pytest-xdist
+# (`make test`, by module) they run as one unit on one worker, so that the sweep is built once
+TINY_MODULES = ("test_analysis", "test_extend", "test_real_path", "test_sweeps_ray")
+
+
+class _XdistHooks:
+    """The controller's pytest-xdist hooks (registered only where xdist runs): the fault figures the
+    workers hand over, and work units by module with the tiny sweep's modules as one."""
 
     @staticmethod
     def pytest_testnodedown(node, error):
         for key, value in getattr(node, "workeroutput", {}).get("faults", {}).items():
             FAULTS[key] += value
 
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadscope":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModule(LoadScopeScheduling):
+            def _split_scope(self, nodeid):
+                module = nodeid.split("::", 1)[0]
+                return "tiny sweep" if Path(module).stem in TINY_MODULES else module
+
+        return ByModule(config, log)
+
 
 def pytest_configure(config):
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_WorkerFaults())
+        config.pluginmanager.register(_XdistHooks())
 
 
 def pytest_terminal_summary(terminalreporter):
