@@ -211,6 +211,12 @@ BY_NAME = {m.name: m for m in METRICS}
 TUNE_METRICS = tuple(m.name for m in METRICS if m.tune)
 
 
+def compression_ratio(sparsity: float) -> float:
+    """``compression_ratio``: 1 / (1 - sparsity), how many times fewer nonzero prunable weights
+    (infinite when all are pruned)."""
+    return 1.0 / (1.0 - sparsity) if sparsity < 1 else float("inf")
+
+
 def for_tune(report: Mapping[str, Any]) -> dict:
     """The part of a report that Ray Tune gets (:data:`TUNE_METRICS`; the diverged fields only
     when a trial diverged, so healthy trials cost Tune no statistics for them)."""

@@ -123,7 +123,7 @@ def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4
         acc = final - 0.05 * np.exp(-epoch / 5) + rng.normal(0, 0.002, epochs)
         layer = {name: float(min(0.999, p.target_sparsity * rng.uniform(0.9, 1.1))) for name in layers}
         reports = [{**p.report_fields(p.target_sparsity), "sparsity": p.target_sparsity,
-                    "compression_ratio": 1 / (1 - p.target_sparsity), "step": 1, schema.EPOCH: int(e),
+                    "compression_ratio": schema.compression_ratio(p.target_sparsity), "step": 1, schema.EPOCH: int(e),
                     schema.BUDGET_EPOCHS: epochs, "lr": 0.01, "train_loss": float(1 - a), "train_accuracy": float(a),
                     "test_loss": float(1.1 - a), schema.TEST_ACCURACY: float(a), "dense_test_accuracy": 0.92,
                     "nonzero_params": 27000, "prunable_params": 270000, "epoch_time_s": 15.0,

@@ -16,20 +16,12 @@ from analysis.schema import CONFIG_FILE, PROVENANCE
 from . import provenance
 from . import trackers as tracking
 from .config import ConfigError, SweepConfig, validate
-from .preflight import check_snapshots, preflight
+from .preflight import check_snapshots, location, preflight
 
 
-def location(path: str, what: str) -> str:
-    """``path`` normalised (:func:`analysis.storage.normalise`), or a ConfigError naming ``what``."""
-    try:
-        return storage.normalise(path)
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-
-
-def experiment_path(storage_path: str, name: str) -> str:
-    """Where the experiment ``name`` lives under ``--storage``: ``<storage>/<name>``."""
-    return storage.join(location(storage_path, "--storage"), name)
+def experiment_path(root: str, name: str) -> str:
+    """Where the experiment ``name`` lives under ``--storage`` ``root`` (normalised): ``<storage>/<name>``."""
+    return storage.join(root, name)
 
 
 def check_storage(storage_path: str) -> None:

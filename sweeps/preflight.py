@@ -26,16 +26,22 @@ from .plan import rewind_epochs
 from .torch_files import SNAPSHOTS, load_torch, read_checkpoint
 
 
+def location(path: str, what: str) -> str:
+    """``path`` normalised (:func:`analysis.storage.normalise`: local paths absolute), or a
+    ConfigError naming ``what`` (the field or argument that gave it)."""
+    try:
+        return storage.normalise(path)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def resolve_paths(config: SweepConfig) -> SweepConfig:
     """``config`` with its local paths absolute (URIs unchanged)."""
     dataset, dense = config.dataset, config.dense
     if dataset.root is not None and not storage.is_uri(dataset.root):
         dataset = dataset.model_copy(update={"root": storage.normalise(dataset.root)})
     if dense.checkpoint is not None:
-        try:
-            dense = dense.model_copy(update={"checkpoint": storage.normalise(dense.checkpoint)})
-        except ValueError as exc:
-            raise ConfigError(f"dense.checkpoint: {exc}") from None
+        dense = dense.model_copy(update={"checkpoint": location(dense.checkpoint, "dense.checkpoint")})
     return config.model_copy(update={"dataset": dataset, "dense": dense})
 
 

@@ -1,4 +1,4 @@
-"""Every private Ray API prunesweep relies on, in one place (tested attribute by attribute in
+"""Every private Ray API prunesweep relies on, in one place (each used on real Ray objects in
 ``tests/test_ray_private.py``, so that a Ray upgrade that removes one fails there, naming it).
 ``pyproject.toml`` pins Ray to the minor version these were read from.
 
@@ -16,9 +16,7 @@ RAY_VERSION_TESTED = "2.60"
 # (module, attribute): what each use below needs, for the test and for a clear error
 USES = {
     "job_runtime_env": ("ray._private.runtime_env.constants", "RAY_JOB_CONFIG_JSON_ENV_VAR"),
-    "restored_tune_config": ("ray.tune.impl.tuner_internal", "TunerInternal._tune_config"),
-    "restored_run_config": ("ray.tune.impl.tuner_internal", "TunerInternal.get_run_config"),
-    "local_tuner": ("ray.tune.tuner", "Tuner._local_tuner"),
+    "restored_tuner": ("ray.tune.tuner", "Tuner._local_tuner (its _tune_config and get_run_config())"),
     "search_finished": ("ray.tune.search.search_generator", "SearchGenerator._finished"),
 }
 
@@ -54,7 +52,7 @@ def replace_restored(tuner, search_alg, callbacks) -> None:
         internal._tune_config.max_concurrent_trials = None
         run_config = internal.get_run_config()
     except AttributeError as exc:
-        raise _missing("restored_tune_config", exc) from None
+        raise _missing("restored_tuner", exc) from None
     run_config.callbacks = callbacks(run_config.callbacks or [])
 
 

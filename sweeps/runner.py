@@ -9,9 +9,9 @@ from analysis import storage
 from . import provenance
 from . import trackers as tracking
 from .config import ConfigError, SweepConfig
-from .experiment import check_storage, experiment_path, location, reopen, write_experiment_file
+from .experiment import check_storage, experiment_path, reopen, write_experiment_file
 from .extend import grow
-from .preflight import dense_checkpoint, preflight
+from .preflight import dense_checkpoint, location, preflight
 from .ray_connection import RayOptions, ray_session
 from .tuning import Outcome, fit
 
@@ -22,8 +22,9 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
 
     Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
     before the experiment folder is made."""
-    path = experiment_path(storage_path, name or config.name)
-    check_storage(location(storage_path, "--storage"))
+    root = location(storage_path, "--storage")
+    path = experiment_path(root, name or config.name)
+    check_storage(root)
     if storage.exists(path):
         raise ConfigError(
             f"experiment {path} already exists: continue it with `prunesweep resume {path}` "

@@ -12,16 +12,12 @@ from typing import Sequence
 
 import torch
 
-from analysis.schema import BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY
+from analysis.schema import (BUDGET_EPOCHS, DIVERGED, DIVERGED_EPOCH, EPOCH, LAYER_SPARSITY, TEST_ACCURACY,
+                             compression_ratio)
 
 from .learner import Learner, ModelLearner
 from .plan import Epoch, TrialPlan, trial_plan
 from .torch_files import SNAPSHOTS
-
-
-def compression_ratio(sparsity: float) -> float:
-    """1 / (1 - sparsity): how many times fewer nonzero prunable weights (infinite when all are pruned)."""
-    return 1.0 / (1.0 - sparsity) if sparsity < 1 else float("inf")
 
 
 class TrialRun:

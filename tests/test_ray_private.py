@@ -53,7 +53,7 @@ def test_a_missing_private_api_is_one_clear_error():
     with pytest.raises(ray_private.RayChanged, match=r"has no ray.tune.search.search_generator.SearchGenerator._finished"
                                                      r".*tested with Ray 2\.60\.x"):
         ray_private.reopen_search(object())
-    with pytest.raises(ray_private.RayChanged, match=r"TunerInternal._tune_config"):
+    with pytest.raises(ray_private.RayChanged, match=r"ray.tune.tuner.Tuner._local_tuner \(its _tune_config"):
         ray_private.replace_restored(object(), None, list)
 
 
