@@ -7,7 +7,7 @@ the two) without loading pandas or matplotlib into every trial.
 import importlib
 
 _EXPORTS = {
-    "load_experiment": "load", "NotAnExperiment": "experiment_file",
+    "load_experiment": "load", "NotAnExperiment": "experiment_file", "DuplicateTrials": "attempts",
     "final_results": "completeness", "completion": "completeness", "healthy": "completeness",
     "diverged": "completeness", "complete_results": "completeness", "is_complete": "completeness",
     "analyse": "computed", "Analysis": "computed",
@@ -16,7 +16,7 @@ _EXPORTS = {
     "plot_difference_vs_sparsity": "plots",
     "write_report": "report",
 }
-_MODULES = ("schema", "storage", "experiment_file", "trial_results", "legacy", "load", "completeness", "stats",
+_MODULES = ("schema", "storage", "experiment_file", "attempts", "trial_results", "legacy", "load", "completeness", "stats",
             "computed", "messages", "plots", "report", "cli")
 __all__ = list(_EXPORTS)
 

@@ -6,9 +6,10 @@ import math
 import sys
 
 from .experiment_file import NotAnExperiment
+from . import storage
 from .messages import one_line
 from .report import write_report
-from .schema import TEST_ACCURACY, is_percent
+from .schema import LOCK_FILE, TEST_ACCURACY, is_percent
 from .stats import ERROR_BARS
 
 
@@ -20,6 +21,18 @@ def _positive(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
     return value
+
+
+def _lease(experiment: str) -> str | None:
+    """Who holds the experiment's lease (a driver running it), as its lease file says, or None."""
+    import json
+
+    file = storage.join(storage.normalise(experiment), LOCK_FILE)
+    try:
+        lease = json.loads(storage.read_bytes(file))
+        return f"`prunesweep {lease['command']}` (process {lease['pid']} on {lease['host']}) holds its lease"
+    except Exception:  # no lease, or one that cannot be read: nothing to say
+        return None
 
 
 def main(argv=None) -> int:
@@ -39,6 +52,10 @@ def main(argv=None) -> int:
     except (NotAnExperiment, ValueError, OSError) as exc:
         print(f"prunesweep analyze: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
+    running = _lease(args.experiment)
+    if running:
+        print(f"note: {running}: a driver may still be running the experiment (or was killed); the report "
+              "covers the trials finished so far", file=sys.stderr)
     print(f"report: {files['report']}")
     for key in ("summary", "comparison"):
         print(f"{key}: {files[key]}")

@@ -7,7 +7,7 @@ import fnmatch
 
 import pandas as pd
 
-from . import experiment_file, legacy, storage, trial_results
+from . import attempts, experiment_file, legacy, storage, trial_results
 from .completeness import in_point_order
 from .messages import one_line
 from .schema import (ARM, EPOCH, EXPERIMENT_STATE_GLOB, FINETUNE, LAYER_SPARSITY, RESULT_FILE, RETRAIN, SCHEDULE,
@@ -24,7 +24,8 @@ def load_experiment(path) -> pd.DataFrame:
     dataset, from a local folder or straight from a URI (``s3://bucket/prefix/name``); needs Ray
     neither running nor imported. A trial folder without one (an experiment from before these
     files, or a trial that has not reached its first checkpoint) is read from Ray Tune's
-    ``result.json`` instead, whatever that holds (:mod:`analysis.legacy`).
+    ``result.json`` instead, whatever that holds (:mod:`analysis.legacy`). Of a point's attempts only
+    the one that counts is read (:func:`counted_attempts`).
     Raises :class:`analysis.experiment_file.NotAnExperiment` if ``path`` holds no experiment.
     """
     root = storage.normalise(str(path))
@@ -51,7 +52,19 @@ def load_experiment(path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=KEYS + [EPOCH])
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return with_arms(in_point_order(df))
+    return with_arms(in_point_order(counted_attempts(df)))
+
+
+def counted_attempts(df: pd.DataFrame) -> pd.DataFrame:
+    """The reports of the trial that counts for each point (:func:`analysis.attempts.counted`):
+    attempts superseded by a resumed one are left out; a point finished twice raises
+    :class:`analysis.attempts.DuplicateTrials`."""
+    if df.empty or SCHEDULE not in df:
+        return df
+    last = df.sort_values([TRIAL_ID, EPOCH], kind="stable").groupby(TRIAL_ID).tail(1)
+    tries = [attempts.attempt(row[TRIAL_ID], row) for row in last.to_dict("records")]
+    keep = {a.trial_id for a in attempts.counted(tries).values()}
+    return df if len(keep) == len(tries) else df[df[TRIAL_ID].isin(keep)]
 
 
 def with_arms(df: pd.DataFrame) -> pd.DataFrame:

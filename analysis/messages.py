@@ -1,5 +1,24 @@
-"""How prunesweep words what went wrong: an exception as one line of a message."""
+"""How prunesweep words what went wrong: an exception as one line of a message, a value cut short."""
 from __future__ import annotations
+
+import reprlib
+
+SHORT = 80  # characters of a value that a message echoes
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxtuple, _repr.maxset = 2, 6, 6, 6, 6
+_repr.maxstring = _repr.maxother = _repr.maxlong = SHORT
+
+
+def short(value, limit: int = SHORT) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters with "…"; a deep or long container
+    (a YAML file's nested aliases can stand for billions of items) is shown by its first items
+    only, so the time this takes does not grow with the value."""
+    try:
+        text = " ".join(_repr.repr(value).split())
+    except ValueError:  # an integer past Python's 4,300 digits for str()
+        text = f"<a {type(value).__name__} too long to show>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

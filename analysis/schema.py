@@ -22,6 +22,7 @@ PRUNED_MODEL_FILE = "pruned_model.pt"   # in each finished trial's folder: its f
 # Ray Tune's own files
 RESULT_FILE = "result.json"       # in each trial folder: one JSON line per report of the few TUNE_METRICS
 TUNER_FILE = "tuner.pkl"
+LOCK_FILE = ".prunesweep-lease.json"  # while a driver runs the experiment: who it is (sweeps.lock)
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
 
@@ -96,8 +97,14 @@ class TrialPoint:
     @property
     def label(self) -> str:
         """Readable and unique within a sweep: ``gradual4_s0.9_seed3``, ``ladder_ladder_seed0``,
-        ``instant+lr_rewind_s0.9_seed3``."""
-        target = LADDER if self.target_sparsity is None else f"s{self.target_sparsity:g}"
+        ``instant+lr_rewind_s0.9_seed3``. The target is written as ``:g`` writes it where that reads
+        back as the same number (``s0``, ``s0.9``), else in full (``s0.5000001``), so that two
+        targets never share a label (Ray Tune's searcher knows trials by it)."""
+        if self.target_sparsity is None:
+            target = LADDER
+        else:
+            x = self.target_sparsity
+            target = f"s{x:g}" if float(f"{x:g}") == x else f"s{x!r}"
         return f"{self.arm}_{target}_seed{self.seed}"
 
     def report_fields(self, target_sparsity: float) -> dict:

@@ -108,15 +108,34 @@ def write_bytes(path: str, data: bytes) -> None:
         return
     os.makedirs(os.path.dirname(p), exist_ok=True)
     tmp = f"{p}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:  # a full disk, an interrupt: the old file stays whole, no half-written one remains
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def delete(path: str) -> None:
     """Remove one file."""
     fs, p = filesystem(path)
     fs.delete_file(p)
+
+
+def remove_if_empty(path: str) -> None:
+    """Remove the folder ``path`` if it holds nothing (on an object store: the marker that pyarrow
+    leaves for a prefix whose last object was deleted)."""
+    fs, p = filesystem(path)
+    if is_uri(path):
+        if fs.get_file_info(p).type == pafs.FileType.Directory and not list_dir(path):
+            fs.delete_dir(p)
+        return
+    try:
+        os.rmdir(p)
+    except OSError:  # not empty, or gone
+        pass
 
 
 def check_writable(storage: str) -> str | None:
@@ -126,8 +145,11 @@ def check_writable(storage: str) -> str | None:
     if is_uri(storage):
         probe = join(storage, f".prunesweep-probe-{uuid.uuid4().hex}")
         try:
+            existed = exists(storage)
             write_bytes(probe, b"")
             delete(probe)
+            if not existed:
+                remove_if_empty(storage)
         except Exception as exc:  # pyarrow raises OSError, ValueError, ... for the same refusals
             return messages.one_line(exc)
         return None

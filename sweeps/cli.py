@@ -4,11 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.schema import EPOCH, is_diverged, is_finished
-
 from .config import ConfigError, load_config
-from .plan import epochs_to_train, expand
-from .preflight import preflight, will_download
+from .plan import epochs_to_train, trial_count
+from .preflight import dense_checkpoint, preflight, will_download
 from .trackers import TRACKERS
 
 
@@ -20,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--address", help="Ray cluster to use: 'auto' or ray://host:10001 (default: start a local Ray)")
         sp.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray only)")
         sp.add_argument("--dashboard-host", default="127.0.0.1", help="interface the local dashboard binds to")
+        sp.add_argument("--node-ip-address", default="127.0.0.1",
+                        help="address of the local Ray's node: 127.0.0.1 (default) keeps every Ray port on this "
+                             "machine; 'auto' or an address of this machine opens them to the network")
         sp.add_argument("--autoscale", action="store_true",
                         help="the cluster adds nodes on demand: skip the GPU/CPU presence check and request them")
         sp.add_argument("--log", dest="trackers", action="append", default=[], choices=list(TRACKERS),
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="finish an interrupted experiment")
     res.add_argument("experiment", help="<storage>/<name> of the experiment (a folder or a URI)")
     res.add_argument("--force", action="store_true",
-                     help="resume even though the config or the code changed since the experiment started")
+                     help="resume even though the config or the code changed since the experiment started, "
+                          "or another driver holds it (its lease; see README, Nothing lost)")
     ray_options(res)
 
     ext = sub.add_parser("extend", help="grow an experiment by seeds, sparsities or schedules and run what it lacks")
@@ -47,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="the grown grid: seeds=N, \"sparsities=[...]\", \"schedules=[...]\" (repeatable); "
                           "nothing else may change")
     ext.add_argument("--force", action="store_true",
-                     help="extend even though the code changed since the experiment started")
+                     help="extend even though the code changed since the experiment started, "
+                          "or another driver holds it")
     ray_options(ext)
 
     val = sub.add_parser("validate", help="check a config, its data and checkpoint, and count its trials, "
@@ -62,19 +65,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summarise(outcome) -> int:
-    results, path = outcome.results, outcome.path
-    errors = [r for r in results if r.error is not None]
-    finished = [r for r in results if r.error is None and EPOCH in (r.metrics or {}) and is_finished(r.metrics)]
-    diverged = sum(is_diverged(r.metrics) for r in finished)
-    note = f" ({diverged} diverged: they end there and are not retried)" if diverged else ""
-    print(f"\n{len(finished)} of {outcome.trials} trials finished{note}; results in {path}")
+    """What the sweep ended with, counted from the experiment's own files (this session's trials and
+    those finished before it); 0 when every trial has finished."""
+    path = outcome.path
+    errors = [r for r in outcome.results if r.error is not None]
+    note = f" ({outcome.diverged} diverged: they end there and are not retried)" if outcome.diverged else ""
+    print(f"\n{outcome.finished} of {outcome.trials} trials finished{note}; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     for seed, why in sorted(outcome.dense_failed.items()):
         print(f"the dense model of seed {seed} could not be trained ({why}): its trials failed; "
               f"`prunesweep resume {path}` trains it again and runs them", file=sys.stderr)
     if errors:
         print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
-    if len(finished) < outcome.trials:
+    if outcome.finished < outcome.trials:
         print(f"unfinished trials remain: continue with `prunesweep resume {path}`", file=sys.stderr)
         return 1
     return 0
@@ -90,12 +93,14 @@ def main(argv=None) -> int:
     try:
         if args.command == "validate":
             config = preflight(load_config(args.config, args.overrides), download=False)
-            trials = expand(config)
+            if config.dense.checkpoint:  # as run reads it, so that validate refuses what run refuses
+                dense_checkpoint(config)
+            trials = trial_count(config)
             regimes = len(config.finetune.retrain)
             dense, retraining = epochs_to_train(config)
-            print(f"{args.config}: valid; {len(trials)} trials ({len(config.schedules)} schedules, "
+            print(f"{args.config}: valid; {trials} trials ({len(config.schedules)} schedules, "
                   + (f"{regimes} retraining regimes, " if regimes > 1 else "")
-                  + f"{len(config.sparsities)} sparsities, {len(config.seed_list)} seeds); "
+                  + f"{len(config.sparsities)} sparsities, {config.seed_count} seeds); "
                   f"{dense + retraining:,} epochs to train ({dense:,} dense, {retraining:,} retraining)")
             if will_download(config):
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
@@ -104,7 +109,8 @@ def main(argv=None) -> int:
         from .ray_connection import RayOptions
 
         options = RayOptions(address=args.address, dashboard=not args.no_dashboard,
-                                    dashboard_host=args.dashboard_host, autoscale=args.autoscale)
+                             dashboard_host=args.dashboard_host, autoscale=args.autoscale,
+                             node_ip_address=args.node_ip_address)
         if args.command == "run":
             config = load_config(args.config, args.overrides)
             outcome = runner.run(config, args.storage, args.name, options, args.trackers)

@@ -6,6 +6,7 @@ on the driver, by :mod:`sweeps.preflight`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -13,13 +14,14 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from analysis import schema
+from analysis.messages import SHORT, one_line, short
 from analysis.schema import CUMULATIVE, FINETUNE, INSTANT, LADDER, PER_PRUNE
 from pruning_core import CRITERIA, SCHEDULE_KINDS, SCOPES, check_sparsity, nm_sparsity, parse_structure
 
 from . import legacy
 from .datasets import IMAGEFOLDER, SPECS, validation_problem
 from .models import check_name
-from .plan import every_phase
+from .plan import seed_phases
 from .regimes import REGIMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -28,6 +30,32 @@ ModelName = Annotated[str, AfterValidator(check_name)]
 
 class ConfigError(Exception):
     """A config or command-line value that cannot run; the message names the field."""
+
+
+NAME_MAX = 128
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+NAME_RULE = (f"allowed: 1 to {NAME_MAX} letters, digits, '_', '.' or '-', not starting with '.' "
+             "(an experiment is the folder <storage>/<name>)")
+
+
+def _is_experiment_name(value) -> bool:
+    return (isinstance(value, str) and 0 < len(value) <= NAME_MAX and _NAME_CHARS.issuperset(value)
+            and not value.startswith("."))
+
+
+def check_experiment_name(value: str, field: str) -> str:
+    """``value`` as an experiment name (the config's ``name``, ``--name``: the folder under the
+    storage), or a ConfigError naming ``field``; "." and ".." and paths are refused."""
+    if not _is_experiment_name(value):
+        raise ConfigError(f"{field} {short(value)}: {NAME_RULE}")
+    return value
+
+
+def _config_name(value: str) -> str:
+    """The config's ``name``, by :func:`check_experiment_name`'s rule, in pydantic's terms."""
+    if not _is_experiment_name(value):
+        raise ValueError(f"{short(value)}: {NAME_RULE}")
+    return value
 
 
 class _Strict(BaseModel):
@@ -175,11 +203,11 @@ def geometric_grid(value):
     rate, levels = value.get("geometric"), value.get("levels")
     usage = "a grid is {geometric: r, levels: L} with 0 < r < 1 and a whole L >= 1"
     if set(value) != {"geometric", "levels"}:
-        raise ValueError(f"{usage}, or give a list (got fields {', '.join(map(str, value))})")
+        raise ValueError(f"{usage}, or give a list (got fields {short(list(value))})")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-        raise ValueError(f"{usage} (got geometric: {rate!r})")
+        raise ValueError(f"{usage} (got geometric: {short(rate)})")
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"{usage} (got levels: {levels!r})")
+        raise ValueError(f"{usage} (got levels: {short(levels)})")
     # rounded far below any weight count's resolution, so that 1 - 0.8**2 is 0.36, not 0.35999999999999999
     values = [round(1.0 - (1.0 - rate) ** level, 12) for level in range(1, levels + 1)]
     usable = next((i for i, v in enumerate(values) if v >= 1.0 or (i and v == values[i - 1])), levels)
@@ -189,17 +217,64 @@ def geometric_grid(value):
     return values
 
 
+def _listed(values: list, most: int = 8) -> str:
+    """The first ``most`` of ``values``, each cut short, for a message."""
+    more = f", ... ({len(values)} in all)" if len(values) > most else ""
+    return ", ".join(short(v) for v in values[:most]) + more
+
+
+SEED_LIMIT = 2 ** 63  # seeds stay below it, and below torch.manual_seed's 2**64 with plan's offsets added
+SEEDS_RULE = "allowed: a count N >= 1 (seeds 0..N-1) or a list of distinct whole numbers >= 0, all below 2**63"
+
+
+def _seeds(value):
+    """``seeds`` checked whole: a bool, a float or a string is no count, and a negative seed no seed."""
+    if isinstance(value, list):
+        for i, seed in enumerate(value):
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+                raise ValueError(f"entry {i} is {short(seed)}; {SEEDS_RULE}")
+        if not value:
+            raise ValueError(f"got an empty list; {SEEDS_RULE}")
+        dupes = sorted(s for s, n in Counter(value).items() if n > 1)
+        if dupes:
+            raise ValueError(f"duplicate seed(s) {_listed(dupes)}; {SEEDS_RULE}")
+    elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SEED_LIMIT:
+        raise ValueError(f"got {short(value)}; {SEEDS_RULE}")
+    return value
+
+
+MODEL_ARGS_MAX = 10_000
+
+
+def _model_args(value):
+    """Refuse ``model_args`` of more than :data:`MODEL_ARGS_MAX` values in all, counted as YAML's
+    aliases expand them (a few nested aliases stand for billions): the model is built, and the config
+    written and hashed, from the expanded value."""
+    todo, seen = [value], 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        if seen > MODEL_ARGS_MAX:
+            raise ValueError(f"more than {MODEL_ARGS_MAX:,} values in all (YAML aliases counted as they expand); "
+                             f"allowed: up to {MODEL_ARGS_MAX:,}")
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            todo.extend(node)
+    return value
+
+
 class SweepConfig(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Annotated[str, AfterValidator(_config_name)]
     model: ModelName
-    model_args: dict[str, Any] = {}
+    model_args: Annotated[dict[str, Any], AfterValidator(_model_args)] = {}
     dataset: DatasetConfig = DatasetConfig()
     dense: DenseConfig
     pruning: PruningConfig = PruningConfig()
     finetune: FinetuneConfig
     schedules: list[ScheduleConfig] = Field(..., min_length=1)
     sparsities: Annotated[list[Sparsity], BeforeValidator(geometric_grid), Field(min_length=1)]
-    seeds: Union[Annotated[int, Field(ge=1)], Annotated[list[int], Field(min_length=1)]] = 1
+    seeds: Annotated[Union[int, list[int]], BeforeValidator(_seeds)] = 1
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
@@ -211,11 +286,9 @@ class SweepConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"schedules: duplicate name(s) {', '.join(dupes)}")
-        dup_sp = sorted({s for s in self.sparsities if self.sparsities.count(s) > 1})
+        dup_sp = sorted(s for s, n in Counter(self.sparsities).items() if n > 1)
         if dup_sp:
-            raise ValueError(f"sparsities: duplicate value(s) {', '.join(map(str, dup_sp))}")
-        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds: duplicate seed values")
+            raise ValueError(f"sparsities: duplicate value(s) {_listed(dup_sp)} (equal as floats)")
         for i, s in enumerate(self.schedules):
             if s.kind not in (INSTANT, LADDER) and self.finetune.epochs % s.steps:
                 raise ValueError(
@@ -225,7 +298,7 @@ class SweepConfig(_Strict):
         fixed = nm_sparsity(self.pruning.structure)
         if fixed is not None and any(abs(s - fixed) > 1e-9 for s in self.sparsities):
             raise ValueError(f"sparsities: structure {self.pruning.structure!r} fixes every layer at sparsity {fixed:g}; "
-                             f"got {self.sparsities} (allowed: [{fixed:g}])")
+                             f"got {short(self.sparsities)} (allowed: [{fixed:g}])")
         self._check_retraining()
         return self
 
@@ -248,7 +321,7 @@ class SweepConfig(_Strict):
         if dense == 0:
             raise ValueError(f"finetune.retrain: {rewinding[0]} replays the dense training's learning-rate schedule, "
                              "so it needs dense.epochs >= 1 (a dense.checkpoint comes without one)")
-        longest = max(phase.epochs for _, phase in every_phase(self))
+        longest = max(phase.epochs for _, phase in seed_phases(self))
         if longest > dense:
             raise ValueError(
                 f"finetune.retrain: {rewinding[0]} rewinds a prune's {longest} retraining epochs to dense epoch "
@@ -258,6 +331,11 @@ class SweepConfig(_Strict):
     @property
     def seed_list(self) -> list[int]:
         return schema.seed_list(self.seeds)
+
+    @property
+    def seed_count(self) -> int:
+        """``len(seed_list)``, without listing them."""
+        return self.seeds if isinstance(self.seeds, int) else len(self.seeds)
 
     @property
     def has_ladder(self) -> bool:
@@ -279,18 +357,45 @@ def _fields_at(loc) -> list[str]:
     return list(model.model_fields)
 
 
+ERRORS_SHOWN = 3
+
+
 def _format_validation_error(err: ValidationError) -> str:
-    lines = []
+    """Pydantic's errors as one line: the unknown fields of a section together, then the first
+    :data:`ERRORS_SHOWN` entries, each value cut short (:func:`analysis.messages.short`); never
+    pydantic's own rendering, which echoes values whole (YAML aliases can make them billions long)."""
+    entries, unknown = [], {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = f"unknown field; allowed here: {', '.join(_fields_at(e['loc']))}"
-        shown = e.get("input")
-        quiet = isinstance(shown, dict) or e["type"] in ("missing", "value_error", "extra_forbidden")
-        got = "" if quiet else f" (got {shown!r})"
-        lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
-    return "config error: " + "; ".join(lines)
+            if e["loc"][:-1] not in unknown:
+                entries.append(e["loc"][:-1])
+            unknown.setdefault(e["loc"][:-1], []).append(e["loc"][-1])
+        else:
+            entries.append(e)
+    lines = []
+    for e in entries[:ERRORS_SHOWN]:
+        if isinstance(e, tuple):  # the unknown fields of one section
+            names = unknown[e]
+            allowed = ", ".join(_fields_at((*e, names[0])))
+            if len(names) == 1:
+                loc, msg = _loc((*e, names[0])), f"unknown field; allowed here: {allowed}"
+            else:
+                loc, msg = _loc(e), f"unknown fields {_loc(names, ', ')}; allowed here: {allowed}"
+        else:
+            loc, msg = _loc(e["loc"]), e["msg"].removeprefix("Value error, ")
+            shown = e.get("input")
+            quiet = isinstance(shown, dict) or e["type"] in ("missing", "value_error")
+            msg += "" if quiet else f" (got {short(shown)})"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    more = f"; ... ({len(entries)} errors in all)" if len(entries) > ERRORS_SHOWN else ""
+    return "config error: " + "; ".join(lines) + more
+
+
+def _loc(loc, sep: str = ".") -> str:
+    """A pydantic error location as a dotted path (or other keys joined by ``sep``), cut short:
+    a YAML key may be any scalar."""
+    text = sep.join(p if isinstance(p, str) else short(p) for p in loc)
+    return text if len(text) <= SHORT else text[:SHORT - 1] + "…"
 
 
 def _section(annotation):
@@ -309,13 +414,14 @@ def apply_override(raw: dict, assignment: str) -> None:
     List entries are addressed by index: ``--set schedules.1.steps=8``.
     """
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set finetune.epochs=2")
+        raise ConfigError(f"--set {short(assignment)}: expected KEY=VALUE, e.g. --set finetune.epochs=2")
     path, _, text = assignment.partition("=")
     path = path.strip()
+    shown = path if len(path) <= SHORT else short(path)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {path}: value {text!r} is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"--set {shown}: value {short(text)} is not valid YAML ({exc.problem})") from None
     parts = path.split(".")
     model_cls, node, is_list = SweepConfig, raw, False
     for i, part in enumerate(parts):
@@ -324,29 +430,29 @@ def apply_override(raw: dict, assignment: str) -> None:
         if is_list:
             if not part.isdigit() or not isinstance(node, list) or int(part) >= len(node):
                 size = len(node) if isinstance(node, list) else 0
-                raise ConfigError(f"--set {path}: {here} is a list of {size}; use an index 0..{size - 1}")
+                raise ConfigError(f"--set {shown}: {here} is a list of {size}; use an index 0..{size - 1}")
             if last:
                 node[int(part)] = value
                 return
             node, is_list = node[int(part)], False
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {path}: {here}.{part} is not a mapping")
+                raise ConfigError(f"--set {shown}: {here}.{part} is not a mapping")
             continue
         fields = model_cls.model_fields
         if part not in fields:
-            raise ConfigError(f"--set {path}: {here} has no field {part!r}; fields are: {', '.join(fields)}")
+            raise ConfigError(f"--set {shown}: {here} has no field {short(part)}; fields are: {', '.join(fields)}")
         if last:
             node[part] = value
             return
         child_cls, is_list = _section(fields[part].annotation)
         if child_cls is None:
-            raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a section with fields")
+            raise ConfigError(f"--set {shown}: {'.'.join(parts[:i + 1])} is not a section with fields")
         model_cls = child_cls
         child = node.get(part)
         if child is None and not is_list:
             child = node[part] = {}
         if not isinstance(child, list if is_list else dict):
-            raise ConfigError(f"--set {path}: {'.'.join(parts[:i + 1])} is not a {'list' if is_list else 'mapping'}")
+            raise ConfigError(f"--set {shown}: {'.'.join(parts[:i + 1])} is not a {'list' if is_list else 'mapping'}")
         node = child
 
 
@@ -359,14 +465,21 @@ def resolve_config_path(path: str) -> Path:
     if builtin.is_file():
         return builtin
     names = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {path!r}: no such file (built-in configs: {names})")
+    raise ConfigError(f"config {short(path)}: no such file (built-in configs: {names})")
 
 
 def load_config(path: str, overrides: list[str] = ()) -> SweepConfig:
     """Read, override and validate a sweep config; raises ConfigError naming the field."""
     file = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "allowed: a YAML file encoded as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config {file}: cannot be read ({one_line(exc)})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -148,20 +148,39 @@ def _open_image(mode: str, path: str):
         raise OSError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from exc
 
 
+DECODE_CHECK = 2000  # images of an image folder that preflight decodes in full (a seeded sample beyond)
+
+
 def check_images(root: str, channels: int, image_size: int) -> None:
-    """Open every image of an image folder (its header only: about 30 us a file) and raise
-    DatasetError naming the first file Pillow cannot identify, so that a bad file is refused once,
-    before any trial reads it."""
+    """Refuse a file of an image folder that a trial could not read, once, before any trial reads
+    it: raise DatasetError naming the first one. Every file's header is opened (about 30 us a file);
+    a truncated file has a good header and fails only when decoded, so the images are also decoded
+    in full as trials decode them: every image of a folder of up to :data:`DECODE_CHECK`, else a
+    random sample of that many (seed 0), which the message then says."""
+    import random
+
     from PIL import Image
 
     train, test = image_folders(root, channels, image_size)
-    for path, _ in train.samples + test.samples:
+    paths = [path for path, _ in train.samples + test.samples]
+    for path in paths:
         try:
             with Image.open(path):
                 pass
         except Exception as exc:
             raise DatasetError(f"{path} is not an image Pillow can read ({type(exc).__name__}: {one_line(exc)})") \
                 from None
+    sampled = len(paths) > DECODE_CHECK
+    decoded = sorted(random.Random(0).sample(range(len(paths)), DECODE_CHECK)) if sampled else range(len(paths))
+    for i in decoded:
+        try:
+            _open_image("L" if channels == 1 else "RGB", paths[i])
+        except OSError as exc:
+            cause = exc.__cause__ or exc
+            found = (f", found in a random sample (seed 0) of {DECODE_CHECK:,} of its {len(paths):,} images that "
+                     "preflight decodes" if sampled else "")
+            raise DatasetError(f"{paths[i]} cannot be decoded ({type(cause).__name__}: {one_line(cause)}){found}; "
+                               "every image a trial reads must decode") from None
 
 
 def _folder(root: str, split: str, channels: int, image_size: int):

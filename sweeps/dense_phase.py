@@ -23,7 +23,7 @@ from analysis import storage
 from analysis.messages import one_line
 from analysis.schema import DENSE_DIR, DENSE_LOG, TrialPoint, dense_checkpoint_file, dense_file
 
-from .config import SweepConfig
+from .config import ConfigError, SweepConfig
 from .plan import expand
 from .torch_files import load_torch, save_torch
 
@@ -48,7 +48,13 @@ def train_seed(sweep: SweepConfig, seed: int, experiment: str, checkpoint_state:
     use_cpus(sweep.resources.cpu)
     folder = storage.join(experiment, DENSE_DIR)
     checkpoint = storage.join(folder, dense_checkpoint_file(seed))
-    resume = load_torch(checkpoint) if storage.exists(checkpoint) else None
+    resume = None
+    if storage.exists(checkpoint):
+        try:
+            resume = load_torch(checkpoint)
+        except Exception as exc:  # cut short by a full disk, or not data: train from the start
+            print(f"dense seed {seed}: its checkpoint {checkpoint} cannot be read ({one_line(exc)}); "
+                  "training from the start", file=sys.stderr, flush=True)
     if chaos == "fail":
         raise RuntimeError(f"injected failure of seed {seed}'s dense training ({CHAOS_ENV})")
     started, last = time.perf_counter(), [0.0]
@@ -103,7 +109,11 @@ class DensePhase:
         for seed in self.config.seed_list:
             file = storage.join(self.path, DENSE_DIR, dense_file(seed))
             if storage.exists(file):
-                self.refs[seed] = ray.put(load_torch(file))
+                try:
+                    self.refs[seed] = ray.put(load_torch(file))
+                except Exception as exc:  # a dense model is never trained again in its place: its trials used it
+                    raise ConfigError(f"dense model of seed {seed}: {one_line(exc)}; restore the file, or move it "
+                                      "out of the experiment to train it again") from None
                 self.ready.add(seed)
             else:
                 missing.append(seed)

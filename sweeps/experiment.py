@@ -3,6 +3,7 @@ provenance it was started with (``prunesweep.yaml``), and :func:`reopen`, the ch
 ``resume`` and ``extend`` make (once) before they touch it."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -68,6 +69,20 @@ def _trackers(recorded: dict, asked: list[str]) -> list[str]:
     return list(dict.fromkeys([*known, *asked]))
 
 
+def _code_outside(config: SweepConfig, path: str) -> None:
+    """Refuse a stored config whose model builder would be imported from the experiment's own folder:
+    only code the user has runs (the builder is located here without running it)."""
+    from .models import ModelError, builder_source
+
+    try:
+        source = builder_source(config.model)
+    except ModelError as exc:
+        raise ConfigError(f"model {config.model!r}: {exc}") from None
+    if source and not storage.is_uri(path) and (source + os.sep).startswith(os.path.abspath(path) + os.sep):
+        raise ConfigError(f"model {config.model!r}: its code is {source}, inside the experiment {path}; prunesweep "
+                          "runs only code you have, never an experiment's own files")
+
+
 @dataclass(frozen=True)
 class Reopened:
     """An experiment checked for continuing: where it is, the config it ran (``old``) and the one to
@@ -91,6 +106,7 @@ def reopen(path: str, command: str, force: bool, trackers: list[str], grow=None)
     models that lack a snapshot the sweep rewinds to; warn when the experiment records no provenance."""
     path = location(path, command)
     old, recorded = experiment_config(path)
+    _code_outside(old, path)
     differences = provenance.differences(old, recorded)
     config, added = old, None
     if grow is not None:

@@ -1,20 +1,7 @@
 """What exists only so that experiments written by older prunesweep versions still open: in one place."""
 from __future__ import annotations
 
-import sys
-
-# modules renamed since experiments pickled classes from them (Ray Tune's tuner.pkl and searcher
-# state name the search algorithm's module): old name -> where those classes live now
-MOVED_MODULES = {"sweeps.dense": "sweeps.search"}
 LEGACY_KEEP = "checkpoints_to_keep"  # before checkpoint.keep; experiments that recorded it still resume
-
-
-def alias_moved_modules() -> None:
-    """Let pickles that name a module by its old name (:data:`MOVED_MODULES`) find it."""
-    import importlib
-
-    for old, new in MOVED_MODULES.items():
-        sys.modules.setdefault(old, importlib.import_module(new))
 
 
 def upgrade_config(raw: dict) -> dict:

@@ -5,6 +5,7 @@ and the user's own builder (``package.module:function``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -157,19 +158,35 @@ def import_builder(name: str):
     return builder
 
 
+def _located(name: str) -> str:
+    """The file or folder of a user builder's top-level package or module, found on the path
+    :func:`import_builder` imports from, without running any of its code."""
+    top = name.partition(":")[0].split(".")[0]
+    if top in OWN_PACKAGES:
+        raise ModelError(f"{top} is a package of prunesweep itself; give yours another name")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: located by the finders, not imported
+    except (ImportError, ValueError) as exc:
+        raise ModelError(f"cannot find {top} ({type(exc).__name__}: {one_line(exc)}) from {here}") from None
+    if spec is None:
+        raise ModelError(f"cannot import {top} (no module named {top!r}) from {here}")
+    if spec.submodule_search_locations:  # a package, namespace packages included
+        return os.path.abspath(list(spec.submodule_search_locations)[0])
+    return os.path.abspath(spec.origin)
+
+
 def builder_source(name: str) -> str | None:
     """The local file or folder that holds a user builder's top-level package, for Ray to ship to
-    its workers (``py_modules``); None for built-in and torchvision models, and for code installed
-    as a package (in site-packages), which the workers' environment must provide."""
+    its workers (``py_modules``), found without importing it (the provenance check reads it before
+    any of a stored config's code may run); None for built-in and torchvision models, and for code
+    installed as a package (in site-packages), which the workers' environment must provide."""
     if not is_user_builder(name):
         return None
-    import_builder(name)
-    top = sys.modules[name.partition(":")[0].split(".")[0]]
-    file = getattr(top, "__file__", None)
-    path = os.path.dirname(file) if file and os.path.basename(file) == "__init__.py" else file
-    if path is None:  # a namespace package: no __init__.py
-        path = list(top.__path__)[0]
-    parts = os.path.abspath(path).split(os.sep)
+    path = _located(name)
+    parts = path.split(os.sep)
     if "site-packages" in parts or "dist-packages" in parts:
         return None
     return os.path.abspath(path)

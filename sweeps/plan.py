@@ -113,6 +113,20 @@ def expand(config) -> list[TrialPoint]:
     return schema.trial_points(config.model_dump(mode="json"))
 
 
+def one_seed(config) -> list[TrialPoint]:
+    """The trial points of the sweep's first seed. Every seed has the same points but for the
+    seed (:func:`analysis.schema.trial_points`), and a point's phases do not depend on its seed,
+    so counts, phases and budgets of the whole sweep follow from these, without listing every
+    trial (a million of them take seconds)."""
+    raw = config.model_dump(mode="json", exclude={"seeds"})
+    return schema.trial_points({**raw, "seeds": config.seeds[:1] if isinstance(config.seeds, list) else 1})
+
+
+def trial_count(config) -> int:
+    """``len(expand(config))``, from :func:`one_seed`."""
+    return len(one_seed(config)) * config.seed_count
+
+
 def budget(config, target: float) -> int:
     """Fine-tuning epochs a (non-ladder) trial at ``target`` gets.
 
@@ -136,15 +150,16 @@ def phases(config, point: TrialPoint) -> list[Phase]:
     return [Phase(s, total // len(steps), target) for s in steps]
 
 
-def every_phase(config) -> list[tuple[TrialPoint, Phase]]:
-    """``(trial, phase)`` for every phase of every trial of the sweep."""
-    return [(point, phase) for point in expand(config) for phase in phases(config, point)]
+def seed_phases(config) -> list[tuple[TrialPoint, Phase]]:
+    """``(trial, phase)`` for every phase of every trial of the sweep's first seed (:func:`one_seed`):
+    every other seed's trials have the same phases."""
+    return [(point, phase) for point in one_seed(config) for phase in phases(config, point)]
 
 
 def epochs_to_train(config) -> tuple[int, int]:
     """``(dense, retraining)``: the epochs the whole sweep trains, which its compute is proportional to."""
-    dense = (config.dense.epochs or 0) * len(config.seed_list)
-    return dense, sum(phase.epochs for _, phase in every_phase(config))
+    seeds = config.seed_count
+    return (config.dense.epochs or 0) * seeds, seeds * sum(phase.epochs for _, phase in seed_phases(config))
 
 
 def learning_rates(config, retrain: str, trial: list[Phase], ladder: bool) -> list[float]:
@@ -166,7 +181,7 @@ def rewind_point(config, phase: Phase) -> int:
 def rewind_epochs(config) -> list[int]:
     """The dense epochs (0: the initial weights) whose weights the sweep's phases start from: what
     the dense training keeps beside the dense model (only these)."""
-    return sorted({rewind_point(config, phase) for point, phase in every_phase(config)
+    return sorted({rewind_point(config, phase) for point, phase in seed_phases(config)
                    if REGIMES[point.retrain].start == REWIND})
 
 

@@ -15,7 +15,7 @@ import torch
 
 import pruning_core as pc
 from analysis import storage
-from analysis.messages import one_line
+from analysis.messages import one_line, short
 from analysis.schema import DENSE_DIR, dense_file
 
 from .config import ConfigError, SweepConfig
@@ -178,6 +178,10 @@ def dense_checkpoint(sweep: SweepConfig) -> dict:
     except Exception as exc:  # a truncated or foreign file, an unreadable URI
         raise ConfigError(f"dense.checkpoint {path!r} is not a readable torch state_dict "
                           f"({one_line(exc)})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ConfigError(f"dense.checkpoint {path!r} holds {short(state)}, not a torch state_dict (a mapping "
+                          "of parameter names to tensors)")
     info = describe(sweep.dataset)
     try:
         build_model(sweep.model, info.classes, info.channels, sweep.model_args).load_state_dict(state)

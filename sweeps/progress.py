@@ -20,10 +20,11 @@ def _duration(seconds: float) -> str:
 class ProgressLine(Callback):
     """Every ``interval`` seconds (``PRUNESWEEP_PROGRESS_S``, default 60): trials done, running,
     waiting (for resources or for their seed's dense model) and failed out of the sweep's whole
-    grid, and an ETA from the rate at which trials have finished so far in this session."""
+    grid (``done_before`` of them finished in earlier sessions), and an ETA from the rate at which
+    trials have finished so far in this session."""
 
-    def __init__(self, trials: int, interval: float | None = None):
-        self.trials = trials
+    def __init__(self, trials: int, interval: float | None = None, done_before: int = 0):
+        self.trials, self.done_before = trials, done_before
         self.interval = float(os.environ.get(INTERVAL_ENV, INTERVAL_S)) if interval is None else interval
         self._start = self._last = time.monotonic()
         self._done_at_start = None
@@ -33,7 +34,7 @@ class ProgressLine(Callback):
         count = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0}
         for trial in trials:
             count[trial.status] = count.get(trial.status, 0) + 1
-        done, running, failed = count["TERMINATED"], count["RUNNING"], count["ERROR"]
+        done, running, failed = count["TERMINATED"] + self.done_before, count["RUNNING"], count["ERROR"]
         waiting = self.trials - done - running - failed
         if self._done_at_start is None:
             self._done_at_start = done  # finished in an earlier session: no measure of this one's speed

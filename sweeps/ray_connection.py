@@ -18,12 +18,16 @@ from .models import builder_source, import_builder
 class RayOptions:
     """Where and how a sweep gets its Ray: ``address`` (None starts a local Ray, with a dashboard
     on ``dashboard_host`` unless ``dashboard`` is off); ``autoscale``: the cluster adds nodes on
-    demand, so resources it lacks now are requested rather than refused."""
+    demand, so resources it lacks now are requested rather than refused. ``node_ip_address``: the
+    address of a local Ray's node; a loopback one (the default) keeps every port of the local Ray
+    on 127.0.0.1, ``"auto"`` lets Ray choose this machine's address, and with that or any other
+    address Ray's ports listen on every interface."""
 
     address: str | None = None
     dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     autoscale: bool = False
+    node_ip_address: str = "127.0.0.1"
 
 
 def worker_code(config: SweepConfig) -> dict | None:
@@ -40,29 +44,91 @@ def worker_code(config: SweepConfig) -> dict | None:
 
 def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
     """Use the Ray already initialised here, connect to ``options.address``, or start a local one,
-    with ``runtime_env`` for this job's workers.
+    with ``runtime_env`` for this job's workers; a Ray that cannot be started or reached is a
+    :class:`ConfigError` that says which (``--address`` or the local Ray) and why. In every case
+    the credentials in this driver's environment are kept out of the trials' runtime_env
+    (:func:`sweeps.ray_private.keep_secrets_out_of_runtime_envs`), which Ray writes into its logs.
 
     Returns True if this call started (and so must shut down) the connection.
     """
     import ray
 
+    ray_private.keep_secrets_out_of_runtime_envs()
     if ray.is_initialized():
         return False
+    before = _children()
+    try:
+        if options.address:
+            ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env)
+        else:
+            ctx = _start_local(options, runtime_env)
+    except ray_private.RayChanged:
+        raise
+    except Exception as exc:  # Ray raises Exception, RuntimeError, ConnectionError, TimeoutError, ValueError
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        _end_started(before)  # what a start that failed half-way left running (ray.shutdown knows no node yet)
+        if options.address:
+            raise ConfigError(f"--address {options.address}: cannot connect to this Ray cluster ({one_line(exc)}); "
+                              "is it running and reachable from here (ray status on its head node)?") from None
+        raise ConfigError(f"local Ray: it did not start ({one_line(exc)}); its logs are under Ray's temp folder "
+                          "(RAY_TMPDIR, default /tmp/ray), session_latest/logs") from None
+    url = getattr(ctx, "dashboard_url", None)
     if options.address:
-        ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env)
-        url = getattr(ctx, "dashboard_url", None)
         if url:
             print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
-    else:
-        ctx = ray.init(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host,
-                       runtime_env=runtime_env)
-        url = getattr(ctx, "dashboard_url", None)
-        if options.dashboard and url:
-            print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
-            if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
-                print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
-                      "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
+    elif options.dashboard and url:
+        print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
+        if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
+            print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
+                  "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
     return True
+
+
+def _children() -> set[int]:
+    import psutil  # Ray's own dependency (ray/thirdparty_files when not installed)
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _end_started(before: set[int], grace_s: float = 3) -> None:
+    """End the processes (and theirs) that this process started since ``before`` (its children then)."""
+    import psutil
+
+    started = [p for p in psutil.Process().children() if p.pid not in before]
+    for parent in list(started):
+        with contextlib.suppress(psutil.Error):
+            started += parent.children(recursive=True)
+    for proc in started:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _start_local(options: RayOptions, runtime_env: dict | None):
+    """``ray.init`` starting a local Ray whose node is ``options.node_ip_address`` (loopback: every
+    port on 127.0.0.1 only, :func:`sweeps.ray_private.loopback_node`; "auto": Ray's choice)."""
+    import ray
+
+    kwargs = dict(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host, runtime_env=runtime_env)
+    ip = options.node_ip_address
+    if ip in LOOPBACK:
+        with ray_private.loopback_node():
+            return ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    if ip != "auto":
+        kwargs["_node_ip_address"] = ip
+    ctx = ray.init(**kwargs)
+    print(f"warning: the local Ray's ports (GCS, raylet, object manager, agents) listen on every interface "
+          f"(node address {ip}){'' if _token_auth() else ' without token authentication (RAY_AUTH_MODE)'}",
+          file=sys.stderr, flush=True)
+    return ctx
 
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"

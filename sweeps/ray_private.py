@@ -2,12 +2,10 @@
 ``tests/test_ray_private.py``, so that a Ray upgrade that removes one fails there, naming it).
 ``pyproject.toml`` pins Ray to the minor version these were read from.
 
-Ray Tune restores an experiment's search algorithm and callbacks from the pickles written at its
-start and has no public way to replace them; prunesweep must (``extend`` grows the grid, a resume
-adds its trackers), so it reaches into the restored Tuner here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -16,8 +14,8 @@ RAY_VERSION_TESTED = "2.60"
 # (module, attribute): what each use below needs, for the test and for a clear error
 USES = {
     "job_runtime_env": ("ray._private.runtime_env.constants", "RAY_JOB_CONFIG_JSON_ENV_VAR"),
-    "restored_tuner": ("ray.tune.tuner", "Tuner._local_tuner (its _tune_config and get_run_config())"),
-    "search_finished": ("ray.tune.search.search_generator", "SearchGenerator._finished"),
+    "propagated_env": ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE"),
+    "loopback_node": ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
 }
 
 
@@ -43,22 +41,46 @@ def job_runtime_env() -> dict:
     return json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
 
 
-def replace_restored(tuner, search_alg, callbacks) -> None:
-    """Give a restored ``tuner`` a fresh search algorithm (it limits concurrency itself) and
-    ``callbacks(restored_callbacks)`` in place of those it restored."""
+# names of environment variables that hold secrets (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_SESSION_TOKEN, ...), matched in upper case
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+def keep_secrets_out_of_runtime_envs() -> list[str]:
+    """Stop Ray Tune copying credentials from the driver's environment into the ``runtime_env``
+    (``env_vars``) of every trial actor (``ray/tune/execution/class_cache.py``: ``ENV_VARS_TO_PROPAGATE``
+    names AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SECURITY_TOKEN, AWS_SESSION_TOKEN): Ray's
+    runtime env agent writes every runtime_env it creates, in full, into its log
+    (``<temp dir>/session_*/logs/runtime_env_agent.log``), and the cluster's state API shows it.
+    Trials find credentials as every other process does: the environment they inherit from the
+    node (a local Ray's is this driver's), ~/.aws, an instance role. For this process; returns the
+    names it stopped copying."""
     try:
-        internal = tuner._local_tuner
-        internal._tune_config.search_alg = search_alg
-        internal._tune_config.max_concurrent_trials = None
-        run_config = internal.get_run_config()
-    except AttributeError as exc:
-        raise _missing("restored_tuner", exc) from None
-    run_config.callbacks = callbacks(run_config.callbacks or [])
+        from ray.tune.execution import class_cache
+
+        names = class_cache.ENV_VARS_TO_PROPAGATE
+        secret = sorted(n for n in names if any(word in n.upper() for word in SECRET_WORDS))
+        names.difference_update(secret)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise _missing("propagated_env", exc) from None
+    return secret
 
 
-def reopen_search(generator) -> None:
-    """Make a restored ``SearchGenerator`` ask its searcher again instead of keeping the
-    "finished" it saved (the grid may have grown since: ``prunesweep extend``)."""
-    if not hasattr(generator, "_finished"):
-        raise _missing("search_finished", AttributeError("_finished"))
-    generator._finished = False
+@contextlib.contextmanager
+def loopback_node():
+    """While a local Ray starts, keep a loopback ``ray.init(_node_ip_address=...)`` as it is: on
+    Linux Ray replaces 127.0.0.1 by this machine's address (``services.resolve_ip_for_localhost``,
+    unless ``ray_constants.ENABLE_RAY_CLUSTER`` is off, as on macOS and Windows), and a node with
+    that address listens on every interface; a loopback node binds every port of its GCS, raylet,
+    object manager and agents to 127.0.0.1."""
+    try:
+        from ray._private import ray_constants
+
+        before = ray_constants.ENABLE_RAY_CLUSTER
+    except (ImportError, AttributeError) as exc:
+        raise _missing("loopback_node", exc) from None
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before

@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 from analysis import storage
+from analysis.schema import LOCK_FILE
 
-from . import provenance
+from . import lock, provenance
 from . import trackers as tracking
-from .config import ConfigError, SweepConfig
+from .config import ConfigError, SweepConfig, check_experiment_name
 from .experiment import check_storage, experiment_path, reopen, write_experiment_file
 from .extend import grow
 from .preflight import dense_checkpoint, location, preflight
@@ -21,32 +22,43 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
     """Run the sweep into ``<storage>/<name>``, logging to ``trackers`` (:mod:`sweeps.trackers`) too.
 
     Everything that can be refused (storage, paths, data, checkpoint, resources) is refused
-    before the experiment folder is made."""
+    before the experiment's file is written; from before Ray starts the run holds the experiment's
+    lease (:mod:`sweeps.lock`), so a second ``run`` of the same experiment is refused."""
     root = location(storage_path, "--storage")
-    path = experiment_path(root, name or config.name)
+    path = experiment_path(root, check_experiment_name(name, "--name") if name is not None else config.name)
     check_storage(root)
-    if storage.exists(path):
-        raise ConfigError(
-            f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
-            "or choose another --name"
-        )
+    _refuse_existing(path)
     tracking.check(trackers, path)
     config = preflight(config)
     checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
-    with ray_session(config, options):
-        write_experiment_file(path, config, provenance.with_trackers(provenance.record(config), trackers))
-        return fit(config, path, restore=False, checkpoint=checkpoint, trackers=trackers)
+    with lock.held(path, "run"):
+        _refuse_existing(path)  # again under the lease: another driver may have started it meanwhile
+        with ray_session(config, options):
+            write_experiment_file(path, config, provenance.with_trackers(provenance.record(config), trackers))
+            return fit(config, path, restore=False, checkpoint=checkpoint, trackers=trackers)
+
+
+def _refuse_existing(path: str) -> None:
+    """Refuse to ``run`` into an experiment that exists (anything in its folder but a lease)."""
+    if storage.exists(path) and (not storage.is_dir(path) or set(storage.list_dir(path)) - {LOCK_FILE}):
+        running = lock.holder(path)
+        if running:
+            raise lock.ExperimentInUse(f"run {path}: the experiment is in use by {running}; start another --name, "
+                                       "or wait until it ends and resume it")
+        raise ConfigError(f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
+                          "or choose another --name")
 
 
 def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, trackers: list[str] = ()) -> Outcome:
     """Finish an interrupted experiment: finished trials stay, the rest continue from checkpoints,
     logging to the trackers it logged to and ``trackers``.
 
-    Refused when the config or the code differs from the experiment's start, unless ``force``.
+    Refused when the config or the code differs from the experiment's start, or while another
+    driver holds the experiment (:mod:`sweeps.lock`), unless ``force``.
     """
     found = reopen(path, "resume", force, trackers)
     config, recorded = found.config, found.recorded
-    with ray_session(config, options):
+    with lock.held(found.path, "resume", force), ray_session(config, options):
         updated = provenance.forced(recorded, config, found.changed) if found.changed else recorded  # forced: say so
         updated = provenance.with_trackers(updated or provenance.legacy(config), found.trackers)
         if updated != recorded:
@@ -58,19 +70,18 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
            trackers: list[str] = ()) -> Outcome:
     """Grow an experiment, finished or interrupted, by the seeds, sparsities and schedules that
     ``overrides`` add (:func:`sweeps.extend.grow` refuses anything else), and run what it lacks:
-    Ray Tune restores the experiment, its unfinished trials continue from their checkpoints and the
-    new trials join it; dense models are trained only for new seeds; finished trials stay as they are.
+    its unfinished trials continue from their checkpoints and the new trials join them; dense models
+    are trained only for new seeds; finished trials stay as they are.
     Its ``prunesweep.yaml`` becomes the grown config.
 
-    ``force`` goes past changed code (and a config whose hash changed with it: a newer prunesweep
+    ``force`` goes past another driver's lease (:mod:`sweeps.lock`) and changed code (and a config whose hash changed with it: a newer prunesweep
     may fill in new defaults), never past a ``prunesweep.yaml`` edited since the experiment ran
     with the same code: extend grows the grid that ran, so that old and new trials compare."""
     found = reopen(path, "extend", force, trackers, grow=lambda old: grow(old, overrides))
     added = found.added
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {found.path}: adds {what}: {added['trials']} new trials", flush=True)
-    with ray_session(found.config, options):
+    with lock.held(found.path, "extend", force), ray_session(found.config, options):
         grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
         write_experiment_file(found.path, found.config, provenance.with_trackers(grown, found.trackers))
-        # only the experiment's own seeds have trials that Tune restarts at once
-        return fit(found.config, found.path, restore=True, trackers=found.trackers, wait_for=found.old.seed_list)
+        return fit(found.config, found.path, restore=True, trackers=found.trackers)

@@ -2,14 +2,13 @@
 seed's dense model becomes ready (:class:`sweeps.dense_phase.DensePhase`)."""
 from __future__ import annotations
 
-import pickle
+import json
 from collections import deque
 
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from analysis.schema import PARAM
 
-from . import ray_private
 from .dense_phase import DensePhase, current
 
 
@@ -19,14 +18,15 @@ class SeedGate(Searcher):
     fail at once, naming why, and ``resume`` runs them again), and none while a dense training
     still waits for resources (:attr:`DensePhase.reserved`). The dense models are the driver's
     :class:`DensePhase` (:func:`active`), so this searcher's state is only which points it handed
-    out, saved with the experiment for ``resume``. The grid too is the active phase's (its config's
-    trials), so that an experiment restored after ``prunesweep extend`` hands out the grown grid."""
+    out (beginning with the points that ``done`` names, finished in an earlier session). The grid too
+    is the active phase's (its config's trials), so that an experiment grown by ``prunesweep extend``
+    hands out the grown grid."""
 
-    def __init__(self):
+    def __init__(self, done: set[str] = frozenset()):
         super().__init__()
         self._points: list[dict] = []
         self._labels: list[str] = []
-        self._given: set[str] = set()
+        self._given: set[str] = set(done)
         self._queues: dict[int, deque] | None = None  # seed -> grid positions not handed out, in order
 
     def _open(self, phase: "DensePhase") -> dict[int, deque]:
@@ -55,25 +55,20 @@ class SeedGate(Searcher):
         pass
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"given": sorted(self._given)}, f)
+        """What Ray Tune saves with its experiment state (``resume`` reads the trial folders instead)."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({"given": sorted(self._given)}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self._given = set(pickle.load(f)["given"])
+        with open(checkpoint_path) as f:
+            self._given = set(json.load(f)["given"])
         self._queues = None
 
 
 class GridSearch(SearchGenerator):
-    """Ray Tune's search algorithm over a :class:`SeedGate` (limited to ``max_concurrent`` running
-    trials when given). Restored, it asks its gate again instead of keeping a saved "finished": an
-    experiment's grid may have grown since (``prunesweep extend``); a gate with nothing left to
-    hand out says so at once."""
+    """Ray Tune's search algorithm over a :class:`SeedGate` of the points not ``done`` (limited to
+    ``max_concurrent`` running trials when given)."""
 
-    def __init__(self, max_concurrent: int | None = None):
-        gate = SeedGate()
+    def __init__(self, max_concurrent: int | None = None, done: set[str] = frozenset()):
+        gate = SeedGate(done)
         super().__init__(ConcurrencyLimiter(gate, max_concurrent=max_concurrent) if max_concurrent else gate)
-
-    def set_state(self, state: dict) -> None:
-        super().set_state(state)
-        ray_private.reopen_search(self)

@@ -5,6 +5,7 @@ import io
 import math
 import os
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -14,10 +15,12 @@ from ray import tune
 
 import pruning_core as pc
 from analysis import schema, storage, trial_results
+from analysis.messages import one_line
 
 from .config import SweepConfig
 from .loops import device_for, use_cpus
 from .plan import TrialPlan, trial_plan
+from .torch_files import load_torch
 from .trial import TrialRun
 
 STATE_FILE = "state.pt"
@@ -75,11 +78,12 @@ def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
 
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
-                      chaos: Chaos = Chaos()) -> None:
+                      earlier: dict | None = None, chaos: Chaos = Chaos()) -> None:
     """Tune function trainable. ``config`` holds only the trial point (``config["trial"]``);
-    ``sweep``, the config validated on the driver, the dense models and the experiment's location
-    arrive once through ``tune.with_parameters``. Resumes from ``tune.get_checkpoint()`` when Tune
-    restarts a trial.
+    ``sweep``, the config validated on the driver, the dense models, the experiment's location and the
+    folders of earlier attempts of each point (``earlier``: {label: folders, furthest first}) arrive
+    once through ``tune.with_parameters``. Continues from the newest readable checkpoint
+    (:func:`restored`): Tune's when it restarts a trial, else an earlier attempt's.
 
     Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch; every
     report, whole, goes to the trial's results file, rewritten at each checkpoint (every
@@ -90,17 +94,17 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     context = tune.get_context()
     trial_dir = context.get_trial_dir()
     files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id())
-    checkpoint = tune.get_checkpoint()
-    state = _load(checkpoint) if checkpoint is not None else None
-    if state is not None and state.get("done"):
-        # finished before the driver recorded it: announce the final result again, train nothing
-        tune.report(schema.for_tune(state["history"][-1]))
-        return
+    state = restored(tune.get_checkpoint(), files.folder, (earlier or {}).get(point.label, []))
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
     plan = chaos.plan(trial_plan(sweep, point))
     run = TrialRun.of_point(sweep, point, ray.get(dense_refs[point.seed]), device, plan)
     history = []
+    if state is not None and state.get("done"):
+        # finished before the driver recorded it: record and announce the final result again, train nothing
+        files.write_results(state["history"], run.learner.layers)
+        tune.report(schema.for_tune(state["history"][-1]))
+        return
     if state is not None:
         run.load_state(state)
         history = state["history"]
@@ -111,9 +115,9 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
         report = _checked({**report, **where})
         history.append(report)
         if run.done:
-            files.write_results(history, run.learner.layers)
             if not report.get(schema.DIVERGED):
                 files.write_model(run.learner.model(0))
+            files.write_results(history, run.learner.layers)  # last: a finished results file is a finished trial
             _report(report, {"done": True, "history": history})
         elif plan.epochs[run.epoch - 1].checkpoint:
             files.write_results(history, run.learner.layers)
@@ -139,9 +143,35 @@ class TrialFiles:
         storage.write_bytes(storage.join(self.folder, schema.PRUNED_MODEL_FILE), buf.getvalue())
 
 
-def _load(checkpoint) -> dict:
-    with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+def _checkpoints(folder: str) -> list[str]:
+    """The checkpoint folders Ray Tune kept in a trial folder in storage, the newest first."""
+    return sorted((n for n in storage.list_dir(folder) if n.startswith("checkpoint_")), reverse=True)
+
+
+def restored(checkpoint, folder: str, earlier: list[str]) -> dict | None:
+    """The state to continue a trial from: Ray Tune's ``checkpoint`` when it restarts the trial (in
+    ``folder``, its folder in storage), else the newest checkpoint of the ``earlier`` attempts of its
+    point (folders, furthest first); None to start afresh. A checkpoint that cannot be read (cut short,
+    or holding more than data: :func:`sweeps.torch_files.load_torch`) is passed over for the one kept
+    before it, saying so."""
+    if checkpoint is not None:
+        newest = os.path.basename(checkpoint.path.rstrip("/"))
+        candidates = [storage.join(folder, n) for n in _checkpoints(folder) if n <= newest]
+    else:
+        candidates = [storage.join(f, n) for f in earlier for n in _checkpoints(f)]
+    for i, candidate in enumerate(candidates):
+        try:
+            state = load_torch(storage.join(candidate, STATE_FILE))
+        except Exception as exc:
+            print(f"checkpoint {candidate} cannot be read ({one_line(exc)}); trying the one kept before it",
+                  file=sys.stderr, flush=True)
+            continue
+        if i or checkpoint is None:
+            print(f"continuing from {candidate} (epoch {state.get('epoch')})", flush=True)
+        return state
+    if candidates:
+        print("no checkpoint of this trial can be read: it starts from the beginning", file=sys.stderr, flush=True)
+    return None
 
 
 def _report(report: dict, state: dict) -> None:

@@ -1,15 +1,14 @@
-"""Ray Tune's side of a sweep: the trainable with its resources, the Tuner (new or restored), its
-reporter, callbacks and run config, and what a fit ended with."""
+"""Ray Tune's side of a sweep: the trainable with its resources, the Tuner, its reporter, callbacks
+and run config, and what a fit ended with."""
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
 
-from analysis import storage
+from analysis import attempts, storage
 from analysis.schema import EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, TrialPoint
 
-from . import legacy, ray_private
 from .config import SweepConfig
 from .plan import expand
 
@@ -19,16 +18,16 @@ def trial_dirname(trial) -> str:
     return f"{trial.trial_id}_{TrialPoint.from_dict(trial.config[PARAM]).label}"
 
 
-def _trainable(config: SweepConfig, dense_refs: dict, path: str):
-    """The trial function with the validated config, the dense models and the experiment's
-    location bound once (``tune.with_parameters``), and the trial's resources."""
+def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict):
+    """The trial function with the validated config, the dense models, the experiment's location and
+    the ``earlier`` attempts of its points bound once (``tune.with_parameters``), and the trial's resources."""
     from ray import tune
 
     from .trainable import chaos_from_env, train_prune_train
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs, experiment=path,
-                                 chaos=chaos_from_env())
+                                 earlier=earlier, chaos=chaos_from_env())
     return tune.with_resources(bound, resources)
 
 
@@ -44,19 +43,15 @@ def _reporter():
     )
 
 
-def _callbacks(trials: int, trackers: list, restored: list = ()) -> list:
-    """The sweep's Ray Tune callbacks: the progress line over ``trials``, Tune's CSV and JSON loggers
-    (its TensorBoard one only when asked for: thousands of trials need no event files by default), the
-    ``trackers`` (:func:`sweeps.trackers.callbacks`), and those of the ``restored`` experiment that
-    ``trackers`` do not replace."""
+def _callbacks(trials: int, done: int, trackers: list) -> list:
+    """The sweep's Ray Tune callbacks: the progress line over ``trials`` (``done`` of them finished
+    before), Tune's CSV and JSON loggers (its TensorBoard one only when asked for: thousands of trials
+    need no event files by default) and the ``trackers`` (:func:`sweeps.trackers.callbacks`)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .progress import ProgressLine
 
-    fresh = {type(c) for c in trackers}  # rebuilt for where the experiment is now, replacing restored ones
-    kept = [c for c in restored if not isinstance(c, ProgressLine) and type(c) not in fresh]
-    wanted = [CSVLoggerCallback(), JsonLoggerCallback()]
-    return [ProgressLine(trials), *kept, *(c for c in wanted if not any(type(k) is type(c) for k in kept)), *trackers]
+    return [ProgressLine(trials, done_before=done), CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
 
 
 def _run_config(config: SweepConfig, path: str, callbacks: list):
@@ -76,21 +71,38 @@ def _run_config(config: SweepConfig, path: str, callbacks: list):
 
 @dataclass
 class Outcome:
-    """What a run or resume ended with: the experiment's path, Ray Tune's ResultGrid, the trials the
-    sweep has, and the seeds whose dense training failed for good (seed: why)."""
+    """What a run or resume ended with: the experiment's path, Ray Tune's ResultGrid of this session's
+    trials, the trials the sweep has, how many of them have finished (this session or before) and
+    diverged, and the seeds whose dense training failed for good (seed: why)."""
 
     path: str
     results: object
     trials: int
     dense_failed: dict
+    finished: int = 0
+    diverged: int = 0
 
 
-def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None = None, trackers: list[str] = (),
-        wait_for: list[int] | None = None) -> Outcome:
-    """Run the sweep's grid with Ray Tune into the experiment at ``path``: a new Tuner, or (``restore``)
-    the experiment's own, continued (its unfinished trials from their checkpoints) with the grid as
-    ``config`` has it now; the dense models first (:class:`sweeps.dense_phase.DensePhase`), waiting
-    for those of the seeds ``wait_for`` before a restored trial starts."""
+def earlier_attempts(path: str) -> tuple[set[str], dict[str, list[str]]]:
+    """What an experiment's trial folders say (:func:`analysis.attempts.scan`): the points finished,
+    and for each other point the folders of its attempts, the furthest first (where it continues)."""
+    tries = attempts.scan(path)
+    done = {a.point for a in tries if a.finished}
+    earlier: dict[str, list[str]] = {}
+    for a in sorted(tries, key=lambda a: (-a.epoch, a.trial_id)):
+        if a.point not in done:
+            earlier.setdefault(a.point, []).append(a.folder)
+    return done, earlier
+
+
+def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None = None,
+        trackers: list[str] = ()) -> Outcome:
+    """Run the sweep's grid with Ray Tune into the experiment at ``path``; the dense models first
+    (:class:`sweeps.dense_phase.DensePhase`). With ``restore``, what the experiment's own files say
+    decides what runs (:func:`earlier_attempts`): every finished point stays as it is, every other
+    point runs once, in a trial that continues from the newest readable checkpoint of its earlier
+    attempts. Ray Tune's own experiment state (its pickles) is never read: it may be missing (a
+    driver killed before Tune's first snapshot), cut short (a full disk) or not the user's."""
     # Tune's classic reporter: one compact table instead of a config dump per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -101,37 +113,31 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     from .search import GridSearch
 
     points = expand(config)
+    labels = {p.label for p in points}
+    done, earlier = earlier_attempts(path) if restore else (set(), {})
+    done &= labels
+    if restore:
+        print(f"{path}: {len(done)} of {len(points)} trials finished before; {len(points) - len(done)} to run"
+              + (f", {sum(p in earlier for p in labels - done)} of them from their checkpoints" if earlier else ""),
+              flush=True)
     # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told
     # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
     added = tracking.callbacks(list(trackers), path)
     with active(DensePhase(config, path, checkpoint).start()) as phase:
-        if restore:
-            # restored trials start at once: their dense models must exist first, and the trainings
-            # still running (new seeds') must hold their resources before those trials take them
-            phase.wait(wait_for)
-            phase.wait_reserved()
-        trainable = _trainable(config, phase.refs, path)
-        if restore and tune.Tuner.can_restore(path):
-            legacy.alias_moved_modules()
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            # a fresh GridSearch (restored from the experiment's searcher state, including experiments begun
-            # before it existed) hands out the grid as it is now (extend grows it); the callbacks count that
-            # grid and add this session's trackers
-            ray_private.replace_restored(tuner, GridSearch(config.max_concurrent_trials),
-                                         lambda restored: _callbacks(len(points), added, restored))
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials), num_samples=-1,
-                                            reuse_actors=True, trial_dirname_creator=trial_dirname),
-                run_config=_run_config(config, path, _callbacks(len(points), added)),
-            )
+        tuner = tune.Tuner(
+            _trainable(config, phase.refs, path, earlier),
+            tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
+                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
+            run_config=_run_config(config, path, _callbacks(len(points), len(done), added)),
+        )
         # the loggers are ours (:func:`_callbacks`)
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):
             results = tuner.fit()
         phase.poll()
-        return Outcome(path, results, len(points), dict(phase.failed))
+        ended = [a for a in attempts.scan(path) if a.finished and a.point in labels]
+        return Outcome(path, results, len(points), dict(phase.failed), finished=len({a.point for a in ended}),
+                       diverged=len({a.point for a in ended if a.diverged}))
 
 
 @contextlib.contextmanager

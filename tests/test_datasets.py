@@ -141,3 +141,48 @@ def test_a_truncated_or_foreign_file_is_refused_with_the_readers_reason(tmp_path
     assert err.startswith(f"prunesweep: error: dataset.root '{tmp_path / 'svhn'}' holds no svhn (train_32x32.mat and "
                           "test_32x32.mat, as torchvision reads them: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and "RuntimeError: Dataset not found" not in err, err
+
+
+def _truncate(path) -> None:
+    """Keep a PNG's header and cut its body: Pillow opens it, and fails only when decoding it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_truncated_image_is_refused_once_by_validate_naming_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    from sweeps.cli import main
+
+    root = tmp_path / "images"
+    write_image_folder(root, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}}, seed=9)
+    bad = root / "train" / "b" / "0001.png"
+    _truncate(bad)
+    with Image.open(bad) as im:  # the header still reads: a header check alone passes it
+        assert im.size == (16, 16)
+    argv = ["validate", "quickstart", "--set", "dataset.name=imagefolder", "--set", f"dataset.root={root}",
+            "--set", "dataset.image_size=16"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"prunesweep: error: dataset.root '{root}': {bad} cannot be decoded (OSError: image file is truncated); "
+        "every image a trial reads must decode\n")
+    write_image_folder(root, {"train": {"b": 3}}, seed=9)  # the file written whole again
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_a_large_image_folder_is_decoded_in_a_seeded_sample(tmp_path, monkeypatch):
+    from sweeps import datasets
+
+    write_image_folder(tmp_path, {"train": {"a": 6, "b": 6}, "test": {"a": 2}}, seed=10)
+    for path in sorted((tmp_path / "train").rglob("*.png")):
+        _truncate(path)
+    monkeypatch.setattr(datasets, "DECODE_CHECK", 3)
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.check_images(str(tmp_path), 3, 16)
+    message = str(caught.value)
+    assert message.endswith(" cannot be decoded (OSError: image file is truncated), found in a random sample "
+                            "(seed 0) of 3 of its 14 images that preflight decodes; every image a trial reads "
+                            "must decode"), message
+    samples = datasets.image_folders(str(tmp_path), 3, 16)[0].samples
+    first = sorted(__import__("random").Random(0).sample(range(14), 3))[0]
+    assert message.startswith(f"{samples[first][0]} cannot be decoded")  # the sample's first, as the seed draws it

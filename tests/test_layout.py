@@ -113,22 +113,3 @@ def test_the_driver_loads_no_pandas_before_it_analyses():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
-
-def test_pickles_naming_a_moved_module_still_load():
-    """Ray Tune pickles the search algorithm with its experiment: one saved before ``sweeps.dense``
-    became ``sweeps.search`` (and ``sweeps.dense_phase``) still restores."""
-    import pickle
-
-    from sweeps import legacy
-    from sweeps.search import GridSearch, SeedGate
-
-    old = pickle.dumps(SeedGate(), protocol=0).replace(b"sweeps.search", b"sweeps.dense")
-    assert b"sweeps.dense\n" in old
-    sys.modules.pop("sweeps.dense", None)
-    with pytest.raises(ModuleNotFoundError):
-        pickle.loads(old)
-    legacy.alias_moved_modules()
-    try:
-        assert isinstance(pickle.loads(old), SeedGate) and GridSearch.__module__ == "sweeps.search"
-    finally:
-        sys.modules.pop("sweeps.dense", None)

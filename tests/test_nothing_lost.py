@@ -168,3 +168,90 @@ def test_fault_injection_fires_one_step_into_the_epoch(tmp_path, monkeypatch):
     while not run.done:
         run.run_epoch()
     assert kills == [(2, 1, signal.SIGKILL)] and (tmp_path / CHAOS_MARKER).exists()
+
+
+def _driver(args: list[str], ray_session) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env.pop(CHAOS_ENV, None)
+    return subprocess.Popen([sys.executable, "-m", "sweeps", *args, "--address", ray_session.address_info["address"]],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _kill(driver: subprocess.Popen) -> None:
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+
+
+def _trial_folders(path) -> set[str]:
+    return {p.name for p in path.iterdir() if p.is_dir() and p.name not in (DENSE_DIR, "analysis")}
+
+
+def test_a_driver_killed_in_any_phase_resumes_once_to_the_same_numbers(ray_session, tmp_path, capsys):
+    """SIGKILL the driver during the dense phase (a second ``run`` and a ``resume`` are refused while
+    it runs: it holds the experiment), SIGKILL the resuming driver once trials have begun, cut Ray
+    Tune's state files short, resume again: every trial finishes once, none twice, with the numbers of
+    an uninterrupted run; the dense model continued from its checkpoint equals one trained in one go;
+    a resume of the finished experiment runs nothing."""
+    import torch
+
+    from analysis.schema import dense_checkpoint_file, dense_file
+    from sweeps.config import load_config
+    from sweeps.dense_training import train_dense
+
+    cfg = write_config(tmp_path, dataset={"name": "digits", "train_subset": 256}, seeds=[5], sparsities=[0.9],
+                       dense={"epochs": 30, "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64},
+                       finetune={"epochs": 12, "batch_size": 64}, checkpoint={"every_epochs": 1})
+    root, path = tmp_path / "r", tmp_path / "r" / "cut"
+    faults = 0
+
+    first = _driver(["run", str(cfg), "--storage", str(root), "--name", "cut"], ray_session)
+    try:
+        _wait_for(lambda: (path / DENSE_DIR / dense_checkpoint_file(5)).exists(), 120, "a dense checkpoint")
+        assert main(["run", str(cfg), "--storage", str(root), "--name", "cut"]) == 2
+        assert main(["resume", str(path)]) == 2
+        refused = capsys.readouterr().err
+        assert refused.count("the experiment is in use by `prunesweep run` (process ") == 2, refused
+        assert not (path / DENSE_DIR / dense_file(5)).exists(), "the dense phase ended too soon to test it"
+    finally:
+        _kill(first)
+    faults += 1
+
+    second = _driver(["resume", str(path)], ray_session)
+    try:
+        _wait_for(lambda: list(path.glob("*/checkpoint_*")), 180, "a trial checkpoint")
+    finally:
+        _kill(second)
+    faults += 1
+    for state in [*path.glob("experiment_state-*.json"), path / "tuner.pkl"]:
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    faults += 1
+    before = _trial_folders(path)
+
+    rc = main(["resume", str(path)])
+    df = load_experiment(path)  # refuses a point finished twice
+    lost = completion(df, path)["missing"]
+    for _ in range(faults):
+        record_fault(survived=rc == 0 and lost == 0, trials_lost=lost)
+    assert rc == 0 and lost == 0
+    assert df.groupby("schedule")["trial_id"].nunique().to_dict() == {"gradual2": 1, "instant": 1}
+    # the dense model was trained once, continued from the checkpoint the first driver's task left
+    [log] = _reports(str(path / DENSE_DIR / DENSE_LOG))
+    assert log["seed"] == 5 and log["resumed_from_epoch"] > 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train_dense(load_config(str(cfg)), 5, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    dense = torch.load(path / DENSE_DIR / dense_file(5), weights_only=True)
+    assert dense["test_accuracy"] == reference["test_accuracy"]
+    assert all(torch.equal(dense["state_dict"][k], v) for k, v in reference["state_dict"].items())
+    clean = uninterrupted(path)[COLS].sort_values(["schedule", "target_sparsity", "seed", "epoch"])
+    pd.testing.assert_frame_equal(clean.reset_index(drop=True), rows(path))
+
+    # finished: a resume runs nothing and adds no trial folder
+    folders = _trial_folders(path)
+    assert folders >= before
+    assert main(["resume", str(path)]) == 0
+    assert _trial_folders(path) == folders and len(_reports(str(path / DENSE_DIR / DENSE_LOG))) == 1

@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray import tune
-from ray.tune.search import SearchGenerator, Searcher
-
 from sweeps import ray_private
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _Nothing(Searcher):
-    def suggest(self, trial_id):
-        return None
 
 
 def test_job_runtime_env_reads_rays_job_config(monkeypatch):
@@ -29,32 +21,13 @@ def test_job_runtime_env_reads_rays_job_config(monkeypatch):
     assert ray_private.job_runtime_env() == {"working_dir": "/x"}
 
 
-def test_a_tuners_search_algorithm_and_callbacks_are_replaced(tmp_path):
-    """``Tuner._local_tuner``, ``TunerInternal._tune_config`` and ``get_run_config`` on a real Tuner
-    (a restored one is the same class)."""
-    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(max_concurrent_trials=3),
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="x", callbacks=[tune.Callback()]))
-    search = SearchGenerator(_Nothing())
-    seen = []
-    ray_private.replace_restored(tuner, search, lambda restored: seen.extend(restored) or ["mine"])
-    internal = tuner._local_tuner
-    assert internal._tune_config.search_alg is search and internal._tune_config.max_concurrent_trials is None
-    assert internal.get_run_config().callbacks == ["mine"] and len(seen) == 1
+def test_a_missing_private_api_is_one_clear_error(monkeypatch):
+    from ray._private.runtime_env import constants
 
-
-def test_a_restored_search_generator_asks_its_searcher_again():
-    generator = SearchGenerator(_Nothing())
-    generator._finished = True  # what a restored generator of a finished grid holds
-    ray_private.reopen_search(generator)
-    assert generator._finished is False
-
-
-def test_a_missing_private_api_is_one_clear_error():
-    with pytest.raises(ray_private.RayChanged, match=r"has no ray.tune.search.search_generator.SearchGenerator._finished"
-                                                     r".*tested with Ray 2\.60\.x"):
-        ray_private.reopen_search(object())
-    with pytest.raises(ray_private.RayChanged, match=r"ray.tune.tuner.Tuner._local_tuner \(its _tune_config"):
-        ray_private.replace_restored(object(), None, list)
+    monkeypatch.delattr(constants, "RAY_JOB_CONFIG_JSON_ENV_VAR")
+    with pytest.raises(ray_private.RayChanged, match=r"has no ray._private.runtime_env.constants."
+                                                     r"RAY_JOB_CONFIG_JSON_ENV_VAR.*tested with Ray 2\.60\.x"):
+        ray_private.job_runtime_env()
 
 
 def test_ray_is_the_pinned_minor_version():
