@@ -32,7 +32,8 @@ class DuplicateTrials(ValueError):
 @dataclass(frozen=True)
 class Attempt:
     """One trial of a point: its id, the point's label (:attr:`analysis.schema.TrialPoint.label`),
-    whether it finished, the last epoch it reported, whether it diverged, and its folder in storage."""
+    whether it finished, the last epoch it reported, whether it diverged, its folder in storage, and
+    whether its reports are whole (its results file) or only Ray Tune's few numbers (``result.json``)."""
 
     trial_id: str
     point: str
@@ -40,6 +41,7 @@ class Attempt:
     epoch: int
     diverged: bool = False
     folder: str = ""
+    whole: bool = True
 
 
 def point_label(report: Mapping) -> str:
@@ -52,17 +54,22 @@ def point_label(report: Mapping) -> str:
     return point.label
 
 
-def attempt(trial_id: str, last: Mapping, folder: str = "") -> Attempt:
-    """The attempt whose last report is ``last`` (the one with the highest epoch)."""
-    last = _filled(last)
-    return Attempt(trial_id, point_label(last), bool(is_finished(last)), int(last[EPOCH]), last[DIVERGED], folder)
+def attempt(trial_id: str, last: Mapping, folder: str = "", whole: bool = True, budget=None) -> Attempt:
+    """The attempt whose last report is ``last`` (the one with the highest epoch); ``budget(label)``
+    gives the epoch budget of a point whose reports lack it (an older trial's; without it, such a
+    trial counts as finished: :func:`analysis.schema.is_finished`)."""
+    label = point_label(last)
+    last = _filled(last, budget(label) if budget is not None else None)
+    return Attempt(trial_id, label, bool(is_finished(last)), int(last[EPOCH]), last[DIVERGED], folder, whole)
 
 
-def _filled(report: Mapping) -> dict:
-    """``report`` with a missing budget as NaN (an older trial's: see :func:`analysis.schema.is_finished`)
-    and a missing or NaN ``diverged`` as False."""
+def _filled(report: Mapping, fallback_budget=None) -> dict:
+    """``report`` with a missing budget as ``fallback_budget`` or NaN and a missing or NaN
+    ``diverged`` as False."""
     budget, diverged = report.get(BUDGET_EPOCHS), report.get(DIVERGED)
-    return {**report, BUDGET_EPOCHS: float("nan") if budget is None else budget,
+    if budget is None or budget != budget:
+        budget = float("nan") if fallback_budget is None else fallback_budget
+    return {**report, BUDGET_EPOCHS: budget,
             DIVERGED: diverged is not None and diverged == diverged and bool(diverged)}
 
 
@@ -78,7 +85,7 @@ def counted(attempts: Iterable[Attempt]) -> dict[str, Attempt]:
         if len(finished) > 1:
             twice.append(f"{point} ({', '.join(finished)})")
             continue
-        chosen[point] = max(tries, key=lambda a: (a.finished, a.epoch, a.trial_id))
+        chosen[point] = max(tries, key=lambda a: (a.finished, a.whole, a.epoch, a.trial_id))
     if twice:
         more = f" and {len(twice) - 3} more" if len(twice) > 3 else ""
         raise DuplicateTrials(f"trial point(s) finished more than once, so their statistics would count them twice: "
@@ -87,10 +94,10 @@ def counted(attempts: Iterable[Attempt]) -> dict[str, Attempt]:
     return chosen
 
 
-def _last_report(folder: str) -> tuple[str, dict] | None:
-    """``(trial id, last report)`` from a trial folder's results file, else from Ray Tune's
-    ``result.json`` (a trial that had not reached its first checkpoint, or an older experiment's);
-    None when neither holds a report that can be read."""
+def _last_report(folder: str) -> tuple[str, dict, bool] | None:
+    """``(trial id, last report, whole)`` from a trial folder's results file (whole), else from Ray
+    Tune's ``result.json`` (a trial that had not reached its first checkpoint, or an older
+    experiment's); None when neither holds a report that can be read."""
     results = storage.join(folder, TRIAL_RESULTS_FILE)
     if storage.is_file(results):
         try:
@@ -102,7 +109,7 @@ def _last_report(folder: str) -> tuple[str, dict] | None:
                                  if c in table.column_names]).to_pylist()
             if rows:
                 last = max(rows, key=lambda r: r[EPOCH])
-                return last[TRIAL_ID], last
+                return last[TRIAL_ID], last, True
         except Exception as exc:  # cut short by a full disk or a killed writer: the folder's checkpoints may do
             print(f"warning: {results} cannot be read ({one_line(exc)}); its trial counts as unfinished",
                   flush=True)
@@ -120,14 +127,15 @@ def _last_report(folder: str) -> tuple[str, dict] | None:
     if last is None or TRIAL_ID not in last:
         return None
     point = (last.get("config") or {}).get(PARAM) or {}
-    return last[TRIAL_ID], {**point, **{k: v for k, v in last.items() if v is not None}}
+    return last[TRIAL_ID], {**point, **{k: v for k, v in last.items() if v is not None}}, False
 
 
-def scan(path: str) -> list[Attempt]:
+def scan(path: str, budget=None) -> list[Attempt]:
     """Every trial attempt in the experiment at ``path`` (a folder or a URI), read from the trial
-    folders' own files; folders with nothing readable are left out."""
+    folders' own files (``budget``: as for :func:`attempt`); folders with nothing readable are left out."""
     found = storage.files_named(path, TRIAL_RESULTS_FILE, RESULT_FILE)
     folders = sorted({storage.split(f)[0] for files in found.values() for f in files})
     with ThreadPoolExecutor(max_workers=16) as pool:  # an object store answers each folder in a round trip
         reports = list(pool.map(_last_report, folders))
-    return [attempt(trial_id, last, folder) for folder, hit in zip(folders, reports) if hit for trial_id, last in [hit]]
+    return [attempt(trial_id, last, folder, whole, budget)
+            for folder, hit in zip(folders, reports) if hit for trial_id, last, whole in [hit]]

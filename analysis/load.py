@@ -45,6 +45,7 @@ def load_experiment(path) -> pd.DataFrame:
     frames = []
     if found[TRIAL_RESULTS_FILE]:
         frames.append(trial_results.read(found[TRIAL_RESULTS_FILE]).to_pandas())
+    whole = set(frames[0][TRIAL_ID]) if frames and TRIAL_ID in frames[0] else set()
     older = legacy.without_results_file(found[RESULT_FILE], found[TRIAL_RESULTS_FILE])
     if older:
         frames.append(legacy.read_tune_results(older))
@@ -52,17 +53,19 @@ def load_experiment(path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=KEYS + [EPOCH])
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return with_arms(in_point_order(counted_attempts(df)))
+    return with_arms(in_point_order(counted_attempts(df, whole)))
 
 
-def counted_attempts(df: pd.DataFrame) -> pd.DataFrame:
+def counted_attempts(df: pd.DataFrame, whole: set | None = None) -> pd.DataFrame:
     """The reports of the trial that counts for each point (:func:`analysis.attempts.counted`):
     attempts superseded by a resumed one are left out; a point finished twice raises
-    :class:`analysis.attempts.DuplicateTrials`."""
+    :class:`analysis.attempts.DuplicateTrials`. ``whole``: the ids of the trials read from their
+    results files (None: all), preferred to those with only Ray Tune's numbers."""
     if df.empty or SCHEDULE not in df:
         return df
     last = df.sort_values([TRIAL_ID, EPOCH], kind="stable").groupby(TRIAL_ID).tail(1)
-    tries = [attempts.attempt(row[TRIAL_ID], row) for row in last.to_dict("records")]
+    tries = [attempts.attempt(row[TRIAL_ID], row, whole=whole is None or row[TRIAL_ID] in whole)
+             for row in last.to_dict("records")]
     keep = {a.trial_id for a in attempts.counted(tries).values()}
     return df if len(keep) == len(tries) else df[df[TRIAL_ID].isin(keep)]
 

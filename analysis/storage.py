@@ -93,6 +93,12 @@ def list_dir(path: str) -> list[str]:
     return sorted(info.base_name for info in infos)
 
 
+def modified(path: str) -> float:
+    """When the file at ``path`` was last written (seconds since the epoch)."""
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).mtime.timestamp()
+
+
 def read_bytes(path: str) -> bytes:
     fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:

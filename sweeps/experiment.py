@@ -14,7 +14,7 @@ from analysis.messages import one_line
 from analysis.experiment_file import NotAnExperiment, read_experiment_file
 from analysis.schema import CONFIG_FILE, PROVENANCE
 
-from . import provenance
+from . import lock, provenance
 from . import trackers as tracking
 from .config import ConfigError, SweepConfig, validate
 from .preflight import check_snapshots, location, preflight
@@ -69,6 +69,14 @@ def _trackers(recorded: dict, asked: list[str]) -> list[str]:
     return list(dict.fromkeys([*known, *asked]))
 
 
+def check_unchanged(found: "Reopened", command: str) -> None:
+    """Refuse to go on when the experiment's file changed since :func:`reopen` read it (another
+    driver's ``extend`` ended meanwhile): call with the experiment's lease held."""
+    if experiment_config(found.path) != (found.old, found.recorded):
+        raise ConfigError(f"{command} {found.path}: its {CONFIG_FILE} changed while this command checked it "
+                          "(another driver ran it meanwhile); run the command again")
+
+
 def _code_outside(config: SweepConfig, path: str) -> None:
     """Refuse a stored config whose model builder would be imported from the experiment's own folder:
     only code the user has runs (the builder is located here without running it)."""
@@ -105,6 +113,10 @@ def reopen(path: str, command: str, force: bool, trackers: list[str], grow=None)
     cannot be written, a tracker that cannot log, data or a model the config can no longer use, dense
     models that lack a snapshot the sweep rewinds to; warn when the experiment records no provenance."""
     path = location(path, command)
+    running = None if force else lock.holder(path)
+    if running:  # refused before the checks below, which may take long (a dataset's images decoded)
+        raise lock.ExperimentInUse(f"{command} {path}: the experiment is in use by {running}; wait until it ends "
+                                   "(or stop it); if it is gone, pass --force")
     old, recorded = experiment_config(path)
     _code_outside(old, path)
     differences = provenance.differences(old, recorded)

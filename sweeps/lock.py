@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -38,10 +39,12 @@ class ExperimentInUse(ConfigError):
 
 
 def _machine() -> str:
-    """This machine's boot: the host name alone may be shared (containers), a boot id is not."""
+    """Where this process's pids mean something: the host, its boot and its pid namespace (the host
+    name alone may be shared by containers, and so may a boot)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f"{socket.gethostname()}/{f.read().strip()}"
+            boot = f.read().strip()
+        return f"{socket.gethostname()}/{boot}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return socket.gethostname()
 
@@ -86,6 +89,11 @@ def _holder(lease: dict, now: float) -> str:
             f"since {when}, last heard from {ago})")
 
 
+def _interrupt() -> None:
+    """Stop this driver the graceful way a sweep stops on Ctrl-C (SIGINT)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 class Lease:
     """The lease on the experiment at ``path``, held for ``command``."""
 
@@ -96,6 +104,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
+        self.on_lost = _interrupt  # what a driver does when another took its lease
 
     def read(self) -> dict | None:
         """The lease as stored (None: there is none; ``{}``: one that cannot be parsed)."""
@@ -110,42 +119,80 @@ class Lease:
         return lease if isinstance(lease, dict) else {}
 
     def acquire(self, force: bool = False) -> None:
-        """Take the lease, or raise :class:`ExperimentInUse` naming its holder; ``force`` takes it anyway."""
-        found = self.read()
-        if found is not None:
-            now = time.time()
-            why = _stale(found, now) if found else "it cannot be read"
-            if why is None and not force:
-                raise ExperimentInUse(
-                    f"{self.command} {self.path}: the experiment is in use by {_holder(found, now)}; two drivers "
-                    "would train its trials twice. Wait until it ends (or stop it); if it is gone, pass --force")
-            print(f"{self.command}: taking over the lease of {self.path} from {_holder(found, now) if found else '?'}: "
-                  f"{why or '--force'}", file=sys.stderr, flush=True)
-            self._write()
-        elif not self._create():
-            return self.acquire(force)  # another driver created it between our look and our write
-        if storage.is_uri(self.file):
-            time.sleep(SETTLE_S)
-            if (self.read() or {}).get("token") != self.mine["token"]:
-                found = self.read() or {}
-                raise ExperimentInUse(f"{self.command} {self.path}: another driver took the experiment at the same "
-                                      f"moment: {_holder(found, time.time())}")
+        """Take the lease, or raise :class:`ExperimentInUse` naming its holder; ``force`` takes it anyway.
+        Storage that cannot be read or written is a ConfigError."""
+        try:
+            self._take(force)
+        except ConfigError:
+            raise
+        except Exception as exc:  # an unreachable or refusing store, a read-only folder
+            raise ConfigError(f"{self.command} {self.path}: cannot take the experiment's lease {self.file} "
+                              f"({one_line(exc)})") from None
         self._thread = threading.Thread(target=self._renew, name="prunesweep-lease", daemon=True)
         self._thread.start()
 
+    def _take(self, force: bool) -> None:
+        for _ in range(5):  # each try loses only to another driver that took it meanwhile
+            found = self.read()
+            if found is None:
+                if self._create():
+                    break
+                continue
+            now = time.time()
+            why = _stale(found, now) if found else self._unreadable(now)
+            if why is None and not force:
+                holder = _holder(found, now) if found else "a driver whose lease cannot be read"
+                raise ExperimentInUse(
+                    f"{self.command} {self.path}: the experiment is in use by {holder}; two drivers would train its "
+                    "trials twice. Wait until it ends (or stop it); if it is gone, pass --force")
+            print(f"{self.command}: taking over the lease of {self.path} from "
+                  f"{_holder(found, now) if found else 'an unreadable lease'}: {why or '--force'}",
+                  file=sys.stderr, flush=True)
+            if self._replace():
+                break
+        else:
+            raise ExperimentInUse(f"{self.command} {self.path}: other drivers keep taking the experiment's lease")
+        if storage.is_uri(self.file):  # no create-if-absent there: the last writer wins, and says so on reading
+            time.sleep(SETTLE_S)
+            found = self.read() or {}
+            if found.get("token") != self.mine["token"]:
+                raise ExperimentInUse(f"{self.command} {self.path}: another driver took the experiment at the same "
+                                      f"moment: {_holder(found, time.time())}")
+
+    def _unreadable(self, now: float) -> str | None:
+        """Why a lease that cannot be parsed is stale (old enough), or None."""
+        age = now - storage.modified(self.file)
+        return f"it cannot be read and was written {age:.0f} s ago" if age > STALE_S else None
+
     def _create(self) -> bool:
-        """Create the lease if there is none; False if another driver's appeared first."""
+        """Create the lease, whole, if there is none; False if another driver's appeared first."""
         if storage.is_uri(self.file):
             self._write()
             return True
         os.makedirs(os.path.dirname(self.file), exist_ok=True)
+        tmp = f"{self.file}.{self.mine['token']}"
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(self.mine).encode())
         try:
-            fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, self.file)  # atomic, and fails if the lease exists: never an empty or half lease
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(self.mine).encode())
+        finally:
+            os.unlink(tmp)
         return True
+
+    def _replace(self) -> bool:
+        """Replace a stale (or forced) lease by this driver's; False if another driver replaced it first."""
+        if storage.is_uri(self.file):
+            self._write()
+            return True
+        broken = f"{self.file}.broken-{self.mine['token']}"
+        try:
+            os.rename(self.file, broken)  # of two drivers breaking one lease, one renames it
+        except FileNotFoundError:
+            return False
+        os.unlink(broken)
+        return self._create()
 
     def _write(self) -> None:
         self.mine["heartbeat"] = time.time()
@@ -156,8 +203,9 @@ class Lease:
             try:
                 if (self.read() or {}).get("token") != self.mine["token"]:
                     self.lost = True
-                    print(f"warning: another driver took over the lease of {self.path} (--force): this one goes on, "
-                          "but its trials may now be trained twice", file=sys.stderr, flush=True)
+                    print(f"error: another driver took over the lease of {self.path} (--force): stopping this one, "
+                          "so that no trial is trained twice", file=sys.stderr, flush=True)
+                    self.on_lost()
                     return
                 self._write()
             except Exception as exc:  # a storage outage: the next heartbeat tries again

@@ -200,7 +200,12 @@ def check_snapshots(config: SweepConfig, path: str) -> None:
     for seed in config.seed_list:
         file = storage.join(path, DENSE_DIR, dense_file(seed))
         if storage.exists(file):
-            lacking = sorted(needed - set(load_torch(file).get(SNAPSHOTS, {})))
+            try:
+                dense = load_torch(file)
+            except Exception as exc:  # cut short, or more than data
+                raise ConfigError(f"dense model of seed {seed}: {file} cannot be read ({one_line(exc)}); restore it, "
+                                  "or move it out of the experiment to train it again") from None
+            lacking = sorted(needed - set(dense.get(SNAPSHOTS, {})))
             if lacking:
                 raise ConfigError(f"finetune.retrain: weight_rewind starts from dense epoch(s) "
                                   f"{', '.join(map(str, lacking))}, which {file} does not hold (it was trained for "

@@ -10,7 +10,7 @@ from analysis.schema import LOCK_FILE
 from . import lock, provenance
 from . import trackers as tracking
 from .config import ConfigError, SweepConfig, check_experiment_name
-from .experiment import check_storage, experiment_path, reopen, write_experiment_file
+from .experiment import check_storage, check_unchanged, experiment_path, reopen, write_experiment_file
 from .extend import grow
 from .preflight import dense_checkpoint, location, preflight
 from .ray_connection import RayOptions, ray_session
@@ -58,12 +58,14 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
     """
     found = reopen(path, "resume", force, trackers)
     config, recorded = found.config, found.recorded
-    with lock.held(found.path, "resume", force), ray_session(config, options):
-        updated = provenance.forced(recorded, config, found.changed) if found.changed else recorded  # forced: say so
-        updated = provenance.with_trackers(updated or provenance.legacy(config), found.trackers)
-        if updated != recorded:
-            write_experiment_file(found.path, config, updated)
-        return fit(config, found.path, restore=True, trackers=found.trackers)
+    with lock.held(found.path, "resume", force):
+        check_unchanged(found, "resume")
+        with ray_session(config, options):
+            updated = provenance.forced(recorded, config, found.changed) if found.changed else recorded  # forced: say so
+            updated = provenance.with_trackers(updated or provenance.legacy(config), found.trackers)
+            if updated != recorded:
+                write_experiment_file(found.path, config, updated)
+            return fit(config, found.path, restore=True, trackers=found.trackers)
 
 
 def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), force: bool = False,
@@ -81,7 +83,9 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     added = found.added
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {found.path}: adds {what}: {added['trials']} new trials", flush=True)
-    with lock.held(found.path, "extend", force), ray_session(found.config, options):
-        grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
-        write_experiment_file(found.path, found.config, provenance.with_trackers(grown, found.trackers))
-        return fit(found.config, found.path, restore=True, trackers=found.trackers)
+    with lock.held(found.path, "extend", force):
+        check_unchanged(found, "extend")
+        with ray_session(found.config, options):
+            grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
+            write_experiment_file(found.path, found.config, provenance.with_trackers(grown, found.trackers))
+            return fit(found.config, found.path, restore=True, trackers=found.trackers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 from analysis import storage
 
@@ -68,6 +69,10 @@ def callbacks(names: list[str], experiment: str) -> list:
             # W&B writes local files only: beside a local experiment, else here (never in Tune's staging folder)
             options["dir"] = os.path.abspath(WANDB_DIR if storage.is_uri(experiment) else storage.join(experiment, WANDB_DIR))
             os.makedirs(options["dir"], exist_ok=True)
+            if os.environ.get(WANDB_KEY_ENV):
+                print(f"warning: {WANDB_KEY_ENV} is set: Ray's WandbLoggerCallback passes it to its logging actor in "
+                      "a runtime env, which Ray's agent writes in plain text to its session logs; authenticate with "
+                      "`wandb login` (~/.netrc) instead and unset it", file=sys.stderr, flush=True)
             out.append(WandbLoggerCallback(project=name, **options))
     return out
 

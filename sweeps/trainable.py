@@ -83,7 +83,7 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     ``sweep``, the config validated on the driver, the dense models, the experiment's location and the
     folders of earlier attempts of each point (``earlier``: {label: folders, furthest first}) arrive
     once through ``tune.with_parameters``. Continues from the newest readable checkpoint
-    (:func:`restored`): Tune's when it restarts a trial, else an earlier attempt's.
+    (:func:`checkpoints`): Tune's when it restarts a trial, else an earlier attempt's.
 
     Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch; every
     report, whole, goes to the trial's results file, rewritten at each checkpoint (every
@@ -94,20 +94,34 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     context = tune.get_context()
     trial_dir = context.get_trial_dir()
     files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id())
-    state = restored(tune.get_checkpoint(), files.folder, (earlier or {}).get(point.label, []))
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
     plan = chaos.plan(trial_plan(sweep, point))
-    run = TrialRun.of_point(sweep, point, ray.get(dense_refs[point.seed]), device, plan)
+    dense = ray.get(dense_refs[point.seed])
+    run = TrialRun.of_point(sweep, point, dense, device, plan)
     history = []
-    if state is not None and state.get("done"):
-        # finished before the driver recorded it: record and announce the final result again, train nothing
-        files.write_results(state["history"], run.learner.layers)
-        tune.report(schema.for_tune(state["history"][-1]))
-        return
-    if state is not None:
-        run.load_state(state)
+    checkpoint = tune.get_checkpoint()
+    candidates = checkpoints(checkpoint, files.folder, (earlier or {}).get(point.label, []))
+    for candidate, state in readable(candidates):
+        if state.get("done"):
+            # finished before the driver recorded it: record and announce the final result again, train nothing
+            files.write_results(state["history"], run.learner.layers)
+            tune.report(schema.for_tune(state["history"][-1]))
+            return
+        try:
+            run.load_state(state)
+        except Exception as exc:  # a state of another layout (an experiment resumed with --force)
+            print(f"checkpoint {candidate} does not fit this trial ({one_line(exc)}); trying the one kept before it",
+                  file=sys.stderr, flush=True)
+            run = TrialRun.of_point(sweep, point, dense, device, plan)
+            continue
         history = state["history"]
+        if candidate != candidates[0] or checkpoint is None:
+            print(f"continuing from {candidate} (epoch {run.epoch})", flush=True)
+        break
+    else:
+        if candidates:
+            print("no checkpoint of this trial can be used: it starts from the beginning", file=sys.stderr, flush=True)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
     chaos.apply(run, trial_dir)
     while not run.done:
@@ -148,30 +162,26 @@ def _checkpoints(folder: str) -> list[str]:
     return sorted((n for n in storage.list_dir(folder) if n.startswith("checkpoint_")), reverse=True)
 
 
-def restored(checkpoint, folder: str, earlier: list[str]) -> dict | None:
-    """The state to continue a trial from: Ray Tune's ``checkpoint`` when it restarts the trial (in
-    ``folder``, its folder in storage), else the newest checkpoint of the ``earlier`` attempts of its
-    point (folders, furthest first); None to start afresh. A checkpoint that cannot be read (cut short,
-    or holding more than data: :func:`sweeps.torch_files.load_torch`) is passed over for the one kept
-    before it, saying so."""
+def checkpoints(checkpoint, folder: str, earlier: list[str]) -> list[str]:
+    """Where a trial may continue from, the newest first: Ray Tune's ``checkpoint`` when it restarts
+    the trial and those kept before it (in ``folder``, the trial's folder in storage), then the
+    checkpoints of the ``earlier`` attempts of its point (folders, furthest first)."""
+    own = []
     if checkpoint is not None:
         newest = os.path.basename(checkpoint.path.rstrip("/"))
-        candidates = [storage.join(folder, n) for n in _checkpoints(folder) if n <= newest]
-    else:
-        candidates = [storage.join(f, n) for f in earlier for n in _checkpoints(f)]
-    for i, candidate in enumerate(candidates):
+        own = [storage.join(folder, n) for n in _checkpoints(folder) if n <= newest]
+    return own + [storage.join(f, n) for f in earlier for n in _checkpoints(f)]
+
+
+def readable(candidates: list[str]):
+    """``(checkpoint, state)`` of each of ``candidates`` that can be read, in order; one that cannot
+    (cut short, or holding more than data: :func:`sweeps.torch_files.load_torch`) is passed over, saying so."""
+    for candidate in candidates:
         try:
-            state = load_torch(storage.join(candidate, STATE_FILE))
+            yield candidate, load_torch(storage.join(candidate, STATE_FILE))
         except Exception as exc:
             print(f"checkpoint {candidate} cannot be read ({one_line(exc)}); trying the one kept before it",
                   file=sys.stderr, flush=True)
-            continue
-        if i or checkpoint is None:
-            print(f"continuing from {candidate} (epoch {state.get('epoch')})", flush=True)
-        return state
-    if candidates:
-        print("no checkpoint of this trial can be read: it starts from the beginning", file=sys.stderr, flush=True)
-    return None
 
 
 def _report(report: dict, state: dict) -> None:

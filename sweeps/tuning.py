@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 
 from analysis import attempts, storage
+from analysis.messages import one_line
 from analysis.schema import EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, TrialPoint
 
-from .config import SweepConfig
-from .plan import expand
+from .config import ConfigError, SweepConfig
+from .plan import expand, trial_plan
 
 
 def trial_dirname(trial) -> str:
@@ -83,10 +84,24 @@ class Outcome:
     diverged: int = 0
 
 
-def earlier_attempts(path: str) -> tuple[set[str], dict[str, list[str]]]:
+def _scan(config: SweepConfig, path: str) -> list:
+    """:func:`analysis.attempts.scan` of the experiment of ``config`` at ``path``, its storage errors
+    one line; trials of older experiments, whose reports lack their budget, are judged by the plan's."""
+    points = {p.label: p for p in expand(config)}
+
+    def budget(label: str):
+        return trial_plan(config, points[label]).total_epochs if label in points else None
+
+    try:
+        return attempts.scan(path, budget)
+    except Exception as exc:  # an unreachable or refusing object store
+        raise ConfigError(f"{path}: cannot read its trial folders ({one_line(exc)})") from None
+
+
+def earlier_attempts(config: SweepConfig, path: str) -> tuple[set[str], dict[str, list[str]]]:
     """What an experiment's trial folders say (:func:`analysis.attempts.scan`): the points finished,
     and for each other point the folders of its attempts, the furthest first (where it continues)."""
-    tries = attempts.scan(path)
+    tries = _scan(config, path)
     done = {a.point for a in tries if a.finished}
     earlier: dict[str, list[str]] = {}
     for a in sorted(tries, key=lambda a: (-a.epoch, a.trial_id)):
@@ -114,7 +129,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
 
     points = expand(config)
     labels = {p.label for p in points}
-    done, earlier = earlier_attempts(path) if restore else (set(), {})
+    done, earlier = earlier_attempts(config, path) if restore else (set(), {})
     done &= labels
     if restore:
         print(f"{path}: {len(done)} of {len(points)} trials finished before; {len(points) - len(done)} to run"
@@ -135,7 +150,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):
             results = tuner.fit()
         phase.poll()
-        ended = [a for a in attempts.scan(path) if a.finished and a.point in labels]
+        ended = [a for a in _scan(config, path) if a.finished and a.point in labels]
         return Outcome(path, results, len(points), dict(phase.failed), finished=len({a.point for a in ended}),
                        diverged=len({a.point for a in ended if a.diverged}))
 

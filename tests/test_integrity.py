@@ -158,21 +158,27 @@ def test_a_torch_file_that_would_run_code_is_refused_in_one_line(tmp_path):
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_kept_before(tmp_path, capsys):
     from ray import tune
 
-    from sweeps.trainable import STATE_FILE, restored
+    from sweeps.trainable import STATE_FILE, checkpoints, readable
 
-    trial = tmp_path / "t1_instant_s0.9_seed0"
-    for i, epoch in enumerate([2, 4]):
-        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
-        torch.save({"epoch": epoch, "history": []}, trial / f"checkpoint_00000{i}" / STATE_FILE)
+    trial, earlier = tmp_path / "t2_instant_s0.9_seed0", tmp_path / "t1_instant_s0.9_seed0"
+    for folder, epochs in ((earlier, [2, 4]), (trial, [5, 6, 7])):
+        for i, epoch in enumerate(epochs):
+            (folder / f"checkpoint_00000{i}").mkdir(parents=True)
+            torch.save({"epoch": epoch, "history": []}, folder / f"checkpoint_00000{i}" / STATE_FILE)
     newest = trial / "checkpoint_000001" / STATE_FILE
     newest.write_bytes(newest.read_bytes()[:100])  # cut short by a full disk
-    assert restored(tune.Checkpoint(str(trial / "checkpoint_000001")), str(trial), [])["epoch"] == 2
+    # Ray Tune restarts the trial from checkpoint_000001 (000002 was written after it recorded one)
+    found = checkpoints(tune.Checkpoint(str(trial / "checkpoint_000001")), str(trial), [str(earlier)])
+    assert [os.path.relpath(c, tmp_path) for c in found] == [
+        "t2_instant_s0.9_seed0/checkpoint_000001", "t2_instant_s0.9_seed0/checkpoint_000000",
+        "t1_instant_s0.9_seed0/checkpoint_000001", "t1_instant_s0.9_seed0/checkpoint_000000"]
+    assert [state["epoch"] for _, state in readable(found)] == [5, 4, 2]
     assert "checkpoint_000001 cannot be read" in capsys.readouterr().err
-    # a new trial of the point continues from an earlier attempt's newest readable checkpoint
-    assert restored(None, str(tmp_path / "t2_instant_s0.9_seed0"), [str(trial)])["epoch"] == 2
-    torch.save({"epoch": 2, "bad": _Runs()}, trial / "checkpoint_000000" / STATE_FILE)
-    assert restored(None, str(tmp_path / "t2"), [str(trial)]) is None
-    assert "starts from the beginning" in capsys.readouterr().err
+    # a new trial of the point continues from its earlier attempt's checkpoints; one that would run code is passed over
+    torch.save({"epoch": 4, "bad": _Runs()}, earlier / "checkpoint_000001" / STATE_FILE)
+    found = checkpoints(None, str(trial), [str(earlier)])
+    assert [state["epoch"] for _, state in readable(found)] == [2]
+    assert "posix.system" in capsys.readouterr().err
 
 
 def test_a_stored_config_runs_no_code_before_the_provenance_check(tmp_path, monkeypatch, capsys):
@@ -254,3 +260,29 @@ def test_analyze_says_when_a_driver_holds_the_experiment(tmp_path, capsys):
     assert f"`prunesweep resume` (process {os.getpid()} on " in capsys.readouterr().err
     assert analyze([root, "--out", str(tmp_path / "out")]) == 0
     assert "lease" not in capsys.readouterr().err
+
+
+def test_an_unreadable_lease_is_held_until_it_is_old_and_a_lost_lease_stops_its_driver(tmp_path, monkeypatch):
+    import threading
+
+    path = str(tmp_path / "exp")
+    os.makedirs(path)
+    file = os.path.join(path, schema.LOCK_FILE)
+    with open(file, "w") as f:
+        f.write("{half a lea")
+    with pytest.raises(lock.ExperimentInUse, match="a driver whose lease cannot be read"):
+        lock.Lease(path, "resume").acquire()
+    old = time.time() - lock.STALE_S - 5
+    os.utime(file, (old, old))
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
+    mine = lock.Lease(path, "resume")
+    stopped = threading.Event()
+    mine.on_lost = stopped.set
+    mine.acquire()
+    try:
+        with open(file, "w") as f:
+            json.dump({**lock._me("resume"), "command": "resume --force"}, f)  # another driver forced it
+        assert stopped.wait(5) and mine.lost
+    finally:
+        mine.release()
+    assert _lease(path)["command"] == "resume --force", "the other driver's lease stays"
