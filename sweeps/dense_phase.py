@@ -182,20 +182,6 @@ class DensePhase:
             print(f"dense seed {seed}: test_accuracy {summary['test_accuracy']:.4f} ({summary['seconds']:.1f} s); "
                   "its trials may start", flush=True)
 
-    def wait(self, seeds: list[int] | None = None) -> None:
-        """Until every task (every one of ``seeds``, when given) has finished or failed."""
-        while any(seeds is None or seed in seeds for seed in self._pending.values()):
-            self.poll(timeout=None)
-
-    def wait_reserved(self) -> None:
-        """Until every training still to finish has its resources (:attr:`reserved`): trials that Ray
-        Tune restores start without asking :class:`sweeps.search.SeedGate`, and must not take what a training needs."""
-        import ray
-
-        if self._placing:
-            ray.wait(list(self._placing), num_returns=len(self._placing))
-        self.poll()
-
     def release(self) -> None:
         """Give back what is still reserved for trainings that will not be waited for (an interrupted sweep)."""
         for seed in list(self._groups):

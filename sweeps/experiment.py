@@ -113,10 +113,8 @@ def reopen(path: str, command: str, force: bool, trackers: list[str], grow=None)
     cannot be written, a tracker that cannot log, data or a model the config can no longer use, dense
     models that lack a snapshot the sweep rewinds to; warn when the experiment records no provenance."""
     path = location(path, command)
-    running = None if force else lock.holder(path)
-    if running:  # refused before the checks below, which may take long (a dataset's images decoded)
-        raise lock.ExperimentInUse(f"{command} {path}: the experiment is in use by {running}; wait until it ends "
-                                   "(or stop it); if it is gone, pass --force")
+    if not force:  # refused before the checks below, which may take long (a dataset's images decoded)
+        lock.refuse_if_held(path, command)
     old, recorded = experiment_config(path)
     _code_outside(old, path)
     differences = provenance.differences(old, recorded)

@@ -142,9 +142,7 @@ class Lease:
             why = _stale(found, now) if found else self._unreadable(now)
             if why is None and not force:
                 holder = _holder(found, now) if found else "a driver whose lease cannot be read"
-                raise ExperimentInUse(
-                    f"{self.command} {self.path}: the experiment is in use by {holder}; two drivers would train its "
-                    "trials twice. Wait until it ends (or stop it); if it is gone, pass --force")
+                raise ExperimentInUse(in_use(self.command, self.path, holder))
             print(f"{self.command}: taking over the lease of {self.path} from "
                   f"{_holder(found, now) if found else 'an unreadable lease'}: {why or '--force'}",
                   file=sys.stderr, flush=True)
@@ -226,6 +224,22 @@ def holder(path: str) -> str | None:
     found = Lease(path, "?").read()
     now = time.time()
     return _holder(found, now) if found and _stale(found, now) is None else None
+
+
+WAIT = "wait until it ends (or stop it); if it is gone, pass --force"
+
+
+def in_use(command: str, path: str, who: str, then: str = WAIT) -> str:
+    """The one line that refuses ``command`` on the experiment at ``path`` that ``who`` runs."""
+    return f"{command} {path}: the experiment is in use by {who}; two drivers would train its trials twice: {then}"
+
+
+def refuse_if_held(path: str, command: str, then: str = WAIT) -> None:
+    """Refuse (:class:`ExperimentInUse`) ``command`` while a live driver holds the experiment at ``path``:
+    a check before long ones; :meth:`Lease.acquire` is the one that counts."""
+    running = holder(path)
+    if running:
+        raise ExperimentInUse(in_use(command, path, running, then))
 
 
 @contextlib.contextmanager

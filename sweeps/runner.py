@@ -41,10 +41,7 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
 def _refuse_existing(path: str) -> None:
     """Refuse to ``run`` into an experiment that exists (anything in its folder but a lease)."""
     if storage.exists(path) and (not storage.is_dir(path) or set(storage.list_dir(path)) - {LOCK_FILE}):
-        running = lock.holder(path)
-        if running:
-            raise lock.ExperimentInUse(f"run {path}: the experiment is in use by {running}; start another --name, "
-                                       "or wait until it ends and resume it")
+        lock.refuse_if_held(path, "run", then="start another --name, or wait until it ends and resume it")
         raise ConfigError(f"experiment {path} already exists: continue it with `prunesweep resume {path}` "
                           "or choose another --name")
 

@@ -84,10 +84,10 @@ class Outcome:
     diverged: int = 0
 
 
-def _scan(config: SweepConfig, path: str) -> list:
-    """:func:`analysis.attempts.scan` of the experiment of ``config`` at ``path``, its storage errors
-    one line; trials of older experiments, whose reports lack their budget, are judged by the plan's."""
-    points = {p.label: p for p in expand(config)}
+def _scan(config: SweepConfig, path: str, points: dict[str, TrialPoint]) -> list:
+    """:func:`analysis.attempts.scan` of the experiment of ``config`` at ``path``, whose grid is
+    ``points`` ({label: point}), its storage errors one line; trials of older experiments, whose
+    reports lack their budget, are judged by the plan's."""
 
     def budget(label: str):
         return trial_plan(config, points[label]).total_epochs if label in points else None
@@ -98,11 +98,13 @@ def _scan(config: SweepConfig, path: str) -> list:
         raise ConfigError(f"{path}: cannot read its trial folders ({one_line(exc)})") from None
 
 
-def earlier_attempts(config: SweepConfig, path: str) -> tuple[set[str], dict[str, list[str]]]:
-    """What an experiment's trial folders say (:func:`analysis.attempts.scan`): the points finished,
-    and for each other point the folders of its attempts, the furthest first (where it continues)."""
-    tries = _scan(config, path)
-    done = {a.point for a in tries if a.finished}
+def earlier_attempts(config: SweepConfig, path: str,
+                     points: dict[str, TrialPoint]) -> tuple[set[str], dict[str, list[str]]]:
+    """What an experiment's trial folders say (:func:`analysis.attempts.scan`): the points of the grid
+    ``points`` finished, and for each other point the folders of its attempts, the furthest first
+    (where it continues)."""
+    tries = _scan(config, path, points)
+    done = {a.point for a in tries if a.finished and a.point in points}
     earlier: dict[str, list[str]] = {}
     for a in sorted(tries, key=lambda a: (-a.epoch, a.trial_id)):
         if a.point not in done:
@@ -128,12 +130,11 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     from .search import GridSearch
 
     points = expand(config)
-    labels = {p.label for p in points}
-    done, earlier = earlier_attempts(config, path) if restore else (set(), {})
-    done &= labels
+    by_label = {p.label: p for p in points}
+    done, earlier = earlier_attempts(config, path, by_label) if restore else (set(), {})
     if restore:
         print(f"{path}: {len(done)} of {len(points)} trials finished before; {len(points) - len(done)} to run"
-              + (f", {sum(p in earlier for p in labels - done)} of them from their checkpoints" if earlier else ""),
+              + (f", {sum(p in earlier for p in by_label.keys() - done)} of them from their checkpoints" if earlier else ""),
               flush=True)
     # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told
     # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
@@ -150,7 +151,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):
             results = tuner.fit()
         phase.poll()
-        ended = [a for a in _scan(config, path) if a.finished and a.point in labels]
+        ended = [a for a in _scan(config, path, by_label) if a.finished and a.point in by_label]
         return Outcome(path, results, len(points), dict(phase.failed), finished=len({a.point for a in ended}),
                        diverged=len({a.point for a in ended if a.diverged}))
 
