@@ -58,7 +58,7 @@ class TensorData:
         return self.x_val is not None
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        out = (x.float() - self.mean) / self.std
+        out = (x.to(torch.get_default_dtype()) - self.mean) / self.std
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,17 @@ def model_for(sweep, data) -> nn.Module:
     return build_model(sweep.model, data.num_classes, data.in_channels, sweep.model_args)
 
 
+def load_start_weights(model: nn.Module, weights: dict | None) -> None:
+    """Load the ``weights`` a phase starts from (None: keep them as they are) where ``model``'s masks keep them."""
+    if weights is None:
+        return
+    loaded = model.load_state_dict(weights, strict=False)
+    stray = loaded.unexpected_keys + [k for k in loaded.missing_keys if not k.endswith(MASK_SUFFIX)]
+    if stray:
+        raise RuntimeError(f"the weights to start a phase from do not fit the model ({stray[:3]})")
+    pc.apply_masks(model)
+
+
 class ModelLearner:
     """A learner of one model (``members == 1``) on ``device``: the sweep's model and data, built
     with ``seeds`` (:class:`sweeps.plan.Seeds`), starting from ``weights`` (a state_dict; None: a
@@ -78,10 +89,10 @@ class ModelLearner:
 
     def __init__(self, sweep, device: torch.device, seeds: Seeds, optimizer, batch_size: int,
                  weights: dict | None = None, snapshots: dict | None = None, seed: int | None = None,
-                 masked: bool = True):
+                 masked: bool = True, data=None):
         self.sweep, self.device, self.snapshots, self.seed = sweep, device, snapshots or {}, seed
         self._optimizer_config, self._masked = optimizer, masked
-        data = load_dataset(sweep.dataset)
+        data = data if data is not None else load_dataset(sweep.dataset)  # given: already on ``device``
         if seeds.before_model is not None:
             torch.manual_seed(seeds.before_model)
         model = model_for(sweep, data)
@@ -157,13 +168,7 @@ class ModelLearner:
         (start,) = starts
         if start is None:
             return
-        weights = self.start_weights(start)
-        if weights is not None:
-            loaded = self._model.load_state_dict(weights, strict=False)
-            stray = loaded.unexpected_keys + [k for k in loaded.missing_keys if not k.endswith(MASK_SUFFIX)]
-            if stray:
-                raise RuntimeError(f"the weights to start a phase from do not fit the model ({stray[:3]})")
-            pc.apply_masks(self._model)
+        load_start_weights(self._model, self.start_weights(start))
         if start.fresh_optimizer:
             self.optimizer = self._new_optimizer()
 

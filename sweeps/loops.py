@@ -52,10 +52,15 @@ def prepare(model: nn.Module, data, device: torch.device):
     return model, data.to(device, channels_last=fast)
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 where autocast left it in half precision; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen."""
     model.train()
-    total_loss = torch.zeros((), device=device)
+    total_loss = torch.zeros((), device=device, dtype=torch.get_default_dtype())
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for xb, yb in loader:
@@ -65,7 +70,7 @@ def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.detach().float() * yb.shape[0]
+        total_loss += full_precision(loss.detach()) * yb.shape[0]
         correct += (logits.argmax(1) == yb).sum()
         seen += yb.shape[0]
     return total_loss.item() / seen, correct.item() / seen
@@ -81,7 +86,7 @@ def evaluate(model, data, device, batch_size: int = 1000, split: str = "test") -
     for xb, yb in data.batches(split, batch_size):
         with autocast(device):
             logits = model(data.normalise(xb))
-        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        total_loss += F.cross_entropy(full_precision(logits), yb, reduction="sum").item()
         correct += int((logits.argmax(1) == yb).sum())
         seen += yb.shape[0]
     model.train(was_training)

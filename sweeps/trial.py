@@ -45,6 +45,25 @@ class TrialRun:
                                snapshots=dense.get(SNAPSHOTS), seed=point.seed)
         return cls([plan], learner, [dense["test_accuracy"]])
 
+    @classmethod
+    def of_points(cls, sweep, points, denses: Sequence[dict], device: torch.device,
+                  plans: Sequence[TrialPlan] | None = None) -> "TrialRun":
+        """The run of a group of trial points, each from its seed's dense model in ``denses``: one
+        point as :meth:`of_point`, several fused on a :class:`~sweeps.fused.FusedLearner` (they
+        must share batch size, optimizer kind and epoch count, else :class:`~sweeps.fused.FusionError`)."""
+        plans = list(plans) if plans is not None else [trial_plan(sweep, p) for p in points]
+        if len(plans) == 1:
+            return cls.of_point(sweep, points[0], denses[0], device, plans[0])
+        from .fused import FusedLearner, FusionError
+
+        for what, values in (("batch size", {p.batch_size for p in plans}), ("epochs", {p.total_epochs for p in plans})):
+            if len(values) > 1:
+                raise FusionError(f"fused trial points share their {what}; these have {sorted(values)}")
+        learner = FusedLearner(sweep, device, [p.seeds for p in plans], [p.optimizer for p in plans],
+                               plans[0].batch_size, weights=[d["state_dict"] for d in denses],
+                               snapshots=[d.get(SNAPSHOTS) for d in denses], seed_of=[p.seed for p in points])
+        return cls(plans, learner, [d["test_accuracy"] for d in denses])
+
     @property
     def done(self) -> bool:
         """Every member has trained its whole budget or diverged."""

@@ -1,0 +1,490 @@
+"""Fused training: K members (trial points of one architecture) trained as one computation, each
+member exactly what it would be alone.
+
+The members' parameters and buffers are stacked along a new first dimension and trained in one
+forward/backward per step with ``torch.func.vmap(functional_call)``: under vmap a convolution of
+K members becomes one grouped convolution, their BatchNorms one wide BatchNorm (each member's
+running statistics updated in its own slice), their Linears one batched matmul. Everything else
+stays the member's own: its model (an ``nn.Module`` whose parameters and buffers are views into
+the stacks, so pruning_core prunes, measures and saves it as it would alone), its data stream,
+its masks, its torch RNG (the random criterion), its learning rate, momentum, weight decay and
+optimizer state (:class:`FusedOptimizer`, step for step torch's SGD/Adam/AdamW).
+
+vmap was chosen over rewriting layers as grouped ones (HFTA's way) because it fuses any model
+that trains unfused, also one whose forward touches channels between layers (the option-A
+shortcut of the CIFAR ResNets pads channels). A model that cannot be fused (it draws random
+numbers in training, or its forward does what vmap cannot batch) is refused by
+:func:`check_fusable`, in one line naming the layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+import pruning_core as pc
+from analysis.messages import one_line
+from pruning_core.masks import SUFFIX as MASK_SUFFIX
+from pruning_core.masks import disarm
+
+from .learner import EpochStats, ModelLearner, load_start_weights
+from .loops import autocast, full_precision
+from .plan import Seeds, Start
+
+RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+OPTIMIZER_KINDS = ("sgd", "adam", "adamw")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which sweeps.optimizers.make_optimizer uses
+
+
+class FusionError(ValueError):
+    """Members that cannot be trained as one computation; the message says which layer or setting."""
+
+
+# ---------------------------------------------------------------------------------------- the model
+
+def _skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device without masks or pruning hooks: the code that
+    ``functional_call`` runs with the members' stacked tensors."""
+    base = copy.deepcopy(model).to("meta")
+    for module in base.modules():
+        for key in [k for k in module._buffers if k.endswith(MASK_SUFFIX)]:
+            del module._buffers[key]
+        disarm(module)
+    return base
+
+
+def _random_layer(model: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, RANDOM_LAYERS) and module.p > 0:
+            return f"layer {name} ({type(module).__name__}, p={module.p})"
+    return None
+
+
+@contextlib.contextmanager
+def _running_layer(base: nn.Module, seen: list[str]):
+    """Record in ``seen`` the layers whose forward has begun but not ended (the innermost last)."""
+    handles = []
+    for name, module in base.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.append(n)))
+        handles.append(module.register_forward_hook(lambda m, a, o: seen.pop() if seen else None))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def check_fusable(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise :class:`FusionError` naming the layer or operation if two copies of ``model`` cannot
+    train as one fused computation on a batch like ``example`` (a training step and an
+    evaluation, as :class:`FusedLearner` runs them): a layer drawing random numbers in training
+    (dropout: each member's would differ from its unfused twin's), or an operation vmap cannot batch."""
+    where = _random_layer(model)
+    if where is not None:
+        raise FusionError(f"{where} draws random numbers in training, which a fused member cannot draw as its "
+                          "unfused twin would; set its p to 0 or train unfused")
+    members = [copy.deepcopy(model) for _ in range(2)]
+    stack = Stack(members)
+    x = torch.stack([example, example])
+    seen: list[str] = []
+    try:
+        with _running_layer(stack.base, seen):
+            stack.base.train()
+            stack.forward(x).float().sum().backward()
+            stack.base.eval()
+            with torch.no_grad():
+                stack.forward(example, shared_input=True)
+    except Exception as exc:
+        layer = f"layer {seen[-1] or '(the model itself)'} ({type(stack.base.get_submodule(seen[-1])).__name__})" \
+            if seen else "the model"
+        raise FusionError(f"{layer} cannot be fused ({type(exc).__name__}: {one_line(exc)})") from None
+
+
+class Stack:
+    """The members' parameters and buffers stacked along a new first dimension (member ``i`` of
+    the stack is ``members[i]``); each member's module holds views into the stacks, so what
+    pruning_core does to a member (masks, rewinds, loads) lands in the stack, and training the
+    stack trains the members."""
+
+    def __init__(self, members: Sequence[nn.Module], base: nn.Module | None = None):
+        self.members = list(members)
+        self.base = base if base is not None else _skeleton(self.members[0])
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name, _ in self.base.named_parameters():
+            own = [m.get_parameter(name) for m in self.members]
+            stacked = torch.stack([p.detach() for p in own]).requires_grad_(True)
+            for k, p in enumerate(own):
+                p.data = stacked.data[k]
+            self.params[name] = stacked
+        for name, _ in self.base.named_buffers():
+            prefix, _, leaf = name.rpartition(".")
+            owners = [m.get_submodule(prefix) for m in self.members]
+            stacked = torch.stack([o._buffers[leaf] for o in owners])
+            for k, o in enumerate(owners):
+                o._buffers[leaf] = stacked[k]
+            self.buffers[name] = stacked
+        self.masks: dict[str, torch.Tensor] = {}
+        self.gather_masks()
+
+    def release(self, member: int) -> None:
+        """Give member ``member`` tensors of its own (it leaves the stack, keeping its values)."""
+        m = self.members[member]
+        for name in self.params:
+            p = m.get_parameter(name)
+            p.data = p.data.clone()
+        for name in self.buffers:
+            prefix, _, leaf = name.rpartition(".")
+            owner = m.get_submodule(prefix)
+            owner._buffers[leaf] = owner._buffers[leaf].clone()
+
+    def gather_masks(self) -> None:
+        """Stack the members' masks (all-True for a member without one) of every masked parameter."""
+        self.masks = {}
+        for name, stacked in self.params.items():
+            prefix, _, leaf = name.rpartition(".")
+            found = [m.get_submodule(prefix)._buffers.get(leaf + MASK_SUFFIX) for m in self.members]
+            if any(f is not None for f in found):
+                self.masks[name] = torch.stack([f if f is not None else torch.ones_like(stacked[0], dtype=torch.bool)
+                                                for f in found])
+
+    def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
+        """Every member's output: ``x`` holds one batch per member (K, B, ...), or with ``shared_input``
+        one batch (B, ...) that every member sees; returns (K, B, ...)."""
+        def one(params, buffers, xb):
+            return functional_call(self.base, (params, buffers), (xb,))
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0), randomness="error")(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for name, mask in self.masks.items():
+            grad = self.params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for name, mask in self.masks.items():
+            self.params[name].mul_(mask)
+
+    @torch.no_grad()
+    def finite(self) -> torch.Tensor:
+        """(K,) bool: whether every floating weight and buffer of each member is finite."""
+        ok = torch.ones(len(self.members), dtype=torch.bool, device=next(iter(self.params.values())).device)
+        for t in (*self.params.values(), *self.buffers.values()):
+            if t.is_floating_point():
+                ok &= torch.isfinite(t).flatten(1).all(1)
+        return ok
+
+
+# ---------------------------------------------------------------------------------------- the optimizer
+
+def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per member) shaped to broadcast against a stacked tensor like ``like``."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
+
+
+class FusedOptimizer:
+    """torch's SGD, Adam or AdamW (as :func:`sweeps.optimizers.make_optimizer` builds them) over
+    stacked parameters, with every member's own learning rate, momentum, Nesterov and weight
+    decay, and its own state and step count: member ``k`` steps exactly as torch's optimizer of
+    its unfused twin would (the same arithmetic, in the same order)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], configs: Sequence):
+        kinds = sorted({c.name for c in configs})
+        if len(kinds) != 1:
+            raise FusionError(f"fused members train with one optimizer kind; got {', '.join(kinds)}")
+        self.kind, self.configs, self.params = kinds[0], list(configs), params
+        self.steps = [0] * len(self.configs)
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
+        for name, p in params.items():
+            self.state[name] = {s: torch.zeros_like(p, memory_format=torch.preserve_format).detach() for s in names}
+
+    def _hyper(self, field: str, like: torch.Tensor) -> torch.Tensor:
+        return _per_member([getattr(c, field) for c in self.configs], like)
+
+    @torch.no_grad()
+    def reset(self, member: int) -> None:
+        """A fresh optimizer for ``member``: no state, no steps (as a new torch optimizer)."""
+        for state in self.state.values():
+            for value in state.values():
+                value[member].zero_()
+        self.steps[member] = 0
+
+    @torch.no_grad()
+    def clear_masked(self, masks: dict[str, torch.Tensor]) -> None:
+        """Zero the state at pruned positions (as :func:`pruning_core.clear_optimizer_state`)."""
+        for name, mask in masks.items():
+            for value in self.state[name].values():
+                value.mul_(mask)
+
+    @torch.no_grad()
+    def step(self, lrs: Sequence[float]) -> None:
+        """One step of every member at its learning rate ``lrs[k]``."""
+        self.steps = [s + 1 for s in self.steps]
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            lr = _per_member(lrs, p)
+            wd = self._hyper("weight_decay", p)
+            state = self.state[name]
+            if self.kind == "sgd":
+                self._sgd(p, p.grad, lr, wd, state["momentum_buffer"])
+            else:
+                self._adam(p, p.grad, lr, wd, state["exp_avg"], state["exp_avg_sq"])
+
+    def _sgd(self, p, grad, lr, wd, buf) -> None:
+        momentum = self._hyper("momentum", p)
+        # a zero buffer times momentum plus the gradient is exactly torch's first-step clone
+        grad = grad.add(p * wd)
+        buf.mul_(momentum).add_(grad)
+        nesterov = _per_member([float(c.nesterov and c.momentum > 0) for c in self.configs], p)
+        grad = torch.where(nesterov > 0, grad.add(buf * momentum), buf)
+        p.sub_(grad * lr)
+
+    def _adam(self, p, grad, lr, wd, exp_avg, exp_avg_sq) -> None:
+        beta1, beta2 = ADAM_BETAS
+        if self.kind == "adamw":
+            p.mul_(1 - lr * wd)
+        else:
+            grad = grad.add(p * wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / _per_member([1 - beta1 ** s for s in self.steps], p)
+        bias_correction2_sqrt = _per_member([(1 - beta2 ** s) ** 0.5 for s in self.steps], p)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+        p.sub_(exp_avg / denom * step_size)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "steps": list(self.steps),
+                "state": {n: {k: v.detach().cpu().clone() for k, v in s.items()} for n, s in self.state.items()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["kind"] != self.kind or len(saved["steps"]) != len(self.steps):
+            raise ValueError(f"a {saved['kind']} state of {len(saved['steps'])} members does not fit "
+                             f"a {self.kind} optimizer of {len(self.steps)}")
+        self.steps = list(saved["steps"])
+        for name, state in self.state.items():
+            for key, value in state.items():
+                value.copy_(saved["state"][name][key])
+
+    def select(self, params: dict[str, torch.Tensor], members: Sequence[int]) -> "FusedOptimizer":
+        """This optimizer for ``members`` only (their state and steps), over ``params`` (their stack)."""
+        kept = FusedOptimizer(params, [self.configs[k] for k in members])
+        kept.steps = [self.steps[k] for k in members]
+        index = torch.tensor(list(members), device=next(iter(params.values())).device)
+        for name, state in self.state.items():
+            for key, value in state.items():
+                kept.state[name][key].copy_(value.index_select(0, index))
+        return kept
+
+
+# ---------------------------------------------------------------------------------------- the learner
+
+class FusedLearner:
+    """A learner (:class:`sweeps.learner.Learner`) of K members trained as one computation: member
+    ``k`` is built as :class:`~sweeps.learner.ModelLearner` builds a model alone, from ``seeds[k]``,
+    ``weights[k]``, ``snapshots[k]`` and seed ``seed_of[k]``, trained with ``optimizers[k]`` (one
+    kind for all) in batches of ``batch_size`` (shared). A member that diverges leaves the stack
+    (it stops; the others go on, unchanged)."""
+
+    def __init__(self, sweep, device: torch.device, seeds: Sequence[Seeds], optimizers: Sequence, batch_size: int,
+                 weights: Sequence[dict | None] | None = None, snapshots: Sequence[dict | None] | None = None,
+                 seed_of: Sequence[int | None] | None = None, masked: bool = True):
+        k = len(seeds)
+        if k < 1 or len(optimizers) != k:
+            raise ValueError(f"a fused learner needs one optimizer per member; got {k} members, {len(optimizers)}")
+        weights, snapshots, seed_of = weights or [None] * k, snapshots or [None] * k, seed_of or [None] * k
+        self.members, self.device, self._masked = k, torch.device(device), masked
+        self.solo: list[ModelLearner] = []
+        self._rng: list[dict] = []  # each member's torch RNG states (what the random criterion draws from)
+        data = None
+        for i in range(k):
+            learner = ModelLearner(sweep, device, seeds[i], optimizers[i], batch_size, weights=weights[i],
+                                   snapshots=snapshots[i], seed=seed_of[i], masked=masked, data=data)
+            data = learner.data  # on the device once, for every member
+            self._rng.append(self._rng_now())
+            self.solo.append(learner)
+        first = self.solo[0]
+        self.data, self.layers, self.prunable_params = data, first.layers, first.prunable_params
+        self.train_size, self.has_validation = first.train_size, first.has_validation
+        self._configs = list(optimizers)
+        self._base = _skeleton(first.model())
+        self._step_hooks: list = []
+        self.active = list(range(k))
+        self.stack = Stack([m.model() for m in self.solo], self._base)
+        self.optimizer = FusedOptimizer(self.stack.params, self._configs)
+
+    def _restack(self, members: Sequence[int]) -> None:
+        """Train only ``members`` from now on (the others keep their tensors and stop)."""
+        members = list(members)
+        position = {m: i for i, m in enumerate(self.active)}
+        for m in self.active:
+            if m not in members:
+                self.stack.release(position[m])
+        old = self.optimizer
+        self.stack = Stack([self.solo[m].model() for m in members], self._base)
+        self.optimizer = old.select(self.stack.params, [position[m] for m in members])
+        self.active = members
+
+    def model(self, member: int) -> nn.Module:
+        return self.solo[member].model()
+
+    def add_step_hook(self, hook) -> None:
+        """Run ``hook(optimizer, args, kwargs)`` before every fused optimizer step."""
+        self._step_hooks.append(hook)
+
+    def _rng_now(self) -> dict:
+        now = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            now["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return now
+
+    def _set_rng(self, states: dict) -> None:
+        torch.set_rng_state(states["torch_rng"])
+        if "cuda_rng" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda_rng"], self.device)
+
+    @contextlib.contextmanager
+    def _own_rng(self, member: int):
+        """torch's RNGs as member ``member`` left them (its random criterion draws from them)."""
+        outside = self._rng_now()
+        self._set_rng(self._rng[member])
+        try:
+            yield
+        finally:
+            self._rng[member] = self._rng_now()
+            self._set_rng(outside)
+
+    # ------------------------------------------------------------------ what a plan asks
+
+    def prune(self, targets: Sequence[float | None]) -> list[bool | None]:
+        """Prune each member with a target, on its own weights (and gradients, from its own data stream)."""
+        out: list[bool | None] = []
+        for k, target in enumerate(targets):
+            if target is None:
+                out.append(None)
+                continue
+            with self._own_rng(k):
+                [ok] = self.solo[k].prune([target])
+            out.append(ok)
+        self.stack.gather_masks()
+        self.optimizer.clear_masked(self.stack.masks)
+        return out
+
+    def start(self, starts: Sequence[Start | None]) -> None:
+        """Start each member's phase from the weights its ``starts[k]`` names; a fresh optimizer
+        state for the member where it says so."""
+        for k, start in enumerate(starts):
+            if start is None:
+                continue
+            load_start_weights(self.solo[k].model(), self.solo[k].start_weights(start))
+            if start.fresh_optimizer and k in self.active:
+                self.optimizer.reset(self.active.index(k))
+
+    def train_epoch(self, lrs: Sequence[float | None]) -> list[EpochStats | None]:
+        """One epoch of every member with a learning rate, in one forward/backward per step."""
+        running = [k for k, lr in enumerate(lrs) if lr is not None]
+        if not running:
+            return [None] * self.members
+        if running != self.active:
+            self._restack(running)
+        rates = [lrs[k] for k in running]
+        stack, base = self.stack, self._base
+        base.train()
+        n = len(running)
+        total_loss = torch.zeros(n, device=self.device, dtype=torch.get_default_dtype())
+        correct = torch.zeros(n, device=self.device, dtype=torch.long)
+        seen = 0
+        start = time.perf_counter()
+        for batches in zip(*[self.solo[k].loader for k in running]):
+            x = torch.stack([xb for xb, _ in batches])
+            y = torch.stack([yb for _, yb in batches])
+            with autocast(self.device):
+                logits = stack.forward(x)
+                losses = vmap(F.cross_entropy)(logits, y)
+            for p in stack.params.values():
+                p.grad = None
+            losses.sum().backward()
+            if self._masked:
+                stack.mask_gradients()
+            for hook in self._step_hooks:
+                hook(self.optimizer, (), {})
+            self.optimizer.step(rates)
+            if self._masked:
+                stack.apply_masks()
+            total_loss += full_precision(losses.detach()) * y.shape[1]
+            correct += (logits.argmax(-1) == y).sum(1)
+            seen += y.shape[1]
+        seconds = time.perf_counter() - start
+        finite = (torch.isfinite(total_loss) & stack.finite()).tolist()
+        losses_out, accuracy = (total_loss / seen).tolist(), (correct.double() / seen).tolist()
+        out: list[EpochStats | None] = [None] * self.members
+        for i, k in enumerate(running):
+            out[k] = EpochStats(losses_out[i], accuracy[i], seconds, rates[i], finite[i])
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, which: Sequence[bool], split: str = "test") -> list[tuple[float, float] | None]:
+        """(mean loss, accuracy) on ``split`` in eval mode of each member wanted, all in one pass."""
+        wanted = [k for k, w in enumerate(which) if w]
+        if not wanted:
+            return [None] * self.members
+        if any(k not in self.active for k in wanted):
+            return [self.solo[k].evaluate([True], split)[0] if w else None for k, w in enumerate(which)]
+        self._base.eval()
+        n = len(self.active)
+        loss = torch.zeros(n, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(n, dtype=torch.long, device=self.device)
+        seen = 0
+        for xb, yb in self.data.batches(split, 1000):
+            with autocast(self.device):
+                logits = self.stack.forward(self.data.normalise(xb), shared_input=True)
+            logits = full_precision(logits)
+            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1).double()
+            correct += (logits.argmax(-1) == yb).sum(1)
+            seen += yb.shape[0]
+        self._base.train()
+        losses, right = (loss / seen).tolist(), correct.tolist()
+        return [(losses[self.active.index(k)], right[self.active.index(k)] / seen) if w else None
+                for k, w in enumerate(which)]
+
+    def measure(self, which: Sequence[bool]) -> list[dict | None]:
+        """Each wanted member's sparsity report (:meth:`sweeps.learner.ModelLearner.measure`)."""
+        return [self.solo[k].measure([True])[0] if w else None for k, w in enumerate(which)]
+
+    def weights(self, member: int) -> dict:
+        return self.solo[member].weights()
+
+    # ------------------------------------------------------------------ continuing exactly
+
+    def state(self) -> dict:
+        """Every member's model (masks included), data stream and RNG, which members still train,
+        and the optimizer's state: all needed to continue bit for bit."""
+        members = [{"model": {k: v.detach().cpu().clone() for k, v in m.model().state_dict().items()},
+                    "generator": m.generator.get_state(), **{k2: v.clone() for k2, v in self._rng[k].items()}}
+                   for k, m in enumerate(self.solo)]
+        return {"members": members, "active": list(self.active), "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from :meth:`state` (of a group of the same members)."""
+        if len(state["members"]) != self.members:
+            raise ValueError(f"a state of {len(state['members'])} members does not fit a group of {self.members}")
+        for k, (learner, saved) in enumerate(zip(self.solo, state["members"])):
+            pc.load_state_dict(learner.model(), saved["model"])
+            learner.generator.set_state(saved["generator"])
+            self._rng[k] = {key: saved[key].clone() for key in ("torch_rng", "cuda_rng") if key in saved}
+        self.active = list(range(self.members))
+        self.stack = Stack([m.model() for m in self.solo], self._base)
+        self.optimizer = FusedOptimizer(self.stack.params, self._configs)
+        if state["active"] != self.active:
+            self._restack(state["active"])
+        self.optimizer.load_state_dict(state["optimizer"])
