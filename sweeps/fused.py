@@ -69,10 +69,13 @@ def _random_layer(model: nn.Module) -> str | None:
 @contextlib.contextmanager
 def _running_layer(base: nn.Module, seen: list[str]):
     """Record in ``seen`` the layers whose forward has begun but not ended (the innermost last)."""
+    def ended(module, args, output):
+        seen.pop()  # returns None: a forward hook's return value would replace the output
+
     handles = []
     for name, module in base.named_modules():
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.append(n)))
-        handles.append(module.register_forward_hook(lambda m, a, o: seen.pop() if seen else None))
+        handles.append(module.register_forward_hook(ended))
     try:
         yield
     finally:
