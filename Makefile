@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.prunesweep-installed
 STORAGE ?= $(CURDIR)/results
 NAME   ?= quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: venv sweep test test-fast bench clean
+.PHONY: venv sweep test test-fast bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --json benchmarks/results.json
+
+# on a CUDA machine, offline, with torch, Ray and pytest importable (no install step): the tests
+# marked gpu and the GPU benchmark, figures in gpu-check.json (at most ~8 minutes on one GPU)
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check --json gpu-check.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

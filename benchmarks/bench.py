@@ -29,6 +29,7 @@ from sweeps.dense_training import train_dense
 from sweeps.plan import expand
 from sweeps.trial import TrialRun
 
+from .fusion import cpu_fusion, drift, gpu_fusion
 from .synthetic import without_md5_check, write_cifar10_format
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -325,10 +326,9 @@ def tune_overhead(quick: bool, address: str | None) -> dict:
     return out
 
 
-def gpu_figures(quick: bool, address: str | None) -> dict:
+def gpu_epoch_times(quick: bool) -> dict:
     """On a GPU: seconds per CIFAR-sized epoch (50,000 images) of ResNet-20/56 with the fast path
-    (data on the device, batch crop/flip, bf16 autocast, channels_last), and trials per hour
-    with 1, 2, 4 and 8 trials packed on the one GPU through fractional ``resources.gpu``."""
+    (data on the device, batch crop/flip, bf16 autocast, channels_last)."""
     from sweeps.data import TensorData, channel_stats
     from sweeps.loops import prepare, train_epoch
 
@@ -350,6 +350,13 @@ def gpu_figures(quick: bool, address: str | None) -> dict:
             torch.cuda.synchronize()
         epoch()  # warm-up: cuDNN autotuning, allocator
         out[f"gpu_{name}_epoch_s"] = _median_time(epoch, 1 if quick else 3) * (50000 / n)
+    return out
+
+
+def gpu_figures(quick: bool, address: str | None) -> dict:
+    """On a GPU: :func:`gpu_epoch_times`, and trials per hour with 1, 2, 4 and 8 trials packed on
+    the one GPU through fractional ``resources.gpu``."""
+    out = gpu_epoch_times(quick)
     epochs, trials = (2, 4) if quick else (10, 8)
     for pack in (1, 2, 4, 8):
         cfg = _bench_config(epochs, trials, pack)
@@ -490,7 +497,10 @@ GOALS = {"loader_speedup": ">= 1 (higher is better)", "mask_overhead": "<= 1.10"
          "prune_speedup_vs_vectorised_numpy": "(context)",
          "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores",
          "analysis_10k_s": "< 30 s, < 2048 MB peak", "state_vs_bare_tune": "state < 10 KB/trial (issue #17)",
-         "checkpoint_upload_reduction": "(context)", "streamed_vs_in_memory": "(context)"}
+         "checkpoint_upload_reduction": "(context)", "streamed_vs_in_memory": "(context)",
+         "gpu_fused_resnet20_k8_speedup": ">= 5 (issue #30)"}
+GOALS.update({f"fused_{m}_k{k}_speedup": "> 1: fusion pays on this CPU" for m in ("small_cnn", "resnet20")
+              for k in (2, 4, 8)})
 
 
 def main(argv=None) -> int:
@@ -510,8 +520,11 @@ def main(argv=None) -> int:
         figures["gpu_name"] = torch.cuda.get_device_name(0)
         figures.update(gpu_figures(args.quick, args.address))
         figures.update(semi_structured_speedup(args.quick))
+        figures.update(gpu_fusion(args.quick))
+        figures.update(drift(torch.device("cuda", 0)))
     else:
         figures["gpu_name"] = None
+    figures.update(cpu_fusion(args.quick))
     figures.update(mask_overhead(args.quick))
     figures.update(compaction_speedup(args.quick))
     figures.update(prune_speedup(args.quick))
@@ -531,6 +544,9 @@ def main(argv=None) -> int:
              for k in figures if k.startswith("tune_overhead_")]
     if "parallel_efficiency" in figures:
         rows.append(("parallel_efficiency", "serial_s", "parallel_s", "s"))
+    for key in [k for k in figures if k.endswith("_speedup") and "fused_" in k and not k.startswith("gpu_")]:
+        rows.append((key, key.replace("_speedup", "_separate_step_s"), key.replace("_speedup", "_fused_step_s"),
+                     "s/step"))
     rows.append(("streamed_vs_in_memory", "streamed_epoch_s", "in_memory_epoch_s", "s"))
     rows.append(("state_vs_bare_tune", "state_bytes_per_trial", "tune_bare_state_bytes_per_trial", "bytes"))
     rows.append(("checkpoint_upload_reduction", "checkpoint_bytes_per_trial_before", "checkpoint_bytes_per_trial",
@@ -543,12 +559,14 @@ def main(argv=None) -> int:
     for key, num, den, unit in rows:
         print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} "
               f"{GOALS.get(key.replace(scale, 'analysis_10k'), '')}")
+    for key in [k for k in figures if k.startswith("fused_drift_")]:
+        print(f"{key:<36}{figures[key]:>10.4g}")
     for key in (f"{scale}_peak_mb", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
                 "full_checkpoint_bytes", "folder_decode_images_per_s"):
         print(f"{key:<36}{figures[key]:>10.4g}")
     for key, value in figures.items():
         if key.startswith("gpu_") and key != "gpu_name":
-            print(f"{key:<36}{value if isinstance(value, str) else f'{value:.4g}'}")
+            print(f"{key:<36}{value if isinstance(value, str) else f'{value:.4g}'}  {GOALS.get(key, '')}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 import time
 from typing import Sequence
 
@@ -290,6 +291,91 @@ class FusedOptimizer:
         return kept
 
 
+def train_step(stack: Stack, optimizer: FusedOptimizer, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
+               device: torch.device, masked: bool = True, hooks=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of every member of ``stack`` on its batch (``x``: (K, B, ...), ``y``: (K, B)) at its
+    rate ``lrs[k]``: one forward and backward for all; returns each member's loss (K,) and logits.
+    ``hooks(optimizer, args, kwargs)`` run before the step (as torch's optimizer step pre-hooks)."""
+    with autocast(device):
+        logits = stack.forward(x)
+        losses = vmap(F.cross_entropy)(logits, y)
+    for p in stack.params.values():
+        p.grad = None
+    losses.sum().backward()
+    if masked:
+        stack.mask_gradients()
+    for hook in hooks:
+        hook(optimizer, (), {})
+    optimizer.step(lrs)
+    if masked:
+        stack.apply_masks()
+    return losses, logits
+
+
+def measure_steps(make_model, x: torch.Tensor, y: torch.Tensor, device: torch.device, steps: int,
+                  optimizer) -> dict[str, float]:
+    """Median seconds of one training step of K = ``len(x)`` models from ``make_model()`` (on
+    ``device``) with ``optimizer`` (an ``OptimizerConfig``) on batches ``x`` (K, B, ...), ``y`` (K, B):
+    ``separate`` (one after another, as unfused trials train) and ``fused``. What decides whether
+    fusing pays for a model on a device: measured there, never assumed."""
+    from .loops import train_step as one_step
+    from .optimizers import make_optimizer
+
+    k = x.shape[0]
+    separate = [make_model() for _ in range(k)]
+    optimizers = [make_optimizer(optimizer, m.parameters()) for m in separate]
+    fast = device.type == "cuda"
+    xs = [x[i].contiguous(memory_format=torch.channels_last) if fast else x[i] for i in range(k)]
+
+    def sync():
+        if fast:
+            torch.cuda.synchronize(device)
+
+    def one_after_another():
+        for model, opt, xb, yb in zip(separate, optimizers, xs, y):
+            one_step(model, opt, xb, yb, device)
+        sync()
+
+    stack = Stack([make_model() for _ in range(k)])
+    fused_optimizer = FusedOptimizer(stack.params, [optimizer] * k)
+    lrs = [optimizer.lr] * k
+
+    def fused():
+        train_step(stack, fused_optimizer, x, y, lrs, device, masked=False)
+        sync()
+
+    out = {}
+    for label, fn in (("separate", one_after_another), ("fused", fused)):
+        fn()  # warm-up: the allocator, cuDNN's choice of algorithms
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        out[label] = statistics.median(times)
+    return out
+
+
+def speedup(sweep, k: int, device: torch.device, steps: int = 3) -> float:
+    """How many times faster K members of ``sweep``'s model train fused than one after another on
+    ``device``, measured there on batches of its data and its fine-tuning optimizer (> 1: fusing pays)."""
+    from .data import DeviceLoader, load_dataset
+    from .learner import model_for
+
+    data = load_dataset(sweep.dataset)
+    batch = sweep.finetune.batch_size
+    xb, yb = next(iter(DeviceLoader(data, batch, torch.Generator().manual_seed(0))))
+    x, y = xb.expand(k, *xb.shape).to(device), yb.expand(k, *yb.shape).to(device)
+
+    def make_model():
+        torch.manual_seed(0)
+        model = model_for(sweep, data).to(device)
+        return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+    times = measure_steps(make_model, x, y, device, steps, sweep.finetune.optimizer)
+    return times["separate"] / times["fused"]
+
+
 # ---------------------------------------------------------------------------------------- the learner
 
 class FusedLearner:
@@ -401,8 +487,8 @@ class FusedLearner:
         if running != self.active:
             self._restack(running)
         rates = [lrs[k] for k in running]
-        stack, base = self.stack, self._base
-        base.train()
+        stack = self.stack
+        self._base.train()
         n = len(running)
         total_loss = torch.zeros(n, device=self.device, dtype=torch.get_default_dtype())
         correct = torch.zeros(n, device=self.device, dtype=torch.long)
@@ -411,19 +497,8 @@ class FusedLearner:
         for batches in zip(*[self.solo[k].loader for k in running]):
             x = torch.stack([xb for xb, _ in batches])
             y = torch.stack([yb for _, yb in batches])
-            with autocast(self.device):
-                logits = stack.forward(x)
-                losses = vmap(F.cross_entropy)(logits, y)
-            for p in stack.params.values():
-                p.grad = None
-            losses.sum().backward()
-            if self._masked:
-                stack.mask_gradients()
-            for hook in self._step_hooks:
-                hook(self.optimizer, (), {})
-            self.optimizer.step(rates)
-            if self._masked:
-                stack.apply_masks()
+            losses, logits = train_step(stack, self.optimizer, x, y, rates, self.device, self._masked,
+                                        self._step_hooks)
             total_loss += full_precision(losses.detach()) * y.shape[1]
             correct += (logits.argmax(-1) == y).sum(1)
             seen += y.shape[1]

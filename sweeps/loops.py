@@ -57,6 +57,17 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def train_step(model, optimizer, xb, yb, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch ``(xb, yb)``; returns the batch's loss and logits."""
+    with autocast(device):
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen."""
     model.train()
@@ -64,12 +75,7 @@ def train_epoch(model, loader, optimizer, device) -> tuple[float, float]:
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for xb, yb in loader:
-        with autocast(device):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, optimizer, xb, yb, device)
         total_loss += full_precision(loss.detach()) * yb.shape[0]
         correct += (logits.argmax(1) == yb).sum()
         seen += yb.shape[0]

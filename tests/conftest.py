@@ -14,8 +14,9 @@ FAULTS = {"injected": 0, "survived": 0, "trials_lost": 0}
 
 # The test tiers (pyproject.toml declares the markers): a test that uses the session's Ray or a fixture
 # built on it is `ray`, one that uses the S3 server `s3`; tests that start Ray or a cluster by other means
-# say so themselves. Everything else is `unit`: `make test-fast` runs those, and they may not start Ray.
-TIERS = ("ray", "s3", "cluster")
+# say so themselves; `gpu` tests need CUDA (skipped where there is none; make gpu-check runs them).
+# Everything else is `unit`: `make test-fast` runs those, and they may not start Ray.
+TIERS = ("ray", "s3", "cluster", "gpu")
 RAY_FIXTURES = {"ray_session", "tiny_experiment", "reference"}
 
 
@@ -28,6 +29,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.s3)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu") and not _cuda():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: run make gpu-check on a machine with one"))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @pytest.fixture(autouse=True)

@@ -234,3 +234,11 @@ def test_members_that_do_not_share_batch_size_or_optimizer_kind_are_refused():
     ft, rewind = (next(p for p in expand(adam) if p.retrain == r and p.seed == 0) for r in ("finetune", "lr_rewind"))
     with pytest.raises(FusionError, match="one optimizer kind; got adam, sgd"):
         TrialRun.of_points(adam, [ft, rewind], [dense, dense], CPU)
+
+
+def test_whether_fusing_pays_is_measured_on_the_device_for_the_model():
+    from sweeps.fused import speedup
+
+    sweep = validate(BASE)
+    ratio = speedup(sweep, 2, CPU, steps=1)
+    assert math.isfinite(ratio) and 0.05 < ratio < 20  # a measured ratio of two step times, not a constant
