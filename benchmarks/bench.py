@@ -559,7 +559,7 @@ def main(argv=None) -> int:
     for key, num, den, unit in rows:
         print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} "
               f"{GOALS.get(key.replace(scale, 'analysis_10k'), '')}")
-    for key in [k for k in figures if k.startswith("fused_drift_")]:
+    for key in [k for k in figures if "_drift_" in k and not k.startswith("gpu_")]:
         print(f"{key:<36}{figures[key]:>10.4g}")
     for key in (f"{scale}_peak_mb", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
                 "full_checkpoint_bytes", "folder_decode_images_per_s"):

@@ -132,7 +132,9 @@ def gpu_fusion(quick: bool) -> dict:
 def drift(device: torch.device, model: str = "resnet20", k: int = 4) -> dict:
     """Fused members against their unfused twins after one epoch of dense training in float32
     (digits, batch 128): the largest absolute weight difference, the largest relative one per
-    tensor (norm of the difference over the tensor's norm) and the largest test-accuracy difference."""
+    tensor (norm of the difference over the tensor's norm) and the largest test-accuracy difference;
+    on the CPU, beside them the same for the unfused trainings run with another thread count
+    (rounding that is not fusion's, amplified by training alike)."""
     from sweeps.config import validate
     from sweeps.dense_training import train_dense, train_dense_group
 
@@ -142,14 +144,27 @@ def drift(device: torch.device, model: str = "resnet20", k: int = 4) -> dict:
                       "sparsities": [0.5], "seeds": k})
     alone = [train_dense(sweep, s, device) for s in range(k)]
     fused = train_dense_group(sweep, list(range(k)), device)
-    pairs = [(a["state_dict"][n].double(), f["state_dict"][n].double()) for a, f in zip(alone, fused)
-             for n in a["state_dict"] if a["state_dict"][n].is_floating_point()]
-    weights = max((a - f).abs().max().item() for a, f in pairs)
-    relative = max(((a - f).norm() / a.norm().clamp_min(1e-30)).item() for a, f in pairs)
-    accuracy = max(abs(a["test_accuracy"] - f["test_accuracy"]) for a, f in zip(alone, fused))
     prefix = f"{'gpu_' if device.type == 'cuda' else ''}fused_drift_{model}_k{k}"
-    return {f"{prefix}_max_weight_diff": weights, f"{prefix}_max_relative_weight_diff": relative,
-            f"{prefix}_max_test_accuracy_diff": accuracy}
+    out = {f"{prefix}_{key}": value for key, value in _differences(alone, fused).items()}
+    if device.type == "cpu":  # context: the same unfused trainings on one thread instead of this process's
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            other = [train_dense(sweep, s, device) for s in range(k)]
+        finally:
+            torch.set_num_threads(threads)
+        out.update({f"unfused_threads_drift_{model}_k{k}_{key}": value
+                    for key, value in _differences(alone, other).items()})
+    return out
+
+
+def _differences(a_models: list[dict], b_models: list[dict]) -> dict:
+    pairs = [(a["state_dict"][n].double(), b["state_dict"][n].double()) for a, b in zip(a_models, b_models)
+             for n in a["state_dict"] if a["state_dict"][n].is_floating_point()]
+    return {"max_weight_diff": max((a - b).abs().max().item() for a, b in pairs),
+            "max_relative_weight_diff": max(((a - b).norm() / a.norm().clamp_min(1e-30)).item() for a, b in pairs),
+            "max_test_accuracy_diff": max(abs(a["test_accuracy"] - b["test_accuracy"])
+                                          for a, b in zip(a_models, b_models))}
 
 
 def cpu_fusion(quick: bool) -> dict:
