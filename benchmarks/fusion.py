@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     print(f"fused training, {figures['date']}, {figures['machine']}")
     for key, value in figures.items():
         if key not in ("date", "machine"):
-            print(f"{key:<48}{value if isinstance(value, str) else f'{value:.4g}'}")
+            print(f"{key:<60}{value if isinstance(value, str) else f'{value:.4g}'}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
