@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -95,17 +96,26 @@ def time_sliced_step_s(name: str, k: int, steps: int, device: str = "cuda:0") ->
     code = f"from benchmarks.fusion import time_sliced_worker as w; w({name!r}, {steps}, {device!r})"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(k)]
+    watchdog = threading.Timer(600, lambda: [p.kill() for p in procs])  # a worker stuck starting CUDA, say
+    watchdog.start()
+
+    def line(p, what: str) -> str:
+        text = p.stdout.readline().strip()
+        if not text:
+            raise RuntimeError(f"a time-sliced worker ended before {what} (exit code {p.wait()})")
+        return text
+
     try:
         for p in procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a time-sliced worker failed to start (exit code {p.wait()})")
+            line(p, "it was ready")
         for p in procs:  # all warm: go together
             p.stdin.write("go\n")
             p.stdin.flush()
-        spans = [tuple(map(float, p.stdout.readline().split())) for p in procs]
+        spans = [tuple(map(float, line(p, "its steps were done").split())) for p in procs]
         for p in procs:
             p.wait(timeout=60)
     finally:
+        watchdog.cancel()
         for p in procs:
             if p.poll() is None:
                 p.kill()

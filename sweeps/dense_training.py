@@ -55,7 +55,7 @@ def train_dense_group(sweep, seeds: Sequence[int], device: torch.device, checkpo
     if resume is not None:
         learner.load_state(resume)
         done, before = resume["epoch"], resume["seconds"]
-        saved = resume.get(SNAPSHOTS, {})
+        saved = resume.get(SNAPSHOTS) or [{} for _ in range(k)]
         snapshots = saved if isinstance(saved, list) else [saved]  # one seed's: a dict
 
     def state(epoch: int) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import statistics
+import sys
 import time
 from typing import Sequence
 
@@ -84,11 +85,12 @@ def _running_layer(base: nn.Module, seen: list[str]):
             h.remove()
 
 
-def check_fusable(model: nn.Module, example: torch.Tensor) -> None:
+def check_fusable(model: nn.Module, example: torch.Tensor, mixed: bool = True) -> None:
     """Raise :class:`FusionError` naming the layer or operation if two copies of ``model`` cannot
     train as one fused computation on a batch like ``example`` (a training step and an
-    evaluation, as :class:`FusedLearner` runs them): a layer drawing random numbers in training
-    (dropout: each member's would differ from its unfused twin's), or an operation vmap cannot batch."""
+    evaluation, as :class:`FusedLearner` runs them, on ``example``'s device; with ``mixed``, under
+    the bf16 autocast trials use there): a layer drawing random numbers in training (dropout: each
+    member's would differ from its unfused twin's), or an operation vmap cannot batch."""
     where = _random_layer(model)
     if where is not None:
         raise FusionError(f"{where} draws random numbers in training, which a fused member cannot draw as its "
@@ -97,12 +99,15 @@ def check_fusable(model: nn.Module, example: torch.Tensor) -> None:
     stack = Stack(members)
     x = torch.stack([example, example])
     seen: list[str] = []
+    precision = autocast(example.device) if mixed else contextlib.nullcontext()
     try:
         with _running_layer(stack.base, seen):
             stack.base.train()
-            stack.forward(x).float().sum().backward()
+            with precision:
+                out = stack.forward(x)
+            out.float().sum().backward()
             stack.base.eval()
-            with torch.no_grad():
+            with torch.no_grad(), precision:
                 stack.forward(example, shared_input=True)
     except Exception as exc:
         layer = f"layer {seen[-1] or '(the model itself)'} ({type(stack.base.get_submodule(seen[-1])).__name__})" \
@@ -114,33 +119,66 @@ class Stack:
     """The members' parameters and buffers stacked along a new first dimension (member ``i`` of
     the stack is ``members[i]``); each member's module holds views into the stacks, so what
     pruning_core does to a member (masks, rewinds, loads) lands in the stack, and training the
-    stack trains the members."""
+    stack trains the members.
+
+    The trainable parameters live in one flat (K, P) tensor, :attr:`flat` (one row per member), so
+    that masking and the optimizer step are a few whole-tensor operations, not a few per layer;
+    parameters that do not train (``requires_grad=False``) are stacked beside it and never stepped."""
 
     def __init__(self, members: Sequence[nn.Module], base: nn.Module | None = None):
         self.members = list(members)
         self.base = base if base is not None else _skeleton(self.members[0])
-        self.params: dict[str, torch.Tensor] = {}
+        k = len(self.members)
+        names = [name for name, _ in self.base.named_parameters()]
+        own = {name: [m.get_parameter(name) for m in self.members] for name in names}
+        for name, params in own.items():
+            if len({p.requires_grad for p in params}) > 1:
+                raise FusionError(f"parameter {name} trains in some members and is frozen in others")
+        trainable = [n for n in names if own[n][0].requires_grad]
+        dtypes = sorted({str(own[n][0].dtype) for n in trainable})
+        if len(dtypes) > 1:
+            raise FusionError(f"fused members train parameters of one dtype; these have {', '.join(dtypes)}")
+        self.slices: dict[str, tuple[int, int, torch.Size]] = {}
+        offset = 0
+        for name in trainable:
+            shape = own[name][0].shape
+            self.slices[name] = (offset, offset + own[name][0].numel(), shape)
+            offset += own[name][0].numel()
+        self.flat = torch.cat([torch.stack([p.detach().reshape(-1) for p in own[n]]) for n in trainable], dim=1) \
+            if trainable else torch.zeros(k, 0)
+        self.flat.requires_grad_(True)
+        for name, (a, b, shape) in self.slices.items():
+            for i, p in enumerate(own[name]):
+                p.data = self.flat.data[i, a:b].view(shape)
+        self.frozen: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name not in self.slices:
+                stacked = torch.stack([p.detach() for p in own[name]])
+                for i, p in enumerate(own[name]):
+                    p.data = stacked[i]
+                self.frozen[name] = stacked
         self.buffers: dict[str, torch.Tensor] = {}
-        for name, _ in self.base.named_parameters():
-            own = [m.get_parameter(name) for m in self.members]
-            stacked = torch.stack([p.detach() for p in own]).requires_grad_(True)
-            for k, p in enumerate(own):
-                p.data = stacked.data[k]
-            self.params[name] = stacked
         for name, _ in self.base.named_buffers():
             prefix, _, leaf = name.rpartition(".")
             owners = [m.get_submodule(prefix) for m in self.members]
             stacked = torch.stack([o._buffers[leaf] for o in owners])
-            for k, o in enumerate(owners):
-                o._buffers[leaf] = stacked[k]
+            for i, o in enumerate(owners):
+                o._buffers[leaf] = stacked[i]
             self.buffers[name] = stacked
-        self.masks: dict[str, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
         self.gather_masks()
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Every parameter stacked (K, ...): views into :attr:`flat` (made anew, for this forward's graph)."""
+        k = len(self.members)
+        views = {name: self.flat[:, a:b].view(k, *shape) for name, (a, b, shape) in self.slices.items()}
+        return {**views, **self.frozen}
 
     def release(self, member: int) -> None:
         """Give member ``member`` tensors of its own (it leaves the stack, keeping its values)."""
         m = self.members[member]
-        for name in self.params:
+        for name in (*self.slices, *self.frozen):
             p = m.get_parameter(name)
             p.data = p.data.clone()
         for name in self.buffers:
@@ -149,14 +187,19 @@ class Stack:
             owner._buffers[leaf] = owner._buffers[leaf].clone()
 
     def gather_masks(self) -> None:
-        """Stack the members' masks (all-True for a member without one) of every masked parameter."""
-        self.masks = {}
-        for name, stacked in self.params.items():
+        """The members' masks of the trainable parameters as one (K, P) keep-mask (True where a
+        member has no mask), or None where no member has one."""
+        self.mask = None
+        for name, (a, b, _) in self.slices.items():
             prefix, _, leaf = name.rpartition(".")
             found = [m.get_submodule(prefix)._buffers.get(leaf + MASK_SUFFIX) for m in self.members]
-            if any(f is not None for f in found):
-                self.masks[name] = torch.stack([f if f is not None else torch.ones_like(stacked[0], dtype=torch.bool)
-                                                for f in found])
+            if all(f is None for f in found):
+                continue
+            if self.mask is None:
+                self.mask = torch.ones(self.flat.shape, dtype=torch.bool, device=self.flat.device)
+            for i, f in enumerate(found):
+                if f is not None:
+                    self.mask[i, a:b] = f.reshape(-1)
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         """Every member's output: ``x`` holds one batch per member (K, B, ...), or with ``shared_input``
@@ -167,21 +210,19 @@ class Stack:
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        for name, mask in self.masks.items():
-            grad = self.params[name].grad
-            if grad is not None:
-                grad.mul_(mask)
+        if self.mask is not None and self.flat.grad is not None:
+            self.flat.grad.mul_(self.mask)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        for name, mask in self.masks.items():
-            self.params[name].mul_(mask)
+        if self.mask is not None:
+            self.flat.mul_(self.mask)
 
     @torch.no_grad()
     def finite(self) -> torch.Tensor:
         """(K,) bool: whether every floating weight and buffer of each member is finite."""
-        ok = torch.ones(len(self.members), dtype=torch.bool, device=next(iter(self.params.values())).device)
-        for t in (*self.params.values(), *self.buffers.values()):
+        ok = torch.isfinite(self.flat).all(1)
+        for t in (*self.frozen.values(), *self.buffers.values()):
             if t.is_floating_point():
                 ok &= torch.isfinite(t).flatten(1).all(1)
         return ok
@@ -189,118 +230,120 @@ class Stack:
 
 # ---------------------------------------------------------------------------------------- the optimizer
 
-def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """``values`` (one per member) shaped to broadcast against a stacked tensor like ``like``."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
-
-
 class FusedOptimizer:
-    """torch's SGD, Adam or AdamW (as :func:`sweeps.optimizers.make_optimizer` builds them) over
-    stacked parameters, with every member's own learning rate, momentum, Nesterov and weight
-    decay, and its own state and step count: member ``k`` steps exactly as torch's optimizer of
-    its unfused twin would (the same arithmetic, in the same order)."""
+    """torch's SGD, Adam or AdamW (as :func:`sweeps.optimizers.make_optimizer` builds them) over a
+    stacked parameter ``param`` (K, ...), with every member's own learning rate, momentum,
+    Nesterov and weight decay, and its own state and step count: member ``k`` follows the update
+    rule of torch's optimizer of its unfused twin term for term (in float64 to its rounding; in
+    float32 the fused arithmetic rounds differently, as everything else fused does)."""
 
-    def __init__(self, params: dict[str, torch.Tensor], configs: Sequence):
+    def __init__(self, param: torch.Tensor, configs: Sequence):
         kinds = sorted({c.name for c in configs})
         if len(kinds) != 1:
             raise FusionError(f"fused members train with one optimizer kind; got {', '.join(kinds)}")
-        self.kind, self.configs, self.params = kinds[0], list(configs), params
+        self.kind, self.configs, self.param = kinds[0], list(configs), param
         self.steps = [0] * len(self.configs)
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
         names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
-        for name, p in params.items():
-            self.state[name] = {s: torch.zeros_like(p, memory_format=torch.preserve_format).detach() for s in names}
+        self.state = {s: torch.zeros_like(param).detach() for s in names}
+        self._rates: tuple[tuple[float, ...], torch.Tensor] | None = None
+        self._hyper = {f: self._column([float(getattr(c, f)) for c in self.configs])
+                       for f in ("momentum", "weight_decay")}
+        self._nesterov = self._column([float(c.nesterov and c.momentum > 0) for c in self.configs]) > 0
+        self._step_count = self._column([0.0] * len(self.configs))
 
-    def _hyper(self, field: str, like: torch.Tensor) -> torch.Tensor:
-        return _per_member([getattr(c, field) for c in self.configs], like)
+    def _column(self, values: Sequence[float]) -> torch.Tensor:
+        """``values`` (one per member) as a (K, 1, ...) tensor on the parameter's device, once."""
+        p = self.param
+        return torch.tensor(values, dtype=p.dtype, device=p.device).view(-1, *[1] * (p.dim() - 1))
+
+    def _lr(self, lrs: Sequence[float]) -> torch.Tensor:
+        """The rates as a column, copied to the device only when they change (once per epoch)."""
+        key = tuple(lrs)
+        if self._rates is None or self._rates[0] != key:
+            self._rates = (key, self._column(key))
+        return self._rates[1]
 
     @torch.no_grad()
     def reset(self, member: int) -> None:
         """A fresh optimizer for ``member``: no state, no steps (as a new torch optimizer)."""
-        for state in self.state.values():
-            for value in state.values():
-                value[member].zero_()
+        for value in self.state.values():
+            value[member].zero_()
         self.steps[member] = 0
+        self._step_count[member] = 0
 
     @torch.no_grad()
-    def clear_masked(self, masks: dict[str, torch.Tensor]) -> None:
+    def clear_masked(self, mask: torch.Tensor | None) -> None:
         """Zero the state at pruned positions (as :func:`pruning_core.clear_optimizer_state`)."""
-        for name, mask in masks.items():
-            for value in self.state[name].values():
+        if mask is not None:
+            for value in self.state.values():
                 value.mul_(mask)
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         """One step of every member at its learning rate ``lrs[k]``."""
+        p = self.param
+        if p.grad is None:
+            return
         self.steps = [s + 1 for s in self.steps]
-        for name, p in self.params.items():
-            if p.grad is None:
-                continue
-            lr = _per_member(lrs, p)
-            wd = self._hyper("weight_decay", p)
-            state = self.state[name]
-            if self.kind == "sgd":
-                self._sgd(p, p.grad, lr, wd, state["momentum_buffer"])
-            else:
-                self._adam(p, p.grad, lr, wd, state["exp_avg"], state["exp_avg_sq"])
-
-    def _sgd(self, p, grad, lr, wd, buf) -> None:
-        momentum = self._hyper("momentum", p)
-        # a zero buffer times momentum plus the gradient is exactly torch's first-step clone
-        grad = grad.add(p * wd)
-        buf.mul_(momentum).add_(grad)
-        nesterov = _per_member([float(c.nesterov and c.momentum > 0) for c in self.configs], p)
-        grad = torch.where(nesterov > 0, grad.add(buf * momentum), buf)
-        p.sub_(grad * lr)
-
-    def _adam(self, p, grad, lr, wd, exp_avg, exp_avg_sq) -> None:
+        self._step_count += 1
+        lr, wd = self._lr(lrs), self._hyper["weight_decay"]
+        if self.kind == "sgd":
+            momentum, buf = self._hyper["momentum"], self.state["momentum_buffer"]
+            grad = p.grad.add(p * wd)
+            buf.mul_(momentum).add_(grad)  # a zero buffer times momentum plus the gradient: torch's first-step clone
+            p.sub_(torch.where(self._nesterov, grad.add(buf * momentum), buf) * lr)
+            return
         beta1, beta2 = ADAM_BETAS
+        grad = p.grad
         if self.kind == "adamw":
             p.mul_(1 - lr * wd)
         else:
             grad = grad.add(p * wd)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / _per_member([1 - beta1 ** s for s in self.steps], p)
-        bias_correction2_sqrt = _per_member([(1 - beta2 ** s) ** 0.5 for s in self.steps], p)
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+        step_size = lr / (1 - beta1 ** self._step_count)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2 ** self._step_count).sqrt()).add_(ADAM_EPS)
         p.sub_(exp_avg / denom * step_size)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "steps": list(self.steps),
-                "state": {n: {k: v.detach().cpu().clone() for k, v in s.items()} for n, s in self.state.items()}}
+                "state": {k: v.detach().cpu().clone() for k, v in self.state.items()}}
 
     @torch.no_grad()
     def load_state_dict(self, saved: dict) -> None:
         if saved["kind"] != self.kind or len(saved["steps"]) != len(self.steps):
             raise ValueError(f"a {saved['kind']} state of {len(saved['steps'])} members does not fit "
                              f"a {self.kind} optimizer of {len(self.steps)}")
+        for key, value in self.state.items():
+            if saved["state"][key].shape != value.shape:
+                raise ValueError(f"a state of shape {tuple(saved['state'][key].shape)} does not fit parameters "
+                                 f"of shape {tuple(value.shape)}")
+            value.copy_(saved["state"][key])
         self.steps = list(saved["steps"])
-        for name, state in self.state.items():
-            for key, value in state.items():
-                value.copy_(saved["state"][name][key])
+        self._step_count = self._column([float(s) for s in self.steps])
 
-    def select(self, params: dict[str, torch.Tensor], members: Sequence[int]) -> "FusedOptimizer":
-        """This optimizer for ``members`` only (their state and steps), over ``params`` (their stack)."""
-        kept = FusedOptimizer(params, [self.configs[k] for k in members])
+    def select(self, param: torch.Tensor, members: Sequence[int]) -> "FusedOptimizer":
+        """This optimizer for ``members`` only (their state and steps), over ``param`` (their stack)."""
+        kept = FusedOptimizer(param, [self.configs[k] for k in members])
+        index = torch.tensor(list(members), device=param.device)
+        for key, value in self.state.items():
+            kept.state[key].copy_(value.index_select(0, index))
         kept.steps = [self.steps[k] for k in members]
-        index = torch.tensor(list(members), device=next(iter(params.values())).device)
-        for name, state in self.state.items():
-            for key, value in state.items():
-                kept.state[name][key].copy_(value.index_select(0, index))
+        kept._step_count = kept._column([float(s) for s in kept.steps])
         return kept
 
 
 def train_step(stack: Stack, optimizer: FusedOptimizer, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
-               device: torch.device, masked: bool = True, hooks=()) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, masked: bool = True, hooks=(), mixed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of every member of ``stack`` on its batch (``x``: (K, B, ...), ``y``: (K, B)) at its
-    rate ``lrs[k]``: one forward and backward for all; returns each member's loss (K,) and logits.
+    rate ``lrs[k]``: one forward and backward for all (with ``mixed``, under the trials' bf16
+    autocast where the device has it); returns each member's loss (K,) and logits.
     ``hooks(optimizer, args, kwargs)`` run before the step (as torch's optimizer step pre-hooks)."""
-    with autocast(device):
+    with autocast(device) if mixed else contextlib.nullcontext():
         logits = stack.forward(x)
         losses = vmap(F.cross_entropy)(logits, y)
-    for p in stack.params.values():
-        p.grad = None
+    stack.flat.grad = None
     losses.sum().backward()
     if masked:
         stack.mask_gradients()
@@ -337,7 +380,8 @@ def measure_steps(make_model, x: torch.Tensor, y: torch.Tensor, device: torch.de
         sync()
 
     stack = Stack([make_model() for _ in range(k)])
-    fused_optimizer = FusedOptimizer(stack.params, [optimizer] * k)
+    fused_optimizer = FusedOptimizer(stack.flat, [optimizer] * k)
+    x = torch.stack(xs)  # as FusedLearner stacks its members' batches
     lrs = [optimizer.lr] * k
 
     def fused():
@@ -406,11 +450,25 @@ class FusedLearner:
         self.data, self.layers, self.prunable_params = data, first.layers, first.prunable_params
         self.train_size, self.has_validation = first.train_size, first.has_validation
         self._configs = list(optimizers)
+        self._mixed = self._check(first)
         self._base = _skeleton(first.model())
         self._step_hooks: list = []
         self.active = list(range(k))
         self.stack = Stack([m.model() for m in self.solo], self._base)
-        self.optimizer = FusedOptimizer(self.stack.params, self._configs)
+        self.optimizer = FusedOptimizer(self.stack.flat, self._configs)
+
+    def _check(self, first: ModelLearner) -> bool:
+        """Refuse a model that cannot be fused (:func:`check_fusable`); returns whether it trains under
+        bf16 autocast fused (else in float32, said once: vmap's BatchNorm may not take bf16 on every GPU)."""
+        try:
+            check_fusable(first.model(), first._examples)
+            return True
+        except FusionError as exc:
+            if self.device.type != "cuda":
+                raise
+            check_fusable(first.model(), first._examples, mixed=False)
+            print(f"fused training runs in float32 here, not bf16: {exc}", file=sys.stderr, flush=True)
+            return False
 
     def _restack(self, members: Sequence[int]) -> None:
         """Train only ``members`` from now on (the others keep their tensors and stop)."""
@@ -421,7 +479,7 @@ class FusedLearner:
                 self.stack.release(position[m])
         old = self.optimizer
         self.stack = Stack([self.solo[m].model() for m in members], self._base)
-        self.optimizer = old.select(self.stack.params, [position[m] for m in members])
+        self.optimizer = old.select(self.stack.flat, [position[m] for m in members])
         self.active = members
 
     def model(self, member: int) -> nn.Module:
@@ -466,7 +524,7 @@ class FusedLearner:
                 [ok] = self.solo[k].prune([target])
             out.append(ok)
         self.stack.gather_masks()
-        self.optimizer.clear_masked(self.stack.masks)
+        self.optimizer.clear_masked(self.stack.mask)
         return out
 
     def start(self, starts: Sequence[Start | None]) -> None:
@@ -498,13 +556,13 @@ class FusedLearner:
             x = torch.stack([xb for xb, _ in batches])
             y = torch.stack([yb for _, yb in batches])
             losses, logits = train_step(stack, self.optimizer, x, y, rates, self.device, self._masked,
-                                        self._step_hooks)
+                                        self._step_hooks, self._mixed)
             total_loss += full_precision(losses.detach()) * y.shape[1]
             correct += (logits.argmax(-1) == y).sum(1)
             seen += y.shape[1]
         seconds = time.perf_counter() - start
         finite = (torch.isfinite(total_loss) & stack.finite()).tolist()
-        losses_out, accuracy = (total_loss / seen).tolist(), (correct.double() / seen).tolist()
+        losses_out, accuracy = (total_loss.double() / seen).tolist(), (correct.double() / seen).tolist()
         out: list[EpochStats | None] = [None] * self.members
         for i, k in enumerate(running):
             out[k] = EpochStats(losses_out[i], accuracy[i], seconds, rates[i], finite[i])
@@ -513,27 +571,30 @@ class FusedLearner:
     @torch.no_grad()
     def evaluate(self, which: Sequence[bool], split: str = "test") -> list[tuple[float, float] | None]:
         """(mean loss, accuracy) on ``split`` in eval mode of each member wanted, all in one pass."""
-        wanted = [k for k, w in enumerate(which) if w]
-        if not wanted:
-            return [None] * self.members
-        if any(k not in self.active for k in wanted):
-            return [self.solo[k].evaluate([True], split)[0] if w else None for k, w in enumerate(which)]
+        out: list[tuple[float, float] | None] = [None] * self.members
+        for k, w in enumerate(which):
+            if w and k not in self.active:  # a member that left the stack: alone
+                out[k] = self.solo[k].evaluate([True], split)[0]
+        if not any(w and k in self.active for k, w in enumerate(which)):
+            return out
         self._base.eval()
         n = len(self.active)
         loss = torch.zeros(n, dtype=torch.float64, device=self.device)
         correct = torch.zeros(n, dtype=torch.long, device=self.device)
         seen = 0
         for xb, yb in self.data.batches(split, 1000):
-            with autocast(self.device):
+            with autocast(self.device) if self._mixed else contextlib.nullcontext():
                 logits = self.stack.forward(self.data.normalise(xb), shared_input=True)
             logits = full_precision(logits)
-            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1).double()
+            loss += torch.stack([F.cross_entropy(logits[i], yb, reduction="sum") for i in range(n)]).double()
             correct += (logits.argmax(-1) == yb).sum(1)
             seen += yb.shape[0]
         self._base.train()
         losses, right = (loss / seen).tolist(), correct.tolist()
-        return [(losses[self.active.index(k)], right[self.active.index(k)] / seen) if w else None
-                for k, w in enumerate(which)]
+        for i, k in enumerate(self.active):
+            if which[k]:
+                out[k] = (losses[i], right[i] / seen)
+        return out
 
     def measure(self, which: Sequence[bool]) -> list[dict | None]:
         """Each wanted member's sparsity report (:meth:`sweeps.learner.ModelLearner.measure`)."""
@@ -562,7 +623,7 @@ class FusedLearner:
             self._rng[k] = {key: saved[key].clone() for key in ("torch_rng", "cuda_rng") if key in saved}
         self.active = list(range(self.members))
         self.stack = Stack([m.model() for m in self.solo], self._base)
-        self.optimizer = FusedOptimizer(self.stack.params, self._configs)
+        self.optimizer = FusedOptimizer(self.stack.flat, self._configs)
         if state["active"] != self.active:
             self._restack(state["active"])
         self.optimizer.load_state_dict(state["optimizer"])

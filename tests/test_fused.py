@@ -122,14 +122,20 @@ def test_every_schedule_and_regime_of_two_seeds_fused_equals_each_alone_across_a
     assert _group_against_alone(config, pick, diverge=1, resume_at=3) < 1e-9
 
 
-@pytest.mark.parametrize("pruning", [
-    {"structure": "filters", "criterion": "random", "scope": "layerwise"},
-    {"structure": "2:4", "criterion": "magnitude_gradient", "gradient_batches": 2, "exclude": ["conv1"]},
-], ids=["filters-random", "2:4-gradient"])
-def test_structured_pruning_random_and_gradient_criteria_fused_equal_each_alone(float64, pruning):
+@pytest.mark.parametrize("pruning, optimizer", [
+    ({"structure": "filters", "criterion": "random", "scope": "layerwise"}, None),
+    ({"structure": "2:4", "criterion": "magnitude_gradient", "gradient_batches": 2, "exclude": ["conv1"]},
+     {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}),
+], ids=["filters-random", "2:4-gradient-adamw"])
+def test_structured_pruning_random_and_gradient_criteria_fused_equal_each_alone(float64, pruning, optimizer):
     config = {**BASE, "pruning": pruning, "sparsities": [0.5] if pruning["structure"] == "2:4" else [0.5, 0.9],
               "schedules": [{"name": "instant", "kind": "instant"}, {"name": "gradual2", "kind": "gradual", "steps": 2}]}
-    assert _group_against_alone(config, lambda points: points) < 1e-9
+    if optimizer:  # AdamW fine-tuning (rewinding regimes would replay the dense SGD: another kind)
+        config["finetune"] = {**BASE["finetune"], "optimizer": optimizer, "retrain": ["finetune"]}
+        # the first member diverges; the group resumes after its first epoch
+        assert _group_against_alone(config, lambda points: points, diverge=0, resume_at=1) < 1e-9
+    else:
+        assert _group_against_alone(config, lambda points: points) < 1e-9
 
 
 def test_a_fused_group_in_float32_is_deterministic_and_resumes_bit_for_bit_and_differs_by_rounding():
@@ -166,7 +172,7 @@ def test_the_fused_optimizer_steps_each_member_as_torchs_own_optimizer(float64, 
                OptimizerConfig(name=kind, lr=0.1, momentum=0.0, weight_decay=5e-4, nesterov=False)]
     g = torch.Generator().manual_seed(0)
     start = torch.randn(3, 4, 5, generator=g)
-    stacked = {"w": start.clone().requires_grad_(True)}
+    stacked = start.clone().requires_grad_(True)
     fused = FusedOptimizer(stacked, configs)
     own = [start[k].clone().requires_grad_(True) for k in range(3)]
     torch_opts = [make_optimizer(c, [p]) for c, p in zip(configs, own)]
@@ -176,7 +182,11 @@ def test_the_fused_optimizer_steps_each_member_as_torchs_own_optimizer(float64, 
         if step == 3:  # member 2 starts a phase with a fresh optimizer
             fused.reset(2)
             torch_opts[2] = make_optimizer(configs[2], [own[2]])
-        stacked["w"].grad = grads.clone()
+        if step == 4:  # a checkpoint of the optimizer, loaded into a new one
+            again = FusedOptimizer(stacked, configs)
+            again.load_state_dict(fused.state_dict())
+            fused = again
+        stacked.grad = grads.clone()
         fused.step(lrs)
         for k in range(3):
             own[k].grad = grads[k].clone()
@@ -184,7 +194,26 @@ def test_the_fused_optimizer_steps_each_member_as_torchs_own_optimizer(float64, 
                 group["lr"] = lrs[k]
             torch_opts[k].step()
     for k in range(3):
-        torch.testing.assert_close(stacked["w"][k], own[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(stacked[k], own[k], rtol=1e-12, atol=1e-14)
+    # members 0 and 2 go on alone (member 1 left the group): their state and steps go with them
+    kept = stacked.detach()[[0, 2]].clone().requires_grad_(True)
+    fused = fused.select(kept, [0, 2])
+    for _ in range(2):
+        grads = torch.randn(3, 4, 5, generator=g)
+        kept.grad = grads[[0, 2]].clone()
+        fused.step([0.01, 0.02])
+        for k, lr in ((0, 0.01), (2, 0.02)):
+            own[k].grad = grads[k].clone()
+            for group in torch_opts[k].param_groups:
+                group["lr"] = lr
+            torch_opts[k].step()
+    torch.testing.assert_close(kept[0], own[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(kept[1], own[2], rtol=1e-12, atol=1e-14)
+    # a prune clears the state at pruned positions, as pruning_core.clear_optimizer_state does
+    mask = torch.rand(2, 4, 5, generator=g) > 0.5
+    fused.clear_masked(mask)
+    for value in fused.state.values():
+        assert not value[~mask].any()
 
 
 class _WithDropout(nn.Module):
