@@ -18,7 +18,7 @@ import torch
 
 from sweeps.config import OptimizerConfig
 from sweeps.fused import measure_steps
-from sweeps.loops import train_step
+from sweeps.loops import place, train_step
 from sweeps.models import build_model
 from sweeps.optimizers import make_optimizer
 
@@ -34,9 +34,7 @@ def _sync(device: torch.device) -> None:
 
 def _models(name: str, k: int, device: torch.device) -> list[torch.nn.Module]:
     torch.manual_seed(0)
-    channels_last = device.type == "cuda"
-    models = [build_model(name, 10, SHAPES[name][0]).to(device) for _ in range(k)]
-    return [m.to(memory_format=torch.channels_last) if channels_last else m for m in models]
+    return [place(build_model(name, 10, SHAPES[name][0]), device) for _ in range(k)]
 
 
 def _batches(name: str, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,16 +41,14 @@ def train_dense_group(sweep, seeds: Sequence[int], device: torch.device, checkpo
     if len(plans) == 1:
         learner = ModelLearner(sweep, device, plan.seeds, plan.optimizer, plan.batch_size, weights=weights,
                                masked=False)
-        weights_of = lambda k: learner.weights()  # noqa: E731
     else:
         from .fused import FusedLearner
 
         learner = FusedLearner(sweep, device, [p.seeds for p in plans], [p.optimizer for p in plans],
                                plan.batch_size, weights=[weights] * len(plans), masked=False)
-        weights_of = learner.weights
     k = len(plans)
     keep = set(plan.snapshots)
-    snapshots = [{0: weights_of(i)} if 0 in keep else {} for i in range(k)]
+    snapshots = [{0: learner.weights(i)} if 0 in keep else {} for i in range(k)]
     done, before = 0, 0.0  # epochs and seconds trained before a resume
     if resume is not None:
         learner.load_state(resume)
@@ -66,11 +64,11 @@ def train_dense_group(sweep, seeds: Sequence[int], device: torch.device, checkpo
         learner.train_epoch([plan.lrs[epoch]] * k)
         if epoch + 1 in keep:
             for i in range(k):
-                snapshots[i][epoch + 1] = weights_of(i)
+                snapshots[i][epoch + 1] = learner.weights(i)
         if on_epoch is not None:
             on_epoch(epoch + 1, plan.total_epochs, lambda e=epoch + 1: state(e))
     tests = learner.evaluate([True] * k)
     seconds = before + time.perf_counter() - start
-    return [{"state_dict": weights_of(i), "test_accuracy": tests[i][1], "test_loss": tests[i][0],
+    return [{"state_dict": learner.weights(i), "test_accuracy": tests[i][1], "test_loss": tests[i][0],
              "epochs": plan.total_epochs, "seconds": seconds, "seed": seed, SNAPSHOTS: snapshots[i]}
             for i, seed in enumerate(seeds)]

@@ -36,16 +36,20 @@ from pruning_core.masks import SUFFIX as MASK_SUFFIX
 from pruning_core.masks import disarm
 
 from .learner import EpochStats, ModelLearner, load_start_weights
-from .loops import autocast, full_precision
+from .loops import autocast, full_precision, place
 from .plan import Seeds, Start
 
 RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-OPTIMIZER_KINDS = ("sgd", "adam", "adamw")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which sweeps.optimizers.make_optimizer uses
 
 
 class FusionError(ValueError):
     """Members that cannot be trained as one computation; the message says which layer or setting."""
+
+
+def _precision(device: torch.device, mixed: bool):
+    """The trials' bf16 autocast on ``device`` (:func:`sweeps.loops.autocast`), or with ``mixed`` off, none."""
+    return autocast(device) if mixed else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------- the model
@@ -99,7 +103,7 @@ def check_fusable(model: nn.Module, example: torch.Tensor, mixed: bool = True) -
     stack = Stack(members)
     x = torch.stack([example, example])
     seen: list[str] = []
-    precision = autocast(example.device) if mixed else contextlib.nullcontext()
+    precision = _precision(example.device, mixed)
     try:
         with _running_layer(stack.base, seen):
             stack.base.train()
@@ -242,14 +246,13 @@ class FusedOptimizer:
         if len(kinds) != 1:
             raise FusionError(f"fused members train with one optimizer kind; got {', '.join(kinds)}")
         self.kind, self.configs, self.param = kinds[0], list(configs), param
-        self.steps = [0] * len(self.configs)
         names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
         self.state = {s: torch.zeros_like(param).detach() for s in names}
         self._rates: tuple[tuple[float, ...], torch.Tensor] | None = None
         self._hyper = {f: self._column([float(getattr(c, f)) for c in self.configs])
                        for f in ("momentum", "weight_decay")}
         self._nesterov = self._column([float(c.nesterov and c.momentum > 0) for c in self.configs]) > 0
-        self._step_count = self._column([0.0] * len(self.configs))
+        self._step_count = self._column([0.0] * len(self.configs))  # each member's steps since its last reset
 
     def _column(self, values: Sequence[float]) -> torch.Tensor:
         """``values`` (one per member) as a (K, 1, ...) tensor on the parameter's device, once."""
@@ -268,7 +271,6 @@ class FusedOptimizer:
         """A fresh optimizer for ``member``: no state, no steps (as a new torch optimizer)."""
         for value in self.state.values():
             value[member].zero_()
-        self.steps[member] = 0
         self._step_count[member] = 0
 
     @torch.no_grad()
@@ -284,7 +286,6 @@ class FusedOptimizer:
         p = self.param
         if p.grad is None:
             return
-        self.steps = [s + 1 for s in self.steps]
         self._step_count += 1
         lr, wd = self._lr(lrs), self._hyper["weight_decay"]
         if self.kind == "sgd":
@@ -307,21 +308,20 @@ class FusedOptimizer:
         p.sub_(exp_avg / denom * step_size)
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "steps": list(self.steps),
+        return {"kind": self.kind, "steps": [int(s) for s in self._step_count.flatten().tolist()],
                 "state": {k: v.detach().cpu().clone() for k, v in self.state.items()}}
 
     @torch.no_grad()
     def load_state_dict(self, saved: dict) -> None:
-        if saved["kind"] != self.kind or len(saved["steps"]) != len(self.steps):
+        if saved["kind"] != self.kind or len(saved["steps"]) != len(self.configs):
             raise ValueError(f"a {saved['kind']} state of {len(saved['steps'])} members does not fit "
-                             f"a {self.kind} optimizer of {len(self.steps)}")
+                             f"a {self.kind} optimizer of {len(self.configs)}")
         for key, value in self.state.items():
             if saved["state"][key].shape != value.shape:
                 raise ValueError(f"a state of shape {tuple(saved['state'][key].shape)} does not fit parameters "
                                  f"of shape {tuple(value.shape)}")
             value.copy_(saved["state"][key])
-        self.steps = list(saved["steps"])
-        self._step_count = self._column([float(s) for s in self.steps])
+        self._step_count = self._column([float(s) for s in saved["steps"]])
 
     def select(self, param: torch.Tensor, members: Sequence[int]) -> "FusedOptimizer":
         """This optimizer for ``members`` only (their state and steps), over ``param`` (their stack)."""
@@ -329,8 +329,7 @@ class FusedOptimizer:
         index = torch.tensor(list(members), device=param.device)
         for key, value in self.state.items():
             kept.state[key].copy_(value.index_select(0, index))
-        kept.steps = [self.steps[k] for k in members]
-        kept._step_count = kept._column([float(s) for s in kept.steps])
+        kept._step_count = self._step_count.index_select(0, index)
         return kept
 
 
@@ -340,7 +339,7 @@ def train_step(stack: Stack, optimizer: FusedOptimizer, x: torch.Tensor, y: torc
     rate ``lrs[k]``: one forward and backward for all (with ``mixed``, under the trials' bf16
     autocast where the device has it); returns each member's loss (K,) and logits.
     ``hooks(optimizer, args, kwargs)`` run before the step (as torch's optimizer step pre-hooks)."""
-    with autocast(device) if mixed else contextlib.nullcontext():
+    with _precision(device, mixed):
         logits = stack.forward(x)
         losses = vmap(F.cross_entropy)(logits, y)
     stack.flat.grad = None
@@ -413,8 +412,7 @@ def speedup(sweep, k: int, device: torch.device, steps: int = 3) -> float:
 
     def make_model():
         torch.manual_seed(0)
-        model = model_for(sweep, data).to(device)
-        return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+        return place(model_for(sweep, data), device)
 
     times = measure_steps(make_model, x, y, device, steps, sweep.finetune.optimizer)
     return times["separate"] / times["fused"]
@@ -583,7 +581,7 @@ class FusedLearner:
         correct = torch.zeros(n, dtype=torch.long, device=self.device)
         seen = 0
         for xb, yb in self.data.batches(split, 1000):
-            with autocast(self.device) if self._mixed else contextlib.nullcontext():
+            with _precision(self.device, self._mixed):
                 logits = self.stack.forward(self.data.normalise(xb), shared_input=True)
             logits = full_precision(logits)
             loss += torch.stack([F.cross_entropy(logits[i], yb, reduction="sum") for i in range(n)]).double()

@@ -230,7 +230,7 @@ class ModelLearner:
             self._compact_macs = pc.sparsity_report(small, tuple(examples.shape[1:]))["macs_dense"]
         return self._compact_macs
 
-    def weights(self) -> dict:
+    def weights(self, member: int = 0) -> dict:
         """The model's state_dict, a CPU copy."""
         return cpu_state(self._model)
 

@@ -43,13 +43,15 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def prepare(model: nn.Module, data, device: torch.device):
-    """Move model and data to ``device``; channels_last on CUDA (the fast path)."""
-    fast = device.type == "cuda"
+def place(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; channels_last on CUDA (the fast path)."""
     model = model.to(device)
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
-    return model, data.to(device, channels_last=fast)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def prepare(model: nn.Module, data, device: torch.device):
+    """Move model and data to ``device`` (:func:`place`; the data channels_last on CUDA too)."""
+    return place(model, device), data.to(device, channels_last=device.type == "cuda")
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:
