@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 
 from . import storage
 from .messages import one_line
-from .schema import (BUDGET_EPOCHS, DIVERGED, EPOCH, LADDER, PARAM, RESULT_FILE, RETRAIN, SCHEDULE, SCHEDULE_KIND,
+from .schema import (BUDGET_EPOCHS, DIVERGED, EPOCH, LADDER, MEMBERS, PARAM, RESULT_FILE, RETRAIN, SCHEDULE, SCHEDULE_KIND,
                      SEED, TARGET_SPARSITY, TRIAL_ID, TRIAL_RESULTS_FILE, TrialPoint, is_finished)
 
 POINT_FIELDS = (SCHEDULE, SCHEDULE_KIND, RETRAIN, TARGET_SPARSITY, SEED)
@@ -94,10 +94,12 @@ def counted(attempts: Iterable[Attempt]) -> dict[str, Attempt]:
     return chosen
 
 
-def _last_report(folder: str) -> tuple[str, dict, bool] | None:
-    """``(trial id, last report, whole)`` from a trial folder's results file (whole), else from Ray
-    Tune's ``result.json`` (a trial that had not reached its first checkpoint, or an older
-    experiment's); None when neither holds a report that can be read."""
+def _last_reports(folder: str) -> list[tuple[str, dict, bool]]:
+    """``(trial id, last report, whole)`` of each point a trial folder holds (several in a fused
+    group's: :data:`analysis.schema.MEMBERS`), from its results file (whole), else from Ray Tune's
+    ``result.json`` (a trial that had not reached its first checkpoint, or an older experiment's; a
+    fused group's holds no point's own reports, so it counts as not begun); empty when neither
+    holds a report that can be read."""
     results = storage.join(folder, TRIAL_RESULTS_FILE)
     if storage.is_file(results):
         try:
@@ -107,15 +109,19 @@ def _last_report(folder: str) -> tuple[str, dict, bool] | None:
             table = pq.read_table(p, filesystem=fs)
             rows = table.select([c for c in (TRIAL_ID, EPOCH, BUDGET_EPOCHS, DIVERGED, *POINT_FIELDS)
                                  if c in table.column_names]).to_pylist()
-            if rows:
-                last = max(rows, key=lambda r: r[EPOCH])
-                return last[TRIAL_ID], last, True
+            last: dict[str, dict] = {}
+            for row in rows:
+                seen = last.get(row[TRIAL_ID])
+                if seen is None or row[EPOCH] > seen[EPOCH]:
+                    last[row[TRIAL_ID]] = row
+            if last:
+                return [(trial_id, row, True) for trial_id, row in last.items()]
         except Exception as exc:  # cut short by a full disk or a killed writer: the folder's checkpoints may do
             print(f"warning: {results} cannot be read ({one_line(exc)}); its trial counts as unfinished",
                   flush=True)
     tune = storage.join(folder, RESULT_FILE)
     if not storage.is_file(tune):
-        return None
+        return []
     last = None
     for line in storage.read_bytes(tune).decode(errors="replace").splitlines():
         try:
@@ -124,10 +130,11 @@ def _last_report(folder: str) -> tuple[str, dict, bool] | None:
             continue  # a line cut off by a killed process
         if isinstance(row, dict) and row.get(EPOCH) is not None and (last is None or row[EPOCH] >= last[EPOCH]):
             last = row
-    if last is None or TRIAL_ID not in last:
-        return None
-    point = (last.get("config") or {}).get(PARAM) or {}
-    return last[TRIAL_ID], {**point, **{k: v for k, v in last.items() if v is not None}}, False
+    config = (last or {}).get("config") or {}
+    if last is None or TRIAL_ID not in last or MEMBERS in config:
+        return []
+    point = config.get(PARAM) or {}
+    return [(last[TRIAL_ID], {**point, **{k: v for k, v in last.items() if v is not None}}, False)]
 
 
 def scan(path: str, budget=None) -> list[Attempt]:
@@ -136,6 +143,6 @@ def scan(path: str, budget=None) -> list[Attempt]:
     found = storage.files_named(path, TRIAL_RESULTS_FILE, RESULT_FILE)
     folders = sorted({storage.split(f)[0] for files in found.values() for f in files})
     with ThreadPoolExecutor(max_workers=16) as pool:  # an object store answers each folder in a round trip
-        reports = list(pool.map(_last_report, folders))
+        reports = list(pool.map(_last_reports, folders))
     return [attempt(trial_id, last, folder, whole, budget)
-            for folder, hit in zip(folders, reports) if hit for trial_id, last, whole in [hit]]
+            for folder, hits in zip(folders, reports) for trial_id, last, whole in hits]

@@ -12,7 +12,7 @@ import json
 import pandas as pd
 
 from . import storage
-from .schema import (EPOCH, PARAM, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TRAINING_ITERATION,
+from .schema import (EPOCH, MEMBERS, PARAM, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED, TARGET_SPARSITY, TRAINING_ITERATION,
                      TRIAL_ID)
 
 
@@ -42,6 +42,9 @@ def read_tune_results(files: list[str]) -> pd.DataFrame:
     if EPOCH not in df:
         return pd.DataFrame()
     df = df[df[EPOCH].notna()]
+    group = f"config.{MEMBERS}"
+    if group in df:  # a fused group's Tune rows hold no point's own numbers (its results file does)
+        df = df[df[group].isna()].drop(columns=[group])
     for field in (SCHEDULE, SCHEDULE_KIND, RETRAIN, TARGET_SPARSITY, SEED):  # Tune's rows carry only the trial point
         point = f"config.{PARAM}.{field}"
         if point in df:

@@ -18,7 +18,8 @@ DENSE_LOG = "trainings.jsonl"     # in DENSE_DIR: one line per dense training ac
 ANALYSIS_DIR = "analysis"         # where ``prunesweep analyze`` writes by default
 TRIAL_RESULTS_FILE = "results.parquet"  # in each trial folder: all its reports, one row per epoch (written by the
                                         # trial at each checkpoint and at its end; the analysis reads these)
-PRUNED_MODEL_FILE = "pruned_model.pt"   # in each finished trial's folder: its final model (pruning_core.save_pruned)
+PRUNED_MODEL_FILE = "pruned_model.pt"   # in each finished trial's folder: its final model (pruning_core.save_pruned);
+                                        # a fused group's folder holds one per member (:func:`pruned_model_file`)
 # Ray Tune's own files
 RESULT_FILE = "result.json"       # in each trial folder: one JSON line per report of the few TUNE_METRICS
 TUNER_FILE = "tuner.pkl"
@@ -44,6 +45,19 @@ def dense_file(seed: int) -> str:
     return f"seed_{seed}.pt"
 
 
+def dense_group_checkpoint_file(seeds) -> str:
+    """The fused dense training of ``seeds`` in progress, inside :data:`DENSE_DIR` (one seed:
+    :func:`dense_checkpoint_file`)."""
+    seeds = list(seeds)
+    return dense_checkpoint_file(seeds[0]) if len(seeds) == 1 else f"seeds_{'_'.join(map(str, seeds))}.checkpoint.pt"
+
+
+def pruned_model_file(label: str | None = None) -> str:
+    """A finished trial's pruned model in its folder: :data:`PRUNED_MODEL_FILE` for a trial that
+    trained alone, ``pruned_model.<point label>.pt`` for each member of a fused group."""
+    return PRUNED_MODEL_FILE if label is None else f"pruned_model.{label}.pt"
+
+
 # ------------------------------------------------------------------ the trial point
 PARAM = "trial"                   # the trial point's key in each trial's Tune config
 INSTANT = "instant"               # the schedule kind the other schedules are compared against
@@ -61,6 +75,33 @@ REGIME_MEANINGS = {
             "learning-rate rewinding",
 }
 CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"  # finetune.ladder_budget: what other schedules train at a rung
+# ------------------------------------------------------------------ fused groups
+# A fused group is one Ray Tune trial that trains several trial points (its members) of one architecture
+# as one computation (``sweeps.fused``), each member exactly what it would be alone up to float32 rounding.
+# Its Tune config holds the members' points under MEMBERS (a single trial's holds its point under PARAM);
+# its folder holds one results file with every member's rows, each row carrying its own point, its member
+# id (:func:`member_trial_id`) as ``trial_id`` and the group's Tune trial id as GROUP, and one pruned
+# model per member (:func:`pruned_model_file`). An experiment is fused or not as a whole (FUSION in its
+# provenance: the group size and the seed groups, kept by resume and extend), so that a comparison
+# never pairs a fused member with a point that trained alone.
+MEMBERS = "members"               # a fused group's trial points in its Tune config
+GROUP = "group"                   # the column naming the Tune trial that trained a row's point fused
+FUSION = "fusion"                 # in the provenance: {FUSION_SIZE: group size, FUSION_SEEDS: [[seed, ...], ...]}
+FUSION_SIZE, FUSION_SEEDS, FUSION_MEASURED = "members", "seed_groups", "measured_speedup"
+
+
+def member_trial_id(group_trial_id: str, label: str) -> str:
+    """The ``trial_id`` of a fused group's member: the group's Tune trial id and its point's label."""
+    return f"{group_trial_id}:{label}"
+
+
+def tune_points(tune_config: Mapping[str, Any]) -> list["TrialPoint"]:
+    """The trial points a Ray Tune trial trains: its point (PARAM), or a fused group's members (MEMBERS)."""
+    if MEMBERS in tune_config:
+        return [TrialPoint.from_dict(p) for p in tune_config[MEMBERS]]
+    return [TrialPoint.from_dict(tune_config[PARAM])]
+
+
 # Ray Tune's own columns
 TRIAL_ID = "trial_id"
 TRAINING_ITERATION = "training_iteration"
@@ -207,6 +248,8 @@ METRICS: tuple[Metric, ...] = (
            dtype="bool", tune=True),
     Metric(DIVERGED_EPOCH, "the epoch in which a diverged trial's loss or weights stopped being finite (found "
                            "before a prune: the epoch that prune would have begun)", dtype="int64", tune=True),
+    Metric(GROUP, "the Ray Tune trial that trained this point fused with others (a fused group; its `trial_id` is "
+                  "`<group>:<point label>`); empty for a trial that trained alone", dtype="string"),
     Metric("node_id", "the Ray node the trial ran on", dtype="string"),
     Metric("device", "the torch device it trained on", dtype="string"),
     Metric("gpu_ids", "the GPUs Ray assigned it", dtype="list<string>"),

@@ -41,10 +41,13 @@ def _flat(report: Mapping) -> dict:
     return row
 
 
-def to_table(trial_id: str, reports: Iterable[Mapping], layers: Sequence[str]) -> pa.Table:
-    """One trial's reports (dicts of declared metrics, per-layer ones as ``{layer: value}``) as a table."""
+def to_table(trial_id: str | Sequence[str], reports: Iterable[Mapping], layers: Sequence[str]) -> pa.Table:
+    """One trial's reports (dicts of declared metrics, per-layer ones as ``{layer: value}``) as a
+    table; ``trial_id`` names all rows, or (a fused group's) each row in turn."""
     schema = arrow_schema(layers)
-    rows = [{**_flat(r), TRIAL_ID: trial_id} for r in reports]
+    reports = list(reports)
+    ids = [trial_id] * len(reports) if isinstance(trial_id, str) else list(trial_id)
+    rows = [{**_flat(r), TRIAL_ID: i} for r, i in zip(reports, ids, strict=True)]
     extra = sorted({k for row in rows for k in row} - set(schema.names))
     if extra:
         raise ValueError(f"not columns of the results file: {', '.join(extra)}")
@@ -59,7 +62,7 @@ def to_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def write(path: str, trial_id: str, reports: Iterable[Mapping], layers: Sequence[str]) -> None:
+def write(path: str, trial_id: str | Sequence[str], reports: Iterable[Mapping], layers: Sequence[str]) -> None:
     """Write (or replace) the results file at ``path``."""
     storage.write_bytes(path, to_bytes(to_table(trial_id, reports, layers)))
 

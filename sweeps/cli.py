@@ -70,7 +70,7 @@ def _summarise(outcome) -> int:
     path = outcome.path
     errors = [r for r in outcome.results if r.error is not None]
     note = f" ({outcome.diverged} diverged: they end there and are not retried)" if outcome.diverged else ""
-    print(f"\n{outcome.finished} of {outcome.trials} trials finished{note}; results in {path}")
+    print(f"\n{outcome.finished} of {outcome.trials} trial points finished{note}; results in {path}")
     print(f"analyse them with: prunesweep analyze {path}")
     for seed, why in sorted(outcome.dense_failed.items()):
         print(f"the dense model of seed {seed} could not be trained ({why}): its trials failed; "
@@ -78,7 +78,7 @@ def _summarise(outcome) -> int:
     if errors:
         print(f"{len(errors)} trial(s) failed after all retries; `prunesweep resume {path}` retries them", file=sys.stderr)
     if outcome.finished < outcome.trials:
-        print(f"unfinished trials remain: continue with `prunesweep resume {path}`", file=sys.stderr)
+        print(f"unfinished trial points remain: continue with `prunesweep resume {path}`", file=sys.stderr)
         return 1
     return 0
 
@@ -102,6 +102,10 @@ def main(argv=None) -> int:
                   + (f"{regimes} retraining regimes, " if regimes > 1 else "")
                   + f"{len(config.sparsities)} sparsities, {config.seed_count} seeds); "
                   f"{dense + retraining:,} epochs to train ({dense:,} dense, {retraining:,} retraining)")
+            from .groups import describe, resolve
+
+            for line in describe(config, resolve(config)):
+                print(line)
             if will_download(config):
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0

@@ -169,14 +169,28 @@ class ScheduleConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
+    """What one Ray Tune trial asks for; a fused group (``fuse``) asks for the same unless
+    ``group_cpu`` / ``group_gpu`` say more."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    group_cpu: Optional[float] = Field(None, gt=0)
+    group_gpu: Optional[float] = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ValueError(f"resources.gpu above 1 must be a whole number, got {self.gpu}")
+        for name in ("gpu", "group_gpu"):
+            value = getattr(self, name)
+            if value is not None and value > 1 and value != int(value):
+                raise ValueError(f"resources.{name} above 1 must be a whole number, got {value}")
         return self
+
+    def of_group(self, fused: bool) -> tuple[float, float]:
+        """``(cpu, gpu)`` one Ray Tune trial (``fused``: a fused group, or its dense training) asks for."""
+        if not fused:
+            return self.cpu, self.gpu
+        return (self.group_cpu if self.group_cpu is not None else self.cpu,
+                self.group_gpu if self.group_gpu is not None else self.gpu)
 
 
 class CheckpointConfig(_Strict):
@@ -246,6 +260,20 @@ def _seeds(value):
 MODEL_ARGS_MAX = 10_000
 
 
+FUSE_RULE = "allowed: off, auto, or the largest number of seeds fused into one group (a whole number >= 2)"
+
+
+def _fuse(value):
+    """``fuse``: off (YAML reads an unquoted off as false), auto, or a group size N >= 2."""
+    if value is False or value == "off":
+        return "off"
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"got {short(value)}; {FUSE_RULE}")
+    return value
+
+
 def _model_args(value):
     """Refuse ``model_args`` of more than :data:`MODEL_ARGS_MAX` values in all, counted as YAML's
     aliases expand them (a few nested aliases stand for billions): the model is built, and the config
@@ -279,6 +307,7 @@ class SweepConfig(_Strict):
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    fuse: Annotated[Union[Literal["off", "auto"], int], BeforeValidator(_fuse)] = "off"
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -300,6 +329,10 @@ class SweepConfig(_Strict):
             raise ValueError(f"sparsities: structure {self.pruning.structure!r} fixes every layer at sparsity {fixed:g}; "
                              f"got {short(self.sparsities)} (allowed: [{fixed:g}])")
         self._check_retraining()
+        if self.fuse == "off":
+            for name in ("group_cpu", "group_gpu"):
+                if getattr(self.resources, name) is not None:
+                    raise ValueError(f"resources.{name}: sizes fused groups, and fuse is off (set fuse, or drop it)")
         return self
 
     def _check_retraining(self) -> None:

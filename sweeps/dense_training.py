@@ -29,16 +29,17 @@ def train_dense(sweep, seed: int, device: torch.device, checkpoint_state: dict |
 
 
 def train_dense_group(sweep, seeds: Sequence[int], device: torch.device, checkpoint_state: dict | None = None,
-                      resume: dict | None = None, on_epoch=None) -> list[dict]:
+                      resume: dict | None = None, on_epoch=None, fused: bool | None = None) -> list[dict]:
     """:func:`train_dense` of every seed in ``seeds``, trained as one fused computation when there
-    are several (each seed's model exactly what it would be alone, in float64; by rounding in float32)."""
+    are several, or one with ``fused`` (each seed's model exactly what it would be alone, in float64;
+    by rounding in float32)."""
     plans = [dense_plan(sweep, seed) for seed in seeds]
     plan = plans[0]
     weights = None
     if plan.from_checkpoint:
         weights = checkpoint_state if checkpoint_state is not None else read_checkpoint(sweep.dense.checkpoint)
     start = time.perf_counter()
-    if len(plans) == 1:
+    if len(plans) == 1 and not fused:
         learner = ModelLearner(sweep, device, plan.seeds, plan.optimizer, plan.batch_size, weights=weights,
                                masked=False)
     else:

@@ -21,10 +21,11 @@ class ProgressLine(Callback):
     """Every ``interval`` seconds (``PRUNESWEEP_PROGRESS_S``, default 60): trials done, running,
     waiting (for resources or for their seed's dense model) and failed out of the sweep's whole
     grid (``done_before`` of them finished in earlier sessions), and an ETA from the rate at which
-    trials have finished so far in this session."""
+    trials have finished so far in this session. With ``weight`` (a fused sweep's: how many trial
+    points a Ray Tune trial trains), it counts trial points, and the running fused trials."""
 
-    def __init__(self, trials: int, interval: float | None = None, done_before: int = 0):
-        self.trials, self.done_before = trials, done_before
+    def __init__(self, trials: int, interval: float | None = None, done_before: int = 0, weight=None):
+        self.trials, self.done_before, self.weight = trials, done_before, weight
         self.interval = float(os.environ.get(INTERVAL_ENV, INTERVAL_S)) if interval is None else interval
         self._start = self._last = time.monotonic()
         self._done_at_start = None
@@ -32,8 +33,10 @@ class ProgressLine(Callback):
     def line(self, trials, now: float) -> str:
         """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``)."""
         count = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0}
+        groups = 0
         for trial in trials:
-            count[trial.status] = count.get(trial.status, 0) + 1
+            count[trial.status] = count.get(trial.status, 0) + (self.weight(trial) if self.weight else 1)
+            groups += trial.status == "RUNNING"
         done, running, failed = count["TERMINATED"] + self.done_before, count["RUNNING"], count["ERROR"]
         waiting = self.trials - done - running - failed
         if self._done_at_start is None:
@@ -45,7 +48,8 @@ class ProgressLine(Callback):
             eta = f"ETA {_duration((waiting + running) * elapsed / finished_here)}"
         else:
             eta = "ETA after the first trial ends"
-        return (f"[prunesweep] trials: {done} done, {running} running, {waiting} waiting, {failed} failed "
+        what, inside = ("trial points", f" (in {groups} fused trials)") if self.weight else ("trials", "")
+        return (f"[prunesweep] {what}: {done} done, {running} running{inside}, {waiting} waiting, {failed} failed "
                 f"of {self.trials}; {_duration(elapsed)} elapsed; {eta}")
 
     def on_step_end(self, iteration: int, trials, **info) -> None:

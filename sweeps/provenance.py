@@ -9,6 +9,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from analysis.schema import FUSION
+
 from .config import ConfigError, SweepConfig
 
 CONFIG_HASH, VERSION, CODE_HASH, GIT_REVISION = "config_sha256", "prunesweep_version", "code_sha256", "git_revision"
@@ -136,6 +138,14 @@ def with_trackers(recorded: dict, names) -> dict:
     known = list(recorded.get(TRACKERS, []))
     more = [n for n in dict.fromkeys(names) if n not in known]
     return {**recorded, TRACKERS: known + more} if more else recorded
+
+
+def with_fusion(recorded: dict, grouping) -> dict:
+    """``recorded`` with the experiment's grouping (:class:`sweeps.groups.Grouping`; nothing for an
+    experiment whose points train alone and that measured nothing)."""
+    if not grouping.fused and grouping.measured is None:
+        return recorded
+    return {**recorded, FUSION: grouping.record()}
 
 
 def forced(recorded: dict, config: SweepConfig, changed: list[str]) -> dict:

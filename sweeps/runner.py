@@ -12,6 +12,7 @@ from . import trackers as tracking
 from .config import ConfigError, SweepConfig, check_experiment_name
 from .experiment import check_storage, check_unchanged, experiment_path, reopen, write_experiment_file
 from .extend import grow
+from .groups import Grouping, resolve
 from .preflight import dense_checkpoint, location, preflight
 from .ray_connection import RayOptions, ray_session
 from .tuning import Outcome, fit
@@ -31,11 +32,13 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
     tracking.check(trackers, path)
     config = preflight(config)
     checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
+    grouping = resolve(config)
     with lock.held(path, "run"):
         _refuse_existing(path)  # again under the lease: another driver may have started it meanwhile
         with ray_session(config, options):
-            write_experiment_file(path, config, provenance.with_trackers(provenance.record(config), trackers))
-            return fit(config, path, restore=False, checkpoint=checkpoint, trackers=trackers)
+            recorded = provenance.with_fusion(provenance.with_trackers(provenance.record(config), trackers), grouping)
+            write_experiment_file(path, config, recorded)
+            return fit(config, path, restore=False, checkpoint=checkpoint, trackers=trackers, grouping=grouping)
 
 
 def _refuse_existing(path: str) -> None:
@@ -55,6 +58,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
     """
     found = reopen(path, "resume", force, trackers)
     config, recorded = found.config, found.recorded
+    grouping = Grouping.of_record(recorded)
     with lock.held(found.path, "resume", force):
         check_unchanged(found, "resume")
         with ray_session(config, options):
@@ -62,7 +66,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
             updated = provenance.with_trackers(updated or provenance.legacy(config), found.trackers)
             if updated != recorded:
                 write_experiment_file(found.path, config, updated)
-            return fit(config, found.path, restore=True, trackers=found.trackers)
+            return fit(config, found.path, restore=True, trackers=found.trackers, grouping=grouping)
 
 
 def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), force: bool = False,
@@ -78,11 +82,13 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     with the same code: extend grows the grid that ran, so that old and new trials compare."""
     found = reopen(path, "extend", force, trackers, grow=lambda old: grow(old, overrides))
     added = found.added
+    grouping = Grouping.of_record(found.recorded).grown(found.config.seed_list)
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {found.path}: adds {what}: {added['trials']} new trials", flush=True)
     with lock.held(found.path, "extend", force):
         check_unchanged(found, "extend")
         with ray_session(found.config, options):
             grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
-            write_experiment_file(found.path, found.config, provenance.with_trackers(grown, found.trackers))
-            return fit(found.config, found.path, restore=True, trackers=found.trackers)
+            grown = provenance.with_fusion(provenance.with_trackers(grown, found.trackers), grouping)
+            write_experiment_file(found.path, found.config, grown)
+            return fit(found.config, found.path, restore=True, trackers=found.trackers, grouping=grouping)

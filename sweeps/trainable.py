@@ -15,6 +15,7 @@ from ray import tune
 
 import pruning_core as pc
 from analysis import schema, storage, trial_results
+from analysis.attempts import point_label
 from analysis.messages import one_line
 
 from .config import SweepConfig
@@ -77,43 +78,71 @@ def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
     run.learner.add_step_hook(hook)
 
 
+DTYPE_ENV = "PRUNESWEEP_DTYPE"  # float64: trials and dense trainings compute in float64 (fused equals unfused exactly)
+
+
+def dtype_from_env() -> str | None:
+    """The floating-point type ``DTYPE_ENV`` asks trainings to compute in (None: torch's float32)."""
+    value = os.environ.get(DTYPE_ENV) or None
+    if value not in (None, "float32", "float64"):
+        raise ValueError(f"{DTYPE_ENV}={value}: allowed: float32 or float64")
+    return value
+
+
+def set_dtype(dtype: str | None) -> None:
+    """Compute in ``dtype`` (None: float32) in this worker from now on (an actor Ray Tune reuses too)."""
+    torch.set_default_dtype(getattr(torch, dtype or "float32"))
+
+
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
-                      earlier: dict | None = None, chaos: Chaos = Chaos()) -> None:
-    """Tune function trainable. ``config`` holds only the trial point (``config["trial"]``);
-    ``sweep``, the config validated on the driver, the dense models, the experiment's location and the
-    folders of earlier attempts of each point (``earlier``: {label: folders, furthest first}) arrive
-    once through ``tune.with_parameters``. Continues from the newest readable checkpoint
+                      earlier: dict | None = None, chaos: Chaos = Chaos(), done: frozenset = frozenset(),
+                      fused: bool = False, dtype: str | None = None) -> None:
+    """Tune function trainable of one trial point (``config[PARAM]``) or, in a ``fused`` experiment,
+    of a group of points trained as one computation (``config[MEMBERS]``: :mod:`sweeps.groups`).
+    ``sweep``, the config validated on the driver, the dense models, the experiment's location, the
+    folders of earlier attempts of each point (``earlier``: {label: folders, furthest first}) and the
+    points finished before (``done``: a resumed group trains on with them, but records them no more)
+    arrive once through ``tune.with_parameters``. Continues from the newest readable checkpoint
     (:func:`checkpoints`): Tune's when it restarts a trial, else an earlier attempt's.
 
-    Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch; every
-    report, whole, goes to the trial's results file, rewritten at each checkpoint (every
-    ``checkpoint.every_epochs``) and at the end, when the pruned model is saved compactly too.
+    Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch (a group's: its
+    epoch and its members' mean test accuracy); every report of every point, whole, goes to the
+    trial's results file, rewritten at each checkpoint (every ``checkpoint.every_epochs``) and at the
+    end, when each pruned model is saved compactly too.
     """
-    point = schema.TrialPoint.from_dict(config[schema.PARAM])
-    use_cpus(sweep.resources.cpu)
+    points = schema.tune_points(config)
+    grouped = schema.MEMBERS in config
+    set_dtype(dtype)
+    use_cpus(sweep.resources.of_group(fused)[0])
     context = tune.get_context()
     trial_dir = context.get_trial_dir()
-    files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id())
+    files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id(), grouped)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = device_for(gpu_ids)
-    plan = chaos.plan(trial_plan(sweep, point))
-    dense = ray.get(dense_refs[point.seed])
-    run = TrialRun.of_point(sweep, point, dense, device, plan)
+    plans = [chaos.plan(trial_plan(sweep, p)) for p in points]
+    denses = ray.get([dense_refs[p.seed] for p in points])
+
+    def fresh() -> TrialRun:
+        return TrialRun.of_points(sweep, points, denses, device, plans, fused=fused)
+
+    run = fresh()
     history = []
     checkpoint = tune.get_checkpoint()
-    candidates = checkpoints(checkpoint, files.folder, (earlier or {}).get(point.label, []))
+    before = list(dict.fromkeys(f for p in points for f in (earlier or {}).get(p.label, [])))
+    candidates = checkpoints(checkpoint, files.folder, before)
+    recorded = [k for k, p in enumerate(points) if p.label not in done]  # the members this trial records
     for candidate, state in readable(candidates):
         if state.get("done"):
             # finished before the driver recorded it: record and announce the final result again, train nothing
-            files.write_results(state["history"], run.learner.layers)
-            tune.report(schema.for_tune(state["history"][-1]))
+            files.write_results(_kept(state["history"], done), run.learner.layers)
+            tune.report(_for_tune(state["history"], run.total_epochs))
             return
         try:
             run.load_state(state)
         except Exception as exc:  # a state of another layout (an experiment resumed with --force)
             print(f"checkpoint {candidate} does not fit this trial ({one_line(exc)}); trying the one kept before it",
                   file=sys.stderr, flush=True)
-            run = TrialRun.of_point(sweep, point, dense, device, plan)
+            run = fresh()
             continue
         history = state["history"]
         if candidate != candidates[0] or checkpoint is None:
@@ -122,22 +151,45 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     else:
         if candidates:
             print("no checkpoint of this trial can be used: it starts from the beginning", file=sys.stderr, flush=True)
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids}
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids,
+             **({schema.GROUP: files.trial_id} if grouped else {})}
     chaos.apply(run, trial_dir)
     while not run.done:
-        [report] = run.run_epoch()
-        report = _checked({**report, **where})
-        history.append(report)
+        reports = [_checked({**r, **where}) for r in run.run_epoch()]
+        history += reports
+        for r in reports:
+            if r.get(schema.DIVERGED) and grouped:
+                print(f"{point_label(r)} diverged in epoch {r[schema.DIVERGED_EPOCH]}: it ends there; the other "
+                      "members go on", file=sys.stderr, flush=True)
+        summary = _for_tune(reports, run.total_epochs)
         if run.done:
-            if not report.get(schema.DIVERGED):
-                files.write_model(run.learner.model(0))
-            files.write_results(history, run.learner.layers)  # last: a finished results file is a finished trial
-            _report(report, {"done": True, "history": history})
-        elif plan.epochs[run.epoch - 1].checkpoint:
-            files.write_results(history, run.learner.layers)
-            _report(report, {**run.state(), "history": history})
+            for k in recorded:
+                if run.diverged_at[k] is None:
+                    files.write_model(run.learner.model(k), points[k].label)
+            files.write_results(_kept(history, done), run.learner.layers)  # last: a finished results file is a finished trial
+            _report(summary, {"done": True, "history": history})
+        elif plans[0].epochs[run.epoch - 1].checkpoint:
+            files.write_results(_kept(history, done), run.learner.layers)
+            _report(summary, {**run.state(), "history": history})
         else:
-            tune.report(schema.for_tune(report))
+            tune.report(summary)
+
+
+def _kept(history: list[dict], done) -> list[dict]:
+    """The reports of ``history`` of points not finished before (``done``: recorded by an earlier attempt)."""
+    return [r for r in history if point_label(r) not in done] if done else history
+
+
+def _for_tune(reports: list[dict], budget: int) -> dict:
+    """What Ray Tune gets of an epoch's ``reports``: a single trial's own few numbers
+    (:func:`analysis.schema.for_tune`); a group's epoch, budget and its running members' mean test accuracy."""
+    if len(reports) == 1 and schema.GROUP not in reports[0]:
+        return schema.for_tune(reports[0])
+    healthy = [r[schema.TEST_ACCURACY] for r in reports if not r.get(schema.DIVERGED)]
+    out = {schema.EPOCH: max(r[schema.EPOCH] for r in reports), schema.BUDGET_EPOCHS: budget}
+    if healthy:
+        out[schema.TEST_ACCURACY] = sum(healthy) / len(healthy)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,15 +198,18 @@ class TrialFiles:
 
     folder: str
     trial_id: str
+    grouped: bool = False  # a fused group's: each row's trial id is its member's (:func:`analysis.schema.member_trial_id`)
 
     def write_results(self, history: list[dict], layers: list[str]) -> None:
-        trial_results.write(storage.join(self.folder, schema.TRIAL_RESULTS_FILE), self.trial_id, history, layers)
+        ids = ([schema.member_trial_id(self.trial_id, point_label(r)) for r in history] if self.grouped else self.trial_id)
+        trial_results.write(storage.join(self.folder, schema.TRIAL_RESULTS_FILE), ids, history, layers)
 
-    def write_model(self, model) -> None:
-        """The final pruned model, compactly (:func:`pruning_core.save_pruned`)."""
+    def write_model(self, model, label: str) -> None:
+        """A finished point's pruned model, compactly (:func:`pruning_core.save_pruned`)."""
         buf = io.BytesIO()
         pc.save_pruned(model, buf)
-        storage.write_bytes(storage.join(self.folder, schema.PRUNED_MODEL_FILE), buf.getvalue())
+        name = schema.pruned_model_file(label if self.grouped else None)
+        storage.write_bytes(storage.join(self.folder, name), buf.getvalue())
 
 
 def _checkpoints(folder: str) -> list[str]:

@@ -47,15 +47,16 @@ class TrialRun:
 
     @classmethod
     def of_points(cls, sweep, points, denses: Sequence[dict], device: torch.device,
-                  plans: Sequence[TrialPlan] | None = None) -> "TrialRun":
+                  plans: Sequence[TrialPlan] | None = None, fused: bool | None = None) -> "TrialRun":
         """The run of a group of trial points, each from its seed's dense model in ``denses``: one
-        point as :meth:`of_point`, several fused on a :class:`~sweeps.fused.FusedLearner` (they
-        must share batch size, optimizer kind and epoch count, else :class:`~sweeps.fused.FusionError`)."""
+        point as :meth:`of_point`, several (or one, with ``fused``) fused on a
+        :class:`~sweeps.fused.FusedLearner` (they must share batch size, optimizer kind and epoch
+        count, else :class:`~sweeps.fused.FusionError`)."""
         plans = list(plans) if plans is not None else [trial_plan(sweep, p) for p in points]
         if not len(points) == len(plans) == len(denses):
             raise ValueError(f"one plan and one dense model per point; got {len(points)} points, {len(plans)} plans "
                              f"and {len(denses)} dense models")
-        if len(plans) == 1:
+        if len(plans) == 1 and not fused:
             return cls.of_point(sweep, points[0], denses[0], device, plans[0])
         from .fused import FusedLearner, FusionError
 

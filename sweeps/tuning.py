@@ -8,60 +8,72 @@ from dataclasses import dataclass
 
 from analysis import attempts, storage
 from analysis.messages import one_line
-from analysis.schema import EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, TrialPoint
+from analysis.schema import (EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, TrialPoint,
+                             tune_points)
 
 from .config import ConfigError, SweepConfig
-from .plan import expand, trial_plan
+from .groups import LABEL, Grouping, units
+from .plan import trial_plan
 
 
 def trial_dirname(trial) -> str:
-    """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``."""
-    return f"{trial.trial_id}_{TrialPoint.from_dict(trial.config[PARAM]).label}"
+    """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``, a fused group's
+    ``<id>_<schedule>_s<target>_seeds<first>-<last>``."""
+    label = trial.config.get(LABEL) or TrialPoint.from_dict(trial.config[PARAM]).label
+    return f"{trial.trial_id}_{label}"
 
 
-def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict):
-    """The trial function with the validated config, the dense models, the experiment's location and
-    the ``earlier`` attempts of its points bound once (``tune.with_parameters``), and the trial's resources."""
+def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, done: set[str],
+               grouping: Grouping, dtype: str | None):
+    """The trial function with the validated config, the dense models, the experiment's location,
+    the ``earlier`` attempts of its points and those ``done`` before bound once
+    (``tune.with_parameters``), and the trial's resources (a fused group's: :meth:`ResourcesConfig.of_group`)."""
     from ray import tune
 
     from .trainable import chaos_from_env, train_prune_train
 
-    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    cpu, gpu = config.resources.of_group(grouping.fused)
     bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs, experiment=path,
-                                 earlier=earlier, chaos=chaos_from_env())
-    return tune.with_resources(bound, resources)
+                                 earlier=earlier, chaos=chaos_from_env(), done=frozenset(done),
+                                 fused=grouping.fused, dtype=dtype)
+    return tune.with_resources(bound, {"cpu": cpu, "gpu": gpu})
 
 
-def _reporter():
-    """A compact progress table: the trial's point, epoch, test accuracy."""
+def _reporter(fused: bool):
+    """A compact progress table: the trial's point (a fused group's label), epoch, test accuracy
+    (a group's: its members' mean)."""
     from ray import tune
 
-    return tune.CLIReporter(
-        parameter_columns={f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{RETRAIN}": "retrain",
-                           f"{PARAM}/{TARGET_SPARSITY}": "target", f"{PARAM}/{SEED}": "seed"},
-        metric_columns={EPOCH: "epoch", TEST_ACCURACY: "test_acc"},
-        max_report_frequency=20,
-    )
+    columns = ({LABEL: "fused group"} if fused else
+               {f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{RETRAIN}": "retrain",
+                f"{PARAM}/{TARGET_SPARSITY}": "target", f"{PARAM}/{SEED}": "seed"})
+    return tune.CLIReporter(parameter_columns=columns,
+                            metric_columns={EPOCH: "epoch", TEST_ACCURACY: "mean test_acc" if fused else "test_acc"},
+                            max_report_frequency=20, max_column_length=40 if fused else 20)
 
 
-def _callbacks(trials: int, done: int, trackers: list) -> list:
-    """The sweep's Ray Tune callbacks: the progress line over ``trials`` (``done`` of them finished
-    before), Tune's CSV and JSON loggers (its TensorBoard one only when asked for: thousands of trials
-    need no event files by default) and the ``trackers`` (:func:`sweeps.trackers.callbacks`)."""
+def _callbacks(points: int, done: set[str], fused: bool, trackers: list) -> list:
+    """The sweep's Ray Tune callbacks: the progress line over ``points`` trial points (``done`` of
+    them finished before), Tune's CSV and JSON loggers (its TensorBoard one only when asked for:
+    thousands of trials need no event files by default) and the ``trackers`` (:func:`sweeps.trackers.callbacks`)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .progress import ProgressLine
 
-    return [ProgressLine(trials, done_before=done), CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
+    def weight(trial) -> int:  # the points a Tune trial trains that were not finished before
+        return sum(p.label not in done for p in tune_points(trial.config))
+
+    line = ProgressLine(points, done_before=len(done), weight=weight if fused else None)
+    return [line, CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
 
 
-def _run_config(config: SweepConfig, path: str, callbacks: list):
+def _run_config(config: SweepConfig, path: str, callbacks: list, fused: bool):
     from ray import tune
 
     storage_path, name = storage.split(path)
     return tune.RunConfig(
         callbacks=callbacks,
-        progress_reporter=_reporter(),
+        progress_reporter=_reporter(fused),
         name=name,
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
@@ -113,8 +125,9 @@ def earlier_attempts(config: SweepConfig, path: str,
 
 
 def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None = None,
-        trackers: list[str] = ()) -> Outcome:
-    """Run the sweep's grid with Ray Tune into the experiment at ``path``; the dense models first
+        trackers: list[str] = (), grouping: Grouping = Grouping()) -> Outcome:
+    """Run the sweep's grid with Ray Tune into the experiment at ``path``, one trial per point or per
+    fused group (``grouping``: :mod:`sweeps.groups`); the dense models first
     (:class:`sweeps.dense_phase.DensePhase`). With ``restore``, what the experiment's own files say
     decides what runs (:func:`earlier_attempts`): every finished point stays as it is, every other
     point runs once, in a trial that continues from the newest readable checkpoint of its earlier
@@ -128,24 +141,27 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     from . import trackers as tracking
     from .dense_phase import DensePhase, active
     from .search import GridSearch
+    from .trainable import dtype_from_env
 
-    points = expand(config)
+    trials = units(config, grouping)
+    points = [p for u in trials for p in u.points]
     by_label = {p.label: p for p in points}
     done, earlier = earlier_attempts(config, path, by_label) if restore else (set(), {})
     if restore:
-        print(f"{path}: {len(done)} of {len(points)} trials finished before; {len(points) - len(done)} to run"
+        print(f"{path}: {len(done)} of {len(points)} trial points finished before; {len(points) - len(done)} to run"
               + (f", {sum(p in earlier for p in by_label.keys() - done)} of them from their checkpoints" if earlier else ""),
               flush=True)
     # with a searcher other than its grid, Tune keeps one trial waiting for resources unless told
     # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
     added = tracking.callbacks(list(trackers), path)
-    with active(DensePhase(config, path, checkpoint).start()) as phase:
+    dtype = dtype_from_env()
+    with active(DensePhase(config, path, checkpoint, grouping, dtype).start()) as phase:
         tuner = tune.Tuner(
-            _trainable(config, phase.refs, path, earlier),
+            _trainable(config, phase.refs, path, earlier, done, grouping, dtype),
             tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
                                         reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=_run_config(config, path, _callbacks(len(points), len(done), added)),
+            run_config=_run_config(config, path, _callbacks(len(points), done, grouping.fused, added), grouping.fused),
         )
         # the loggers are ours (:func:`_callbacks`)
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):

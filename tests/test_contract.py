@@ -21,7 +21,7 @@ from sweeps.trial import TrialRun
 
 from .conftest import ROOT, TINY, write_config
 
-CONTEXT = {"node_id", "device", "gpu_ids"}  # what the trainable adds to TrialRun's reports
+CONTEXT = {"node_id", "device", "gpu_ids", schema.GROUP}  # what the trainable adds to TrialRun's reports
 
 
 def test_trial_grid_is_the_schemas_and_counts_ladders_once(tmp_path):

@@ -15,6 +15,7 @@ from sweeps.cli import main
 from sweeps.config import validate
 from sweeps.dense_training import train_dense
 from sweeps.plan import expand
+from sweeps.groups import Grouping, units
 from sweeps.progress import ProgressLine
 
 from .conftest import TINY, write_config
@@ -79,7 +80,7 @@ def test_killed_dense_training_continues_from_its_last_epoch(ray_session, tmp_pa
 def test_trials_of_a_seed_are_handed_out_once_its_dense_model_exists(tmp_path):
     config = validate({**TINY, "seeds": 3})
     points = expand(config)
-    phase = SimpleNamespace(points=points[:-2], ready={1}, failed={}, reserved=False, poll=lambda: None,
+    phase = SimpleNamespace(units=units(config, Grouping())[:-2], ready={1}, failed={}, reserved=False, poll=lambda: None,
                             release=lambda: None)
     gate = search.SeedGate()
     with dense_phase.active(phase):
@@ -98,7 +99,7 @@ def test_trials_of_a_seed_are_handed_out_once_its_dense_model_exists(tmp_path):
         assert sorted(map(str, given)) == sorted(str(p.to_dict()) for p in points[:-2])
         # restored as saved: what was handed out is not handed out again; a grid grown since
         # (prunesweep extend) hands out its new points too
-        phase.points = points
+        phase.units = units(config, Grouping())
         restored = search.SeedGate()
         restored.restore(str(tmp_path / "gate.pkl"))
         again = []

@@ -1,0 +1,217 @@
+"""Which trial points train together: the fused groups of a sweep (``fuse`` in its config).
+
+A fused experiment splits its seeds into *seed groups* of at most ``fuse`` seeds (balanced, in seed
+order) once, when it starts, and records them (:data:`analysis.schema.FUSION` in its provenance).
+Every (arm, sparsity) cell of the grid then trains as one Ray Tune trial per seed group, and each
+seed group's dense models train fused too. ``resume`` keeps the recorded groups and ``extend`` adds
+groups for new seeds only, so that a finished point is never trained again in another group and a
+CPU run reproduces bit for bit. Since every cell uses the same seed groups, the two points a paired
+comparison pairs (two arms, one seed) trained in groups of the same seeds; and since an experiment
+is fused or not as a whole, no comparison pairs a fused point with one that trained alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from analysis.schema import FUSION, FUSION_MEASURED, FUSION_SEEDS, FUSION_SIZE, MEMBERS, PARAM, TrialPoint
+
+from .config import ConfigError, SweepConfig
+from .plan import expand
+
+LABEL = "label"     # a fused group's label in its Ray Tune config (its folder's suffix, the progress table's column)
+AUTO_MAX = 16       # `fuse: auto` fuses at most this many seeds per group
+AUTO_PAYS = 1.1     # ... where fused steps measured at least this many times faster than one after another
+
+
+def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
+    """``seeds`` in consecutive groups of at most ``size``, as even as possible (10 seeds at size 4:
+    4, 3, 3), so that no group is left with one seed where a balanced split needs none."""
+    if not seeds:
+        return []
+    count = math.ceil(len(seeds) / size)
+    base, extra = divmod(len(seeds), count)
+    groups, start = [], 0
+    for i in range(count):
+        n = base + (i < extra)
+        groups.append(list(seeds[start:start + n]))
+        start += n
+    return groups
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How an experiment's points train: alone (``size`` 1), or fused in groups of the seeds of
+    ``seed_groups`` (each of at most ``size`` seeds) per (arm, sparsity) cell."""
+
+    size: int = 1
+    seed_groups: tuple[tuple[int, ...], ...] = ()
+    measured: float | None = field(default=None, compare=False)  # fuse: auto's measured speed-up
+
+    @property
+    def fused(self) -> bool:
+        return self.size > 1
+
+    def record(self) -> dict:
+        """What the experiment's provenance records (:data:`analysis.schema.FUSION`)."""
+        out = {FUSION_SIZE: self.size, FUSION_SEEDS: [list(g) for g in self.seed_groups]}
+        return {**out, FUSION_MEASURED: round(self.measured, 3)} if self.measured is not None else out
+
+    @classmethod
+    def of_record(cls, recorded: dict | None) -> "Grouping":
+        """The grouping an experiment recorded; none recorded: it trained every point alone."""
+        fusion = (recorded or {}).get(FUSION)
+        if not fusion:
+            return cls()
+        try:
+            return cls(int(fusion[FUSION_SIZE]), tuple(tuple(int(s) for s in g) for g in fusion.get(FUSION_SEEDS, [])),
+                       fusion.get(FUSION_MEASURED))
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"provenance.{FUSION}: {fusion!r} is not a record of fused groups "
+                              f"({{{FUSION_SIZE}: N, {FUSION_SEEDS}: [[seed, ...], ...]}})") from None
+
+    def grown(self, seeds: list[int]) -> "Grouping":
+        """This grouping over ``seeds``: the recorded groups as they are, and new groups for the
+        seeds none of them holds."""
+        if not self.fused:
+            return self
+        known = {s for g in self.seed_groups for s in g}
+        new = [s for s in seeds if s not in known]
+        return Grouping(self.size, self.seed_groups + tuple(tuple(g) for g in seed_groups(new, self.size)),
+                        self.measured)
+
+    def dense_groups(self, seeds: list[int]) -> list[list[int]]:
+        """How the dense models of ``seeds`` (those missing) train: in their seed groups (the part
+        of each that is missing), else each alone."""
+        if not self.fused:
+            return [[s] for s in seeds]
+        wanted = set(seeds)
+        groups = [[s for s in g if s in wanted] for g in self.seed_groups]
+        placed = {s for g in groups for s in g}
+        return [g for g in groups if g] + [[s] for s in seeds if s not in placed]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Ray Tune trial of a sweep: its label (its folder's suffix), its Tune config and the
+    points it trains (one, or a fused group's members)."""
+
+    label: str
+    config: dict
+    points: tuple[TrialPoint, ...]
+
+    @property
+    def seeds(self) -> set[int]:
+        return {p.seed for p in self.points}
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label for p in self.points]
+
+
+def group_label(points) -> str:
+    """A fused group's label: its first point's without the seed, and its seeds' range
+    (``gradual4_s0.9_seeds0-4``)."""
+    first, last = points[0], points[-1]
+    seeds = f"{first.seed}" if first.seed == last.seed else f"{first.seed}-{last.seed}"
+    return f"{first.label.rsplit('_seed', 1)[0]}_seeds{seeds}"
+
+
+def units(config: SweepConfig, grouping: Grouping) -> list[Unit]:
+    """The sweep's Ray Tune trials in grid order: one per point, or fused, one per (arm, sparsity)
+    cell and seed group (:class:`Grouping`)."""
+    points = expand(config)
+    if not grouping.fused:
+        return [Unit(p.label, {PARAM: p.to_dict()}, (p,)) for p in points]
+    group_of = {s: i for i, g in enumerate(grouping.grown(config.seed_list).seed_groups) for s in g}
+    cells: dict[tuple, dict[int, list[TrialPoint]]] = {}
+    for p in points:
+        cells.setdefault((p.arm, p.schedule, p.target_sparsity), {}).setdefault(group_of[p.seed], []).append(p)
+    out = []
+    for groups in cells.values():
+        for members in groups.values():
+            label = group_label(members)
+            out.append(Unit(label, {MEMBERS: [p.to_dict() for p in members], LABEL: label}, tuple(members)))
+    return out
+
+
+def check_fusable(config: SweepConfig, field_name: str = "fuse") -> None:
+    """Refuse (ConfigError naming ``field_name``) a model that cannot train fused, on one batch of its
+    data on the driver (:func:`sweeps.fused.check_fusable`)."""
+    import torch
+
+    from .data import DeviceLoader, load_dataset
+    from .fused import FusionError
+    from .fused import check_fusable as fusable
+    from .learner import model_for
+
+    data = load_dataset(config.dataset)
+    xb, _ = next(iter(DeviceLoader(data, min(config.finetune.batch_size, 8), torch.Generator().manual_seed(0))))
+    torch.manual_seed(0)
+    try:
+        fusable(model_for(config, data), data.normalise(xb), mixed=False)
+    except FusionError as exc:
+        raise ConfigError(f"{field_name}: {config.fuse}: {exc}; set fuse: off to train each point alone") from None
+
+
+def resolve(config: SweepConfig) -> Grouping:
+    """The grouping a new experiment of ``config`` starts with: ``fuse: off`` every point alone,
+    ``fuse: N`` seed groups of at most N, ``fuse: auto`` groups of up to :data:`AUTO_MAX` seeds where
+    fused steps of this model measure at least :data:`AUTO_PAYS` times faster than one after another on
+    the device the trials use (a GPU the driver lacks: fused, as fusion pays on GPUs), else alone."""
+    seeds = config.seed_list
+    if config.fuse == "off":
+        return Grouping()
+    if config.fuse != "auto":
+        check_fusable(config)
+        return Grouping(config.fuse, tuple(tuple(g) for g in seed_groups(seeds, config.fuse)))
+    size = min(len(seeds), AUTO_MAX)
+    if size < 2:
+        return Grouping()
+    try:
+        check_fusable(config)
+    except ConfigError as exc:
+        print(f"fuse: auto: trains each point alone ({exc})", flush=True)
+        return Grouping()
+    import torch
+
+    from .fused import speedup
+
+    if config.resources.gpu and not torch.cuda.is_available():
+        print(f"fuse: auto: fused groups of up to {size} seeds (the trials use GPUs, which this driver lacks to "
+              "measure on; fusion pays on GPUs for small models)", flush=True)
+        return Grouping(size, tuple(tuple(g) for g in seed_groups(seeds, size)))
+    device = torch.device("cuda" if config.resources.gpu else "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config.resources.cpu)))  # as a trial would
+    try:
+        measured = speedup(config, size, device)
+    finally:
+        torch.set_num_threads(threads)
+    fused = measured >= AUTO_PAYS
+    print(f"fuse: auto: {size} members train {measured:.2f}x as fast fused as one after another on {device.type}: "
+          + (f"fused groups of up to {size} seeds" if fused else "each point alone"), flush=True)
+    if not fused:
+        return Grouping(measured=measured)
+    return Grouping(size, tuple(tuple(g) for g in seed_groups(seeds, size)), measured)
+
+
+def describe(config: SweepConfig, grouping: Grouping, shown: int = 3) -> list[str]:
+    """Lines for ``prunesweep validate`` about a fused sweep (none when every point trains alone):
+    its seed groups, how many Ray Tune trials, and what the first of them train."""
+    if not grouping.fused:
+        return []
+    from .plan import trial_count
+
+    seed_sets = grouping.grown(config.seed_list).seed_groups
+    cells = trial_count(config) // config.seed_count
+    groups = ", ".join(f"[{', '.join(map(str, g))}]" for g in seed_sets)
+    lines = [f"fused (fuse: {config.fuse}): {cells * len(seed_sets):,} Ray Tune trials, one per arm, sparsity and "
+             f"seed group; seed groups {groups}; each seed group's dense models train fused too"]
+    first = config.model_copy(update={"schedules": config.schedules[:1], "sparsities": config.sparsities[:1],
+                                      "finetune": config.finetune.model_copy(update={"retrain": config.finetune.retrain[:1]})})
+    for u in units(first, grouping)[:shown]:
+        lines.append(f"  trial {u.label} trains {', '.join(u.labels)}")
+    if cells * len(seed_sets) > shown:
+        lines.append("  ... and so on for every arm and sparsity")
+    return lines
