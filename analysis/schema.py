@@ -86,8 +86,9 @@ CUMULATIVE, PER_PRUNE = "cumulative", "per_prune"  # finetune.ladder_budget: wha
 # never pairs a fused member with a point that trained alone.
 MEMBERS = "members"               # a fused group's trial points in its Tune config
 GROUP = "group"                   # the column naming the Tune trial that trained a row's point fused
-FUSION = "fusion"                 # in the provenance: {FUSION_SIZE: group size, FUSION_SEEDS: [[seed, ...], ...]}
-FUSION_SIZE, FUSION_SEEDS, FUSION_MEASURED = "members", "seed_groups", "measured_speedup"
+FUSION = "fusion"                 # in the provenance: {FUSION_SIZE: group size, FUSION_SEEDS: [[seed, ...], ...],
+                                  # FUSION_DENSE: the dense trainings' groups of seeds}
+FUSION_SIZE, FUSION_SEEDS, FUSION_DENSE, FUSION_MEASURED = "members", "seed_groups", "dense_groups", "measured_speedup"
 
 
 def member_trial_id(group_trial_id: str, label: str) -> str:

@@ -389,28 +389,66 @@ def analyse_experiment(path: str) -> None:
                       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def analysis_at_scale(quick: bool) -> dict:
-    """The analysis of a 10,000-trial experiment (5 schedules x 20 sparsities x 100 seeds, 30
-    epochs each, ResNet-20's 22 layers) in the real on-disk layout, in a fresh process: seconds
-    and peak memory of loading it and computing every summary and paired comparison."""
+def _scale(points: int) -> str:
+    return f"{points // 1000}k" if points >= 1000 and points % 1000 == 0 else str(points)
+
+
+def analysis_at_scale(quick: bool, group: int = 1, seeds: int | None = None) -> dict:
+    """The analysis of a 10,000-point experiment (5 schedules x 20 sparsities x 100 seeds, 30 epochs
+    each, ResNet-20's 22 layers; ``seeds`` more or fewer) in the real on-disk layout (``group`` > 1:
+    a fused sweep's, one folder per group of that many seeds), in a fresh process: seconds and peak
+    memory of loading it and computing every summary and paired comparison."""
     from .synthetic import write_experiment
 
-    seeds = 4 if quick else 100
+    seeds = seeds or (4 if quick else 100)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "experiment")
         start = time.perf_counter()
-        trials = write_experiment(path, seeds=seeds, epochs=30)
+        trials = write_experiment(path, seeds=seeds, epochs=30, group=group)
         written = time.perf_counter() - start
         code = "import sys; from benchmarks.bench import analyse_experiment; analyse_experiment(sys.argv[1])"
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True, text=True).stdout
         wall = time.perf_counter() - start
     got = json.loads(out.strip().splitlines()[-1])
-    key = "10k" if trials == 10000 else str(trials)
+    key = f"{'fused_' if group > 1 else ''}{_scale(trials)}"
     return {f"analysis_{key}_s": got["load_s"] + got["stats_s"], f"analysis_{key}_load_s": got["load_s"],
             f"analysis_{key}_stats_s": got["stats_s"], f"analysis_{key}_process_s": wall,
-            f"analysis_{key}_peak_mb": got["peak_mb"], "analysis_trials": trials, "analysis_rows": got["rows"],
-            "analysis_write_s": written}
+            f"analysis_{key}_peak_mb": got["peak_mb"], f"analysis_{key}_points": trials,
+            f"analysis_{key}_rows": got["rows"], f"analysis_{key}_write_s": written}
+
+
+def sweep_fusion(quick: bool, address: str | None, fuse: int = 5) -> dict:
+    """The quickstart (``make sweep``'s config; ``quick``: 2 seeds, 2 sparsities, a few epochs) through ``prunesweep
+    run`` twice, side by side: each point alone, and fused in groups of up to ``fuse`` seeds. Wall
+    time of each, Ray Tune's experiment state per trial point, and how far float32 rounding moves the
+    results: each point's final test accuracy, and each arm's mean at each sparsity."""
+    import analysis
+
+    overrides = ["seeds=2", "sparsities=[0.5,0.9]", "dense.epochs=2", "finetune.epochs=4"] if quick else []
+    out, finals = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, value in (("unfused", "off"), ("fused", str(fuse))):
+            command = [sys.executable, "-m", "sweeps", "run", "quickstart", "--storage", folder, "--name", name,
+                       "--no-dashboard", "--set", f"fuse={value}"]
+            command += [a for o in overrides for a in ("--set", o)] + (["--address", address] if address else [])
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out[f"quickstart_{name}_s"] = time.perf_counter() - start
+            state, trials = _state_bytes(Path(folder) / name)
+            df = analysis.load_experiment(Path(folder) / name)
+            points = df["trial_id"].nunique()
+            out[f"quickstart_{name}_state_bytes_per_point"] = state / points
+            out[f"quickstart_{name}_tune_trials"] = trials
+            finals[name] = analysis.final_results(df).set_index(["arm", "target_sparsity", "seed"])["test_accuracy"]
+    gap = (finals["fused"] - finals["unfused"]).abs()
+    means = (finals["fused"].groupby(level=[0, 1]).mean() - finals["unfused"].groupby(level=[0, 1]).mean()).abs()
+    out.update({"quickstart_fused_vs_unfused": out["quickstart_fused_s"] / out["quickstart_unfused_s"],
+                "quickstart_fuse": fuse, "quickstart_points": int(len(gap)),
+                "quickstart_fused_points_differing": int((gap > 0).sum()),
+                "quickstart_fused_max_point_diff_pts": 100 * float(gap.max()),
+                "quickstart_fused_max_mean_diff_pts": 100 * float(means.max())})
+    return out
 
 
 def _state_bytes(experiment: Path) -> tuple[int, int]:
@@ -497,6 +535,9 @@ GOALS = {"loader_speedup": ">= 1 (higher is better)", "mask_overhead": "<= 1.10"
          "prune_speedup_vs_vectorised_numpy": "(context)",
          "tune_overhead_30s": "< 1.3", "parallel_efficiency": "-> 2 on 2 cores",
          "analysis_10k_s": "< 30 s, < 2048 MB peak", "state_vs_bare_tune": "state < 10 KB/trial (issue #17)",
+         "analysis_fused_10k_s": "< 20 s (issue #31)", "analysis_fused_100k_s": "< 120 s, < 4096 MB peak (issue #31)",
+         "quickstart_fused_vs_unfused": "<= 0.75 (issue #31)",
+         "quickstart_fused_state_bytes_per_point": "< 5 KB/point fused (issue #31)",
          "checkpoint_upload_reduction": "(context)", "streamed_vs_in_memory": "(context)",
          "gpu_fused_resnet20_k8_speedup": ">= 5 (issue #30)"}
 GOALS.update({f"fused_{m}_k{k}_speedup": "> 1: fusion pays on this CPU" for m in ("small_cnn", "resnet20")
@@ -531,6 +572,10 @@ def main(argv=None) -> int:
     figures.update(tune_overhead(args.quick, args.address))
     figures.update(sweep_storage(args.quick, args.address))
     figures.update(analysis_at_scale(args.quick))
+    figures.update(analysis_at_scale(args.quick, group=4 if args.quick else 10))
+    if not args.quick:
+        figures.update(analysis_at_scale(args.quick, group=10, seeds=1000))
+    figures.update(sweep_fusion(args.quick, args.address))
     figures.update(data_paths(args.quick))
 
     rows = [("loader_speedup", "loader_images_per_s", "torchvision_images_per_s", "images/s"),
@@ -551,17 +596,21 @@ def main(argv=None) -> int:
     rows.append(("state_vs_bare_tune", "state_bytes_per_trial", "tune_bare_state_bytes_per_trial", "bytes"))
     rows.append(("checkpoint_upload_reduction", "checkpoint_bytes_per_trial_before", "checkpoint_bytes_per_trial",
                  "bytes"))
-    scale = next(k for k in figures if k.startswith("analysis_") and k.endswith("_peak_mb"))[: -len("_peak_mb")]
-    rows.append((f"{scale}_s", f"{scale}_load_s", f"{scale}_stats_s", "s (sum)"))
+    scales = [k[: -len("_peak_mb")] for k in figures if k.startswith("analysis_") and k.endswith("_peak_mb")]
+    rows += [(f"{scale}_s", f"{scale}_load_s", f"{scale}_stats_s", "s (sum)") for scale in scales]
+    rows.append(("quickstart_fused_vs_unfused", "quickstart_fused_s", "quickstart_unfused_s", "s"))
+    rows.append(("quickstart_fused_state_bytes_per_point", "quickstart_fused_state_bytes_per_point",
+                 "quickstart_unfused_state_bytes_per_point", "bytes"))
     print(f"prunesweep benchmarks, {figures['date']}, {figures['machine']}, GPU: {figures['gpu_name'] or 'none'}"
           + (" (quick: smoke sizes)" if args.quick else ""))
     print(f"{'figure':<36}{'ratio':>10}   {'numerator':>14} {'denominator':>14}  unit      goal")
     for key, num, den, unit in rows:
         print(f"{key:<36}{figures[key]:>10.4g}   {figures[num]:>14.4g} {figures[den]:>14.4g}  {unit:<9} "
-              f"{GOALS.get(key.replace(scale, 'analysis_10k'), '')}")
+              f"{GOALS.get(key, '')}")
     for key in [k for k in figures if "_drift_" in k and not k.startswith("gpu_")]:
         print(f"{key:<36}{figures[key]:>10.4g}")
-    for key in (f"{scale}_peak_mb", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
+    for key in (*(f"{scale}_peak_mb" for scale in scales), "quickstart_fused_max_point_diff_pts",
+                "quickstart_fused_max_mean_diff_pts", "checkpoint_bytes_left_per_trial", "checkpoint_bytes_left_per_trial_before",
                 "full_checkpoint_bytes", "folder_decode_images_per_s"):
         print(f"{key:<36}{figures[key]:>10.4g}")
     for key, value in figures.items():

@@ -87,18 +87,22 @@ def without_md5_check():
 
 
 def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4", "gradual8"),
-                     sparsities=None, seeds: int = 100, epochs: int = 30, layers=None, seed: int = 0) -> int:
+                     sparsities=None, seeds: int = 100, epochs: int = 30, layers=None, seed: int = 0,
+                     group: int = 1) -> int:
     """A finished experiment in prunesweep's real on-disk layout, without training anything:
     ``prunesweep.yaml``, an experiment-state file, and per trial a folder with its
-    ``results.parquet`` (written by the writer the trials use) and Ray Tune's ``result.json``.
+    ``results.parquet`` (written by the writer the trials use) and Ray Tune's ``result.json``;
+    with ``group`` > 1, the layout of a fused sweep: one folder per (schedule, sparsity) and group
+    of ``group`` consecutive seeds, holding its members' rows, each with its member's trial id.
 
     Accuracies are drawn around a curve that falls with sparsity, a small per-schedule effect and
-    per-seed noise; every declared metric is filled. Returns the number of trials.
+    per-seed noise; every declared metric is filled. Returns the number of trial points.
     """
     import json
     import yaml
 
     from analysis import schema, trial_results
+    from analysis.attempts import point_label
 
     sparsities = list(sparsities or [round(0.5 + 0.025 * i, 3) for i in range(20)])
     layers = list(layers or [f"layer{i}" for i in range(22)])
@@ -108,30 +112,49 @@ def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4
               "schedules": [{"name": s, "kind": "instant" if s == "instant" else "gradual",
                              "steps": 1 if s == "instant" else 2} for s in schedules],
               "sparsities": sparsities, "seeds": seeds, "finetune": {"epochs": epochs}}
+    if group > 1:
+        groups = [list(range(seeds))[i:i + group] for i in range(0, seeds, group)]
+        config["fuse"] = group
+        config[schema.PROVENANCE] = {schema.FUSION: {schema.FUSION_SIZE: group, schema.FUSION_SEEDS: groups}}
     with open(os.path.join(root, schema.CONFIG_FILE), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     with open(os.path.join(root, schema.EXPERIMENT_STATE_GLOB.replace("*", "synthetic")), "w") as f:
         json.dump({"trial_data": [], "runner_data": {}}, f)
     points = schema.trial_points(config)
     epoch = np.arange(1, epochs + 1)
-    for i, p in enumerate(points):
-        trial_id = f"00000_{i:05d}"
-        folder = os.path.join(root, f"{trial_id}_{p.label}")
-        os.makedirs(folder)
+
+    def reports_of(p) -> list[dict]:
         effect = 0.002 * schedules.index(p.schedule)
         final = 0.92 - 0.5 * max(0.0, p.target_sparsity - 0.85) ** 1.5 + effect + rng.normal(0, 0.004)
         acc = final - 0.05 * np.exp(-epoch / 5) + rng.normal(0, 0.002, epochs)
         layer = {name: float(min(0.999, p.target_sparsity * rng.uniform(0.9, 1.1))) for name in layers}
-        reports = [{**p.report_fields(p.target_sparsity), "sparsity": p.target_sparsity,
-                    "compression_ratio": schema.compression_ratio(p.target_sparsity), "step": 1, schema.EPOCH: int(e),
-                    schema.BUDGET_EPOCHS: epochs, "lr": 0.01, "train_loss": float(1 - a), "train_accuracy": float(a),
-                    "test_loss": float(1.1 - a), schema.TEST_ACCURACY: float(a), "dense_test_accuracy": 0.92,
-                    "nonzero_params": 27000, "prunable_params": 270000, "epoch_time_s": 15.0,
-                    "samples_per_s": 3300.0, schema.LAYER_SPARSITY: layer, schema.DIVERGED: False,
-                    "node_id": "n0", "device": "cuda:0", "gpu_ids": ["0"]} for e, a in zip(epoch, acc)]
-        trial_results.write(os.path.join(folder, schema.TRIAL_RESULTS_FILE), trial_id, reports, layers)
+        return [{**p.report_fields(p.target_sparsity), "sparsity": p.target_sparsity,
+                 "compression_ratio": schema.compression_ratio(p.target_sparsity), "step": 1, schema.EPOCH: int(e),
+                 schema.BUDGET_EPOCHS: epochs, "lr": 0.01, "train_loss": float(1 - a), "train_accuracy": float(a),
+                 "test_loss": float(1.1 - a), schema.TEST_ACCURACY: float(a), "dense_test_accuracy": 0.92,
+                 "nonzero_params": 27000, "prunable_params": 270000, "epoch_time_s": 15.0,
+                 "samples_per_s": 3300.0, schema.LAYER_SPARSITY: layer, schema.DIVERGED: False,
+                 "node_id": "n0", "device": "cuda:0", "gpu_ids": ["0"]} for e, a in zip(epoch, acc)]
+
+    cells: dict = {}
+    for p in points:
+        cells.setdefault((p.schedule, p.target_sparsity, p.seed // group), []).append(p)
+    for i, members in enumerate(cells.values()):
+        trial_id = f"00000_{i:05d}"
+        if group > 1:
+            label = f"{members[0].label.rsplit('_seed', 1)[0]}_seeds{members[0].seed}-{members[-1].seed}"
+            tune_config = {schema.MEMBERS: [p.to_dict() for p in members]}
+            reports = [{**r, schema.GROUP: trial_id} for p in members for r in reports_of(p)]
+            ids = [schema.member_trial_id(trial_id, point_label(r)) for r in reports]
+        else:
+            label, tune_config = members[0].label, {schema.PARAM: members[0].to_dict()}
+            reports = reports_of(members[0])
+            ids = trial_id
+        folder = os.path.join(root, f"{trial_id}_{label}")
+        os.makedirs(folder)
+        trial_results.write(os.path.join(folder, schema.TRIAL_RESULTS_FILE), ids, reports, layers)
         with open(os.path.join(folder, schema.RESULT_FILE), "w") as f:
-            for r in reports:
+            for r in reports[:epochs]:
                 f.write(json.dumps({**schema.for_tune(r), "trial_id": trial_id, "training_iteration": r[schema.EPOCH],
-                                    "config": {schema.PARAM: p.to_dict()}}) + "\n")
+                                    "config": tune_config}) + "\n")
     return len(points)

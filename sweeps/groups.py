@@ -12,9 +12,9 @@ is fused or not as a whole, no comparison pairs a fused point with one that trai
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from analysis.schema import FUSION, FUSION_MEASURED, FUSION_SEEDS, FUSION_SIZE, MEMBERS, PARAM, TrialPoint
+from analysis.schema import FUSION, FUSION_DENSE, FUSION_MEASURED, FUSION_SEEDS, FUSION_SIZE, MEMBERS, PARAM, TrialPoint
 
 from .config import ConfigError, SweepConfig
 from .plan import expand
@@ -39,14 +39,28 @@ def seed_groups(seeds: list[int], size: int) -> list[list[int]]:
     return groups
 
 
+def split_to_fill(groups: list[list[int]], slots: int) -> list[list[int]]:
+    """``groups`` with the largest split in two (its first half first) until there are ``slots``
+    groups or none has two seeds left: as many fused dense trainings as can run at once."""
+    groups = [list(g) for g in groups]
+    while len(groups) < slots and any(len(g) > 1 for g in groups):
+        i = max(range(len(groups)), key=lambda j: len(groups[j]))
+        half = (len(groups[i]) + 1) // 2
+        groups[i:i + 1] = [groups[i][:half], groups[i][half:]]
+    return groups
+
+
 @dataclass(frozen=True)
 class Grouping:
     """How an experiment's points train: alone (``size`` 1), or fused in groups of the seeds of
-    ``seed_groups`` (each of at most ``size`` seeds) per (arm, sparsity) cell."""
+    ``seed_groups`` (each of at most ``size`` seeds) per (arm, sparsity) cell, and their dense
+    models in the groups of ``dense`` (the seed groups, split to fill the cluster when the
+    experiment started: :meth:`filling`)."""
 
     size: int = 1
     seed_groups: tuple[tuple[int, ...], ...] = ()
     measured: float | None = field(default=None, compare=False)  # fuse: auto's measured speed-up
+    dense: tuple[tuple[int, ...], ...] = ()
 
     @property
     def fused(self) -> bool:
@@ -55,6 +69,8 @@ class Grouping:
     def record(self) -> dict:
         """What the experiment's provenance records (:data:`analysis.schema.FUSION`)."""
         out = {FUSION_SIZE: self.size, FUSION_SEEDS: [list(g) for g in self.seed_groups]}
+        if self.dense:
+            out[FUSION_DENSE] = [list(g) for g in self.dense]
         return {**out, FUSION_MEASURED: round(self.measured, 3)} if self.measured is not None else out
 
     @classmethod
@@ -64,29 +80,40 @@ class Grouping:
         if not fusion:
             return cls()
         try:
-            return cls(int(fusion[FUSION_SIZE]), tuple(tuple(int(s) for s in g) for g in fusion.get(FUSION_SEEDS, [])),
-                       fusion.get(FUSION_MEASURED))
+            def groups(key):
+                return tuple(tuple(int(s) for s in g) for g in fusion.get(key, []))
+
+            return cls(int(fusion[FUSION_SIZE]), groups(FUSION_SEEDS), fusion.get(FUSION_MEASURED), groups(FUSION_DENSE))
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"provenance.{FUSION}: {fusion!r} is not a record of fused groups "
                               f"({{{FUSION_SIZE}: N, {FUSION_SEEDS}: [[seed, ...], ...]}})") from None
 
-    def grown(self, seeds: list[int]) -> "Grouping":
+    def grown(self, seeds: list[int], slots: int = 1) -> "Grouping":
         """This grouping over ``seeds``: the recorded groups as they are, and new groups for the
-        seeds none of them holds."""
+        seeds none of them holds (their dense groups split to fill ``slots``: :meth:`filling`)."""
         if not self.fused:
             return self
         known = {s for g in self.seed_groups for s in g}
-        new = [s for s in seeds if s not in known]
-        return Grouping(self.size, self.seed_groups + tuple(tuple(g) for g in seed_groups(new, self.size)),
-                        self.measured)
+        new = [tuple(g) for g in seed_groups([s for s in seeds if s not in known], self.size)]
+        dense = self.dense or self.seed_groups
+        return replace(self, seed_groups=self.seed_groups + tuple(new),
+                       dense=dense + tuple(tuple(g) for g in split_to_fill([list(g) for g in new], slots)))
+
+    def filling(self, slots: int) -> "Grouping":
+        """This grouping with its dense models trained in as many fused groups as ``slots`` (the
+        trainings the cluster runs at once, when the experiment starts) where the seed groups are
+        fewer: the dense phase, which every trial waits for, then leaves no slot idle."""
+        if not self.fused:
+            return self
+        return replace(self, dense=tuple(tuple(g) for g in split_to_fill([list(g) for g in self.seed_groups], slots)))
 
     def dense_groups(self, seeds: list[int]) -> list[list[int]]:
-        """How the dense models of ``seeds`` (those missing) train: in their seed groups (the part
-        of each that is missing), else each alone."""
+        """How the dense models of ``seeds`` (those missing) train: in their recorded dense groups
+        (the part of each that is missing), else each alone."""
         if not self.fused:
             return [[s] for s in seeds]
         wanted = set(seeds)
-        groups = [[s for s in g if s in wanted] for g in self.seed_groups]
+        groups = [[s for s in g if s in wanted] for g in (self.dense or self.seed_groups)]
         placed = {s for g in groups for s in g}
         return [g for g in groups if g] + [[s] for s in seeds if s not in placed]
 
@@ -133,6 +160,18 @@ def units(config: SweepConfig, grouping: Grouping) -> list[Unit]:
             label = group_label(members)
             out.append(Unit(label, {MEMBERS: [p.to_dict() for p in members], LABEL: label}, tuple(members)))
     return out
+
+
+def slots(config: SweepConfig) -> int:
+    """How many fused trainings the connected Ray cluster runs at once now (at least 1)."""
+    import ray
+
+    cpu, gpu = config.resources.of_group(True)
+    have = ray.cluster_resources()
+    fit = int(have.get("CPU", 0) // cpu)
+    if gpu:
+        fit = min(fit, int(have.get("GPU", 0) // gpu))
+    return max(1, fit)
 
 
 def check_fusable(config: SweepConfig, field_name: str = "fuse") -> None:

@@ -12,7 +12,7 @@ from . import trackers as tracking
 from .config import ConfigError, SweepConfig, check_experiment_name
 from .experiment import check_storage, check_unchanged, experiment_path, reopen, write_experiment_file
 from .extend import grow
-from .groups import Grouping, resolve
+from .groups import Grouping, resolve, slots
 from .preflight import dense_checkpoint, location, preflight
 from .ray_connection import RayOptions, ray_session
 from .tuning import Outcome, fit
@@ -36,6 +36,7 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
     with lock.held(path, "run"):
         _refuse_existing(path)  # again under the lease: another driver may have started it meanwhile
         with ray_session(config, options):
+            grouping = grouping.filling(slots(config))
             recorded = provenance.with_fusion(provenance.with_trackers(provenance.record(config), trackers), grouping)
             write_experiment_file(path, config, recorded)
             return fit(config, path, restore=False, checkpoint=checkpoint, trackers=trackers, grouping=grouping)
@@ -82,12 +83,12 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     with the same code: extend grows the grid that ran, so that old and new trials compare."""
     found = reopen(path, "extend", force, trackers, grow=lambda old: grow(old, overrides))
     added = found.added
-    grouping = Grouping.of_record(found.recorded).grown(found.config.seed_list)
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {found.path}: adds {what}: {added['trials']} new trials", flush=True)
     with lock.held(found.path, "extend", force):
         check_unchanged(found, "extend")
         with ray_session(found.config, options):
+            grouping = Grouping.of_record(found.recorded).grown(found.config.seed_list, slots(found.config))
             grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
             grown = provenance.with_fusion(provenance.with_trackers(grown, found.trackers), grouping)
             write_experiment_file(found.path, found.config, grown)

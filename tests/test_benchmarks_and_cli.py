@@ -23,13 +23,17 @@ def test_benchmarks_quick_smoke(ray_session, tmp_path, capsys):
                 "prune_fraction_of_epoch", "tune_overhead_tiny", "state_bytes_per_trial",
                 "tune_bare_state_bytes_per_trial", "state_vs_bare_tune", "checkpoint_bytes_per_trial",
                 "checkpoint_bytes_left_per_trial", "analysis_400_s", "analysis_400_peak_mb",
-                "streamed_vs_in_memory", "folder_decode_images_per_s"):
+                "streamed_vs_in_memory", "folder_decode_images_per_s", "analysis_fused_400_s",
+                "quickstart_fused_vs_unfused", "quickstart_fused_state_bytes_per_point",
+                "quickstart_unfused_state_bytes_per_point"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     table = capsys.readouterr().out
     assert 0.2 < figures["compact_macs_ratio_50"] < 0.6 and figures["compact_macs_ratio_75"] < figures["compact_macs_ratio_50"]
     assert "mask_overhead" in table and "compact_latency_ratio_75" in table and "GPU: none" in table and "analysis_400_s" in table
     assert "streamed_vs_in_memory" in table and figures["folder_source"] in ("random", "cifar10")
-    assert figures["analysis_rows"] == 400 * 30
+    assert figures["analysis_400_rows"] == figures["analysis_fused_400_rows"] == 400 * 30
+    assert figures["quickstart_fused_tune_trials"] * 2 == figures["quickstart_unfused_tune_trials"] == 12
+    assert "quickstart_fused_vs_unfused" in table and "analysis_fused_400_s" in table
     assert "parallel_efficiency" not in figures  # measured in full runs only
 
 
