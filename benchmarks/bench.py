@@ -419,13 +419,14 @@ def analysis_at_scale(quick: bool, group: int = 1, seeds: int | None = None) -> 
 
 
 def sweep_fusion(quick: bool, address: str | None, fuse: int = 5) -> dict:
-    """The quickstart (``make sweep``'s config; ``quick``: 2 seeds, 2 sparsities, a few epochs) through ``prunesweep
+    """The quickstart (``make sweep``'s config; ``quick``: 2 seeds, one schedule and sparsity) through ``prunesweep
     run`` twice, side by side: each point alone, and fused in groups of up to ``fuse`` seeds. Wall
     time of each, Ray Tune's experiment state per trial point, and how far float32 rounding moves the
     results: each point's final test accuracy, and each arm's mean at each sparsity."""
     import analysis
 
-    overrides = ["seeds=2", "sparsities=[0.5,0.9]", "dense.epochs=2", "finetune.epochs=4"] if quick else []
+    overrides = (["seeds=2", "sparsities=[0.5]", "dense.epochs=1", "finetune.epochs=2",
+                  "schedules=[{name: instant, kind: instant}]"] if quick else [])
     out, finals = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         for name, value in (("unfused", "off"), ("fused", str(fuse))):
