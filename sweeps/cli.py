@@ -102,9 +102,12 @@ def main(argv=None) -> int:
                   + (f"{regimes} retraining regimes, " if regimes > 1 else "")
                   + f"{len(config.sparsities)} sparsities, {config.seed_count} seeds); "
                   f"{dense + retraining:,} epochs to train ({dense:,} dense, {retraining:,} retraining)")
-            from .groups import describe, resolve
+            from .groups import describe, planned
 
-            for line in describe(config, resolve(config)):
+            if config.fuse == "auto":
+                print("fuse: auto: `prunesweep run` measures whether fused steps pay for this model on the trials' "
+                      "device, and fuses seed groups of up to 16 where they do")
+            for line in describe(config, planned(config)):
                 print(line)
             if will_download(config):
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")

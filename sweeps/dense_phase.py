@@ -46,8 +46,7 @@ def train_seeds(sweep: SweepConfig, seeds: list[int], experiment: str, checkpoin
     import ray
 
     from .dense_training import train_dense_group
-    from .loops import device_for, use_cpus
-    from .trainable import set_dtype
+    from .loops import device_for, set_dtype, use_cpus
 
     set_dtype(dtype)
     use_cpus(sweep.resources.of_group(fused)[0])

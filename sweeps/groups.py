@@ -83,7 +83,9 @@ class Grouping:
             def groups(key):
                 return tuple(tuple(int(s) for s in g) for g in fusion.get(key, []))
 
-            return cls(int(fusion[FUSION_SIZE]), groups(FUSION_SEEDS), fusion.get(FUSION_MEASURED), groups(FUSION_DENSE))
+            measured = fusion.get(FUSION_MEASURED)
+            return cls(int(fusion[FUSION_SIZE]), groups(FUSION_SEEDS), None if measured is None else float(measured),
+                       groups(FUSION_DENSE))
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"provenance.{FUSION}: {fusion!r} is not a record of fused groups "
                               f"({{{FUSION_SIZE}: N, {FUSION_SEEDS}: [[seed, ...], ...]}})") from None
@@ -121,15 +123,15 @@ class Grouping:
 @dataclass(frozen=True)
 class Unit:
     """One Ray Tune trial of a sweep: its label (its folder's suffix), its Tune config and the
-    points it trains (one, or a fused group's members)."""
+    points it trains (one, or a fused group's members), and their seeds."""
 
     label: str
     config: dict
     points: tuple[TrialPoint, ...]
+    seeds: frozenset = field(default=frozenset(), compare=False)
 
-    @property
-    def seeds(self) -> set[int]:
-        return {p.seed for p in self.points}
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", frozenset(p.seed for p in self.points))
 
     @property
     def labels(self) -> list[str]:
@@ -174,43 +176,47 @@ def slots(config: SweepConfig) -> int:
     return max(1, fit)
 
 
-def check_fusable(config: SweepConfig, field_name: str = "fuse") -> None:
-    """Refuse (ConfigError naming ``field_name``) a model that cannot train fused, on one batch of its
-    data on the driver (:func:`sweeps.fused.check_fusable`)."""
+def _fusable(config: SweepConfig) -> str | None:
+    """Why ``config``'s model cannot train fused (on one batch of its data), or None."""
     import torch
 
     from .data import DeviceLoader, load_dataset
-    from .fused import FusionError
-    from .fused import check_fusable as fusable
+    from .fused import FusionError, check_fusable
     from .learner import model_for
 
     data = load_dataset(config.dataset)
     xb, _ = next(iter(DeviceLoader(data, min(config.finetune.batch_size, 8), torch.Generator().manual_seed(0))))
     torch.manual_seed(0)
     try:
-        fusable(model_for(config, data), data.normalise(xb), mixed=False)
+        check_fusable(model_for(config, data), xb, mixed=False)
     except FusionError as exc:
-        raise ConfigError(f"{field_name}: {config.fuse}: {exc}; set fuse: off to train each point alone") from None
+        return str(exc)
+    return None
+
+
+def planned(config: SweepConfig) -> Grouping:
+    """The grouping ``fuse: N`` asks for, unchecked (what ``validate`` shows without touching data)."""
+    if not isinstance(config.fuse, int):
+        return Grouping()
+    return Grouping(config.fuse, tuple(tuple(g) for g in seed_groups(config.seed_list, config.fuse)))
 
 
 def resolve(config: SweepConfig) -> Grouping:
-    """The grouping a new experiment of ``config`` starts with: ``fuse: off`` every point alone,
-    ``fuse: N`` seed groups of at most N, ``fuse: auto`` groups of up to :data:`AUTO_MAX` seeds where
+    """The grouping a new experiment of ``config`` (through :func:`sweeps.preflight.preflight`) starts
+    with: ``fuse: off`` every point alone, ``fuse: N`` seed groups of at most N, ``fuse: auto`` groups of up to :data:`AUTO_MAX` seeds where
     fused steps of this model measure at least :data:`AUTO_PAYS` times faster than one after another on
     the device the trials use (a GPU the driver lacks: fused, as fusion pays on GPUs), else alone."""
     seeds = config.seed_list
     if config.fuse == "off":
         return Grouping()
     if config.fuse != "auto":
-        check_fusable(config)
-        return Grouping(config.fuse, tuple(tuple(g) for g in seed_groups(seeds, config.fuse)))
+        return planned(config)  # checked by sweeps.preflight
     size = min(len(seeds), AUTO_MAX)
     if size < 2:
         return Grouping()
-    try:
-        check_fusable(config)
-    except ConfigError as exc:
-        print(f"fuse: auto: trains each point alone ({exc})", flush=True)
+    problem = _fusable(config)
+    if problem:
+        print(f"fuse: auto: each point trains alone ({problem})", flush=True)
         return Grouping()
     import torch
 

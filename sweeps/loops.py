@@ -11,7 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
+
 LOGICAL_GPU_ENV = "PRUNESWEEP_ALLOW_LOGICAL_GPU"
+DTYPE_ENV = "PRUNESWEEP_DTYPE"  # float64: trials and dense trainings compute in float64 (fused equals unfused exactly)
+
+
+def dtype_from_env() -> str | None:
+    """The floating-point type ``DTYPE_ENV`` asks trainings to compute in (None: torch's float32)."""
+    value = os.environ.get(DTYPE_ENV) or None
+    if value not in (None, "float32", "float64"):
+        raise ConfigError(f"{DTYPE_ENV}={value}: allowed: float32 or float64")
+    return value
+
+
+def set_dtype(dtype: str | None) -> None:
+    """Compute in ``dtype`` (None: float32) in this worker from now on (an actor Ray Tune reuses too)."""
+    torch.set_default_dtype(getattr(torch, dtype or "float32"))
 
 
 def use_cpus(cpus: float) -> None:

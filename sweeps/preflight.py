@@ -145,6 +145,19 @@ def check_model(config: SweepConfig, info: DatasetInfo) -> None:
                               f"{_logits_shape(output)}, not logits of shape (2, {info.classes}) for its "
                               f"{info.classes} classes{hint}")
     _check_structure(config, model, batch)
+    if isinstance(config.fuse, int):
+        _check_fusable(config, model, batch)
+
+
+def _check_fusable(config: SweepConfig, model: torch.nn.Module, batch: torch.Tensor) -> None:
+    """Refuse ``fuse: N`` for a model that cannot train fused (:func:`sweeps.fused.check_fusable`,
+    in float32: what fails only under a GPU's bf16 autocast falls back to float32 there, saying so)."""
+    from .fused import FusionError, check_fusable
+
+    try:
+        check_fusable(model, batch, mixed=False)
+    except FusionError as exc:
+        raise ConfigError(f"fuse: {config.fuse}: {exc}; set fuse: off to train each point alone") from None
 
 
 def _check_checkpoint(config: SweepConfig) -> None:

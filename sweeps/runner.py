@@ -13,6 +13,7 @@ from .config import ConfigError, SweepConfig, check_experiment_name
 from .experiment import check_storage, check_unchanged, experiment_path, reopen, write_experiment_file
 from .extend import grow
 from .groups import Grouping, resolve, slots
+from .loops import dtype_from_env
 from .preflight import dense_checkpoint, location, preflight
 from .ray_connection import RayOptions, ray_session
 from .tuning import Outcome, fit
@@ -30,6 +31,7 @@ def run(config: SweepConfig, storage_path: str, name: str | None = None, options
     check_storage(root)
     _refuse_existing(path)
     tracking.check(trackers, path)
+    dtype_from_env()
     config = preflight(config)
     checkpoint = dense_checkpoint(config) if config.dense.checkpoint else None
     grouping = resolve(config)
@@ -57,6 +59,7 @@ def resume(path: str, options: RayOptions = RayOptions(), force: bool = False, t
     Refused when the config or the code differs from the experiment's start, or while another
     driver holds the experiment (:mod:`sweeps.lock`), unless ``force``.
     """
+    dtype_from_env()
     found = reopen(path, "resume", force, trackers)
     config, recorded = found.config, found.recorded
     grouping = Grouping.of_record(recorded)
@@ -81,14 +84,16 @@ def extend(path: str, overrides: list[str], options: RayOptions = RayOptions(), 
     ``force`` goes past another driver's lease (:mod:`sweeps.lock`) and changed code (and a config whose hash changed with it: a newer prunesweep
     may fill in new defaults), never past a ``prunesweep.yaml`` edited since the experiment ran
     with the same code: extend grows the grid that ran, so that old and new trials compare."""
+    dtype_from_env()
     found = reopen(path, "extend", force, trackers, grow=lambda old: grow(old, overrides))
     added = found.added
+    recorded = Grouping.of_record(found.recorded)  # a record it cannot read is refused before Ray starts
     what = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in added.items() if k != "trials" and v)
     print(f"extend {found.path}: adds {what}: {added['trials']} new trials", flush=True)
     with lock.held(found.path, "extend", force):
         check_unchanged(found, "extend")
         with ray_session(found.config, options):
-            grouping = Grouping.of_record(found.recorded).grown(found.config.seed_list, slots(found.config))
+            grouping = recorded.grown(found.config.seed_list, slots(found.config))
             grown = provenance.extended(found.recorded, found.old, found.config, added, found.changed)
             grown = provenance.with_fusion(provenance.with_trackers(grown, found.trackers), grouping)
             write_experiment_file(found.path, found.config, grown)

@@ -27,31 +27,28 @@ class SeedGate(Searcher):
         self._done = set(done)
         self._units: list = []
         self._given: set[str] = set()
-        self._queue: deque | None = None  # grid positions not handed out, in order
+        self._queues: dict | None = None  # a unit's seeds -> its grid positions not handed out, in order
 
-    def _open(self, phase: "DensePhase") -> deque:
-        if self._queue is None:
+    def _open(self, phase: "DensePhase") -> dict:
+        if self._queues is None:
             self._units = list(phase.units)
-            self._queue = deque(i for i, u in enumerate(self._units)
-                                if u.label not in self._given and not set(u.labels) <= self._done)
-        return self._queue
+            self._queues = {}
+            for i, unit in enumerate(self._units):
+                if unit.label not in self._given and not set(unit.labels) <= self._done:
+                    self._queues.setdefault(unit.seeds, deque()).append(i)
+        return self._queues
 
     def suggest(self, trial_id: str):
         phase = current()
         phase.poll()
-        queue = self._open(phase)
-        if not queue:
-            return Searcher.FINISHED
-        if not phase.reserved:
-            return None
+        queues = self._open(phase)
         settled = phase.ready | set(phase.failed)
-        for i in queue:  # the earliest trial in grid order whose seeds may go
-            unit = self._units[i]
-            if unit.seeds <= settled:
-                queue.remove(i)
-                self._given.add(unit.label)
-                return dict(unit.config)
-        return None
+        ready = [q for seeds, q in queues.items() if q and phase.reserved and seeds <= settled]
+        if ready:  # the earliest trial in grid order among those whose seeds may go
+            unit = self._units[min(ready, key=lambda q: q[0]).popleft()]
+            self._given.add(unit.label)
+            return dict(unit.config)
+        return None if any(queues.values()) else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         pass
@@ -65,7 +62,7 @@ class SeedGate(Searcher):
         with open(checkpoint_path) as f:
             saved = json.load(f)
         self._given, self._done = set(saved["given"]), set(saved.get("done", []))
-        self._queue = None
+        self._queues = None
 
 
 class GridSearch(SearchGenerator):

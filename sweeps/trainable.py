@@ -19,7 +19,7 @@ from analysis.attempts import point_label
 from analysis.messages import one_line
 
 from .config import SweepConfig
-from .loops import device_for, use_cpus
+from .loops import device_for, set_dtype, use_cpus
 from .plan import TrialPlan, trial_plan
 from .torch_files import load_torch
 from .trial import TrialRun
@@ -78,22 +78,6 @@ def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
     run.learner.add_step_hook(hook)
 
 
-DTYPE_ENV = "PRUNESWEEP_DTYPE"  # float64: trials and dense trainings compute in float64 (fused equals unfused exactly)
-
-
-def dtype_from_env() -> str | None:
-    """The floating-point type ``DTYPE_ENV`` asks trainings to compute in (None: torch's float32)."""
-    value = os.environ.get(DTYPE_ENV) or None
-    if value not in (None, "float32", "float64"):
-        raise ValueError(f"{DTYPE_ENV}={value}: allowed: float32 or float64")
-    return value
-
-
-def set_dtype(dtype: str | None) -> None:
-    """Compute in ``dtype`` (None: float32) in this worker from now on (an actor Ray Tune reuses too)."""
-    torch.set_default_dtype(getattr(torch, dtype or "float32"))
-
-
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
                       earlier: dict | None = None, chaos: Chaos = Chaos(), done: frozenset = frozenset(),
                       fused: bool = False, dtype: str | None = None) -> None:
@@ -135,7 +119,8 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
         if state.get("done"):
             # finished before the driver recorded it: record and announce the final result again, train nothing
             files.write_results(_kept(state["history"], done), run.learner.layers)
-            tune.report(_for_tune(state["history"], run.total_epochs))
+            last = {point_label(r): r for r in state["history"]}  # each point's last report
+            tune.report(_for_tune(list(last.values()), run.total_epochs))
             return
         try:
             run.load_state(state)

@@ -141,7 +141,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     from . import trackers as tracking
     from .dense_phase import DensePhase, active
     from .search import GridSearch
-    from .trainable import dtype_from_env
+    from .loops import dtype_from_env
 
     trials = units(config, grouping)
     points = [p for u in trials for p in u.points]

@@ -2,7 +2,6 @@
 everything still holds: exact numbers in float64, faults, growth, analysis and the files."""
 import io
 import json
-import os
 from types import SimpleNamespace
 
 import pandas as pd
@@ -20,7 +19,8 @@ from sweeps.dense_training import train_dense
 from sweeps.groups import Grouping, resolve, seed_groups, units
 from sweeps.plan import expand, trial_plan
 from sweeps.progress import ProgressLine
-from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER, DIVERGE_ENV, DTYPE_ENV, Chaos
+from sweeps.loops import DTYPE_ENV
+from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER, DIVERGE_ENV, Chaos
 from sweeps.trial import TrialRun
 
 from .conftest import TINY, write_config
