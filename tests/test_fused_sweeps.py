@@ -23,7 +23,7 @@ from sweeps.loops import DTYPE_ENV
 from sweeps.trainable import CHAOS_ENV, CHAOS_MARKER, DIVERGE_ENV, Chaos
 from sweeps.trial import TrialRun
 
-from .conftest import TINY, write_config
+from .conftest import TINY, record_fault, write_config
 
 
 def test_seed_groups_are_balanced_and_growth_adds_groups_only_for_new_seeds():
@@ -212,6 +212,9 @@ def test_a_fused_sweep_equals_each_point_alone_through_faults_resume_and_extend(
     assert len(state["trial_data"]) == 4  # Ray Tune keeps one trial per group
 
     df = load_experiment(path)
+    lost = completion(df, path)["missing"]
+    for _ in range(4 + 1):  # every group's worker and the fused dense training, each killed once
+        record_fault(survived=lost == 0, trials_lost=lost)
     assert completion(df, path) == {"expected": 6, "started": 6, "finished": 6, "diverged": 1, "missing": 0}
     assert df.groupby("trial_id")["seed"].nunique().eq(1).all() and df["trial_id"].nunique() == 6
     assert df[GROUP].notna().all() and df[GROUP].nunique() == 4
