@@ -103,6 +103,7 @@ def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4
 
     from analysis import schema, trial_results
     from analysis.attempts import point_label
+    from sweeps.groups import group_label
 
     sparsities = list(sparsities or [round(0.5 + 0.025 * i, 3) for i in range(20)])
     layers = list(layers or [f"layer{i}" for i in range(22)])
@@ -142,7 +143,7 @@ def write_experiment(root, schedules=("instant", "gradual2", "gradual4", "cubic4
     for i, members in enumerate(cells.values()):
         trial_id = f"00000_{i:05d}"
         if group > 1:
-            label = f"{members[0].label.rsplit('_seed', 1)[0]}_seeds{members[0].seed}-{members[-1].seed}"
+            label = group_label(members)
             tune_config = {schema.MEMBERS: [p.to_dict() for p in members]}
             reports = [{**r, schema.GROUP: trial_id} for p in members for r in reports_of(p)]
             ids = [schema.member_trial_id(trial_id, point_label(r)) for r in reports]

@@ -62,6 +62,11 @@ class Grouping:
     measured: float | None = field(default=None, compare=False)  # fuse: auto's measured speed-up
     dense: tuple[tuple[int, ...], ...] = ()
 
+    @classmethod
+    def of_seeds(cls, size: int, seeds: list[int], measured: float | None = None) -> "Grouping":
+        """``seeds`` in groups of at most ``size`` (:func:`seed_groups`)."""
+        return cls(size, tuple(tuple(g) for g in seed_groups(seeds, size)), measured)
+
     @property
     def fused(self) -> bool:
         return self.size > 1
@@ -198,7 +203,7 @@ def planned(config: SweepConfig) -> Grouping:
     """The grouping ``fuse: N`` asks for, unchecked (what ``validate`` shows without touching data)."""
     if not isinstance(config.fuse, int):
         return Grouping()
-    return Grouping(config.fuse, tuple(tuple(g) for g in seed_groups(config.seed_list, config.fuse)))
+    return Grouping.of_seeds(config.fuse, config.seed_list)
 
 
 def resolve(config: SweepConfig) -> Grouping:
@@ -225,7 +230,7 @@ def resolve(config: SweepConfig) -> Grouping:
     if config.resources.gpu and not torch.cuda.is_available():
         print(f"fuse: auto: fused groups of up to {size} seeds (the trials use GPUs, which this driver lacks to "
               "measure on; fusion pays on GPUs for small models)", flush=True)
-        return Grouping(size, tuple(tuple(g) for g in seed_groups(seeds, size)))
+        return Grouping.of_seeds(size, seeds)
     device = torch.device("cuda" if config.resources.gpu else "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(config.resources.cpu)))  # as a trial would
@@ -236,9 +241,7 @@ def resolve(config: SweepConfig) -> Grouping:
     fused = measured >= AUTO_PAYS
     print(f"fuse: auto: {size} members train {measured:.2f}x as fast fused as one after another on {device.type}: "
           + (f"fused groups of up to {size} seeds" if fused else "each point alone"), flush=True)
-    if not fused:
-        return Grouping(measured=measured)
-    return Grouping(size, tuple(tuple(g) for g in seed_groups(seeds, size)), measured)
+    return Grouping.of_seeds(size, seeds, measured) if fused else Grouping(measured=measured)
 
 
 def describe(config: SweepConfig, grouping: Grouping, shown: int = 3) -> list[str]:

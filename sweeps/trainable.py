@@ -80,9 +80,9 @@ def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
                       earlier: dict | None = None, chaos: Chaos = Chaos(), done: frozenset = frozenset(),
-                      fused: bool = False, dtype: str | None = None) -> None:
-    """Tune function trainable of one trial point (``config[PARAM]``) or, in a ``fused`` experiment,
-    of a group of points trained as one computation (``config[MEMBERS]``: :mod:`sweeps.groups`).
+                      dtype: str | None = None) -> None:
+    """Tune function trainable of one trial point (``config[PARAM]``) or, in a fused experiment, of
+    a group of points trained as one computation (``config[MEMBERS]``: :mod:`sweeps.groups`).
     ``sweep``, the config validated on the driver, the dense models, the experiment's location, the
     folders of earlier attempts of each point (``earlier``: {label: folders, furthest first}) and the
     points finished before (``done``: a resumed group trains on with them, but records them no more)
@@ -97,7 +97,7 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     points = schema.tune_points(config)
     grouped = schema.MEMBERS in config
     set_dtype(dtype)
-    use_cpus(sweep.resources.of_group(fused)[0])
+    use_cpus(sweep.resources.of_group(grouped)[0])
     context = tune.get_context()
     trial_dir = context.get_trial_dir()
     files = TrialFiles(storage.join(experiment, os.path.basename(trial_dir)), context.get_trial_id(), grouped)
@@ -107,7 +107,7 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     denses = ray.get([dense_refs[p.seed] for p in points])
 
     def fresh() -> TrialRun:
-        return TrialRun.of_points(sweep, points, denses, device, plans, fused=fused)
+        return TrialRun.of_points(sweep, points, denses, device, plans, fused=grouped)
 
     run = fresh()
     history = []

@@ -12,7 +12,7 @@ from analysis.schema import (EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARS
                              tune_points)
 
 from .config import ConfigError, SweepConfig
-from .groups import LABEL, Grouping, units
+from .groups import LABEL, Grouping
 from .plan import trial_plan
 
 
@@ -34,8 +34,7 @@ def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, 
 
     cpu, gpu = config.resources.of_group(grouping.fused)
     bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs, experiment=path,
-                                 earlier=earlier, chaos=chaos_from_env(), done=frozenset(done),
-                                 fused=grouping.fused, dtype=dtype)
+                                 earlier=earlier, chaos=chaos_from_env(), done=frozenset(done), dtype=dtype)
     return tune.with_resources(bound, {"cpu": cpu, "gpu": gpu})
 
 
@@ -143,8 +142,9 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     from .search import GridSearch
     from .loops import dtype_from_env
 
-    trials = units(config, grouping)
-    points = [p for u in trials for p in u.points]
+    dtype = dtype_from_env()
+    phase = DensePhase(config, path, checkpoint, grouping, dtype)
+    points = [p for u in phase.units for p in u.points]
     by_label = {p.label: p for p in points}
     done, earlier = earlier_attempts(config, path, by_label) if restore else (set(), {})
     if restore:
@@ -155,8 +155,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     # otherwise: keep as many waiting as it would for the grid (what an autoscaler sees as demand)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
     added = tracking.callbacks(list(trackers), path)
-    dtype = dtype_from_env()
-    with active(DensePhase(config, path, checkpoint, grouping, dtype).start()) as phase:
+    with active(phase.start()):
         tuner = tune.Tuner(
             _trainable(config, phase.refs, path, earlier, done, grouping, dtype),
             tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
