@@ -7,10 +7,18 @@ NAME   ?= quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: venv sweep test test-fast bench gpu-check clean
 
+# pip's progress in one line per step (its whole output in .venv/pip.log)
+SHELL := /bin/bash
+PIP_PROGRESS := awk '/^Collecting/ {n++; open = 1; printf "\r  %d packages collected, the last %-45s", n, $$2; fflush()} \
+	/^Installing collected/ {open = 0; printf "\n  installing them (torch and Ray take the longest)...\n"; fflush()} \
+	/^(ERROR|error)/ {print; fflush()} END {if (open) printf "\n"}'
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	@echo "make: installing prunesweep and what it needs (torch, Ray, pandas, ...) into $(VENV); minutes on a fresh machine"
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	@set -o pipefail; $(PY) -m pip install -e '.[test]' 2>&1 | tee $(VENV)/pip.log | $(PIP_PROGRESS) \
+	  || { echo "make: pip install failed; its whole output is in $(VENV)/pip.log"; exit 1; }
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -12,6 +12,7 @@ _EXPORTS = {
     "diverged": "completeness", "complete_results": "completeness", "is_complete": "completeness",
     "analyse": "computed", "Analysis": "computed",
     "summarize": "stats", "compare": "stats", "compare_all": "stats", "seeds_needed": "stats",
+    "dense_baseline": "stats", "prune_events": "stats",
     "plot_metric_vs_sparsity": "plots", "plot_metric_vs_epoch": "plots", "plot_layer_sparsity": "plots",
     "plot_difference_vs_sparsity": "plots",
     "write_report": "report",

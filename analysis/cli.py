@@ -9,7 +9,7 @@ from .experiment_file import NotAnExperiment
 from . import storage
 from .messages import one_line
 from .report import write_report
-from .schema import LOCK_FILE, TEST_ACCURACY, is_percent
+from .schema import LOCK_FILE, TEST_ACCURACY
 from .stats import ERROR_BARS
 
 
@@ -42,13 +42,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output folder or URI (default: <experiment>/analysis)")
     p.add_argument("--metric", default=TEST_ACCURACY, help="metric to compare (default: test_accuracy)")
     p.add_argument("--error", default="ci95", choices=list(ERROR_BARS), help="error bars (default: ci95)")
-    p.add_argument("--effect", type=_positive, metavar="X",
-                   help="a difference worth detecting: the report also says how many seeds would detect it "
-                        "(in percentage points for a percent metric such as test_accuracy, else in its units)")
+    p.add_argument("--effect", type=_positive, metavar="PTS",
+                   help="a difference worth detecting, in points: percentage points for a percent metric such as "
+                        "test_accuracy (--effect 1: one point of accuracy), else the metric's own units; the report "
+                        "also says how many seeds would detect it")
     args = p.parse_args(argv)
-    effect = args.effect / 100 if args.effect is not None and is_percent(args.metric) else args.effect
     try:
-        files = write_report(args.experiment, args.out, args.metric, args.error, effect)
+        files = write_report(args.experiment, args.out, args.metric, args.error, args.effect)
     except (NotAnExperiment, ValueError, OSError) as exc:
         print(f"prunesweep analyze: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2

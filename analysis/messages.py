@@ -25,3 +25,10 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
     """An exception's message on one line, cut to ``limit`` characters (object stores can answer at length)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def count(n: int, plural: str) -> str:
+    """``n`` and a noun in its number, the noun given in the plural: "1 sparsity", "2 sparsities", "3 seeds"."""
+    if n != 1:
+        return f"{n} {plural}"
+    return f"{n} {plural[:-3]}y" if plural.endswith("ies") else f"{n} {plural[:-1]}"

@@ -1,4 +1,12 @@
-"""Means, spreads, Student-t confidence intervals and paired comparisons of schedules."""
+"""Means, spreads, Student-t confidence intervals and paired comparisons of schedules.
+
+Units: a level (a metric's value, a summary's ``mean`` and interval, a comparison's ``mean_a`` and
+``mean_b``, the dense baseline) is in the metric's own units, as the trials report it: a fraction
+for an accuracy (0.99 = 99%). A difference between arms is in points (columns and arguments ending
+in ``_pts``): percentage points for a percent metric (:func:`analysis.schema.is_percent`: 1 point =
+0.01 of accuracy), the metric's own units for any other (a loss); :func:`points` is the factor and
+:func:`diff_unit` the name a comparison's ``diff_unit`` column holds.
+"""
 from __future__ import annotations
 
 import math
@@ -12,7 +20,7 @@ from statsmodels.stats.power import TTestPower
 from .completeness import final_results, healthy, in_point_order, is_complete
 from .load import with_arms
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
-                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better)
+                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_percent)
 
 ALPHA = 0.05      # the significance level of every test and interval (95%)
 POWER = 0.8       # the chance of detecting a difference that seeds_needed plans for
@@ -21,6 +29,18 @@ MANY_SEEDS = 1e6  # beyond this many seeds, seeds_needed approximates
 DIGITS = 12       # differences are rounded to this many decimals, far below any metric's precision
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
 UNFINISHED, MISSING = "unfinished", "missing"
+PERCENTAGE_POINTS, METRIC_UNITS = "percentage points", "metric units"  # a comparison's diff_unit
+
+
+def points(metric: str) -> float:
+    """Points per unit of ``metric``, the factor from its differences to ``_pts`` columns: 100 for a
+    percent metric (a fraction, so 0.01 = 1 percentage point), 1 for any other (its own units)."""
+    return 100.0 if is_percent(metric) else 1.0
+
+
+def diff_unit(metric: str) -> str:
+    """What a difference of ``metric`` in points is: ``percentage points`` or ``metric units``."""
+    return PERCENTAGE_POINTS if is_percent(metric) else METRIC_UNITS
 
 
 def last_reports(df: pd.DataFrame) -> pd.DataFrame:
@@ -47,15 +67,19 @@ def t_interval(mean: float, sd: float, n: int) -> tuple[float, float, float]:
 def describe(df: pd.DataFrame, by: list[str], metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """Per group of ``by``: n, mean, std (n-1), sem, 95% CI (t), min and max of ``metric``; NaN
     values are left out (n counts the others; a group of none has n = 0 and NaN statistics)."""
-    rows = []
-    for key, group in df.groupby(by, sort=True):
-        values = group[metric].astype(float).dropna().to_numpy()
-        n = len(values)
-        mean, low, high = (float(values.mean()), float(values.min()), float(values.max())) if n else (math.nan,) * 3
-        sd = float(values.std(ddof=1)) if n > 1 else float("nan")
-        sem, ci_low, ci_high = t_interval(mean, sd, n)
-        rows.append([*key, metric, n, mean, sd, sem, ci_low, ci_high, low, high])
+    rows = [[*key, metric, *statistics(group[metric])] for key, group in df.groupby(by, sort=True)]
     return pd.DataFrame(rows, columns=[*by, "metric", *STAT_COLUMNS])
+
+
+def statistics(values) -> list:
+    """:data:`STAT_COLUMNS` of ``values`` (NaN left out; none: n = 0 and NaN statistics)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    n = len(values)
+    mean, low, high = (float(values.mean()), float(values.min()), float(values.max())) if n else (math.nan,) * 3
+    sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+    sem, ci_low, ci_high = t_interval(mean, sd, n)
+    return [n, mean, sd, sem, ci_low, ci_high, low, high]
 
 
 def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
@@ -65,7 +89,8 @@ def summarize(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     their final epoch: a partial experiment's numbers would move) and ``missing`` (a NaN value in a
     trial that did not diverge). :func:`compare` leaves out the same reports.
 
-    ``std`` uses n-1; with n = 1 the spread columns are NaN.
+    The statistics are in ``metric``'s own units, as the trials report it (a fraction for an
+    accuracy: 0.99 = 99%). ``std`` uses n-1; with n = 1 the spread columns are NaN.
     """
     by = [SCHEDULE, RETRAIN, TARGET_SPARSITY]
     finals = last_reports(df)
@@ -127,8 +152,9 @@ def _wilcoxon(diff: np.ndarray) -> float:
     return float(stats.wilcoxon(diff).pvalue)
 
 
-def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
-    """:func:`compare`'s statistics of the paired differences ``diff`` (a - b, at least one)."""
+def _paired(diff: np.ndarray, better: int, scale: float, effect_pts: float | None) -> dict:
+    """:func:`compare`'s statistics of the paired differences ``diff`` (a - b in the metric's units, at
+    least one); differences come back in points (``scale``: :func:`points`)."""
     n = len(diff)
     mean = round(float(diff.mean()), DIGITS) + 0.0  # equal gains and losses cancel to exactly 0 (not -0.0)
     sd = math.nan if n < 2 else 0.0 if (diff == diff[0]).all() else float(diff.std(ddof=1))
@@ -139,22 +165,23 @@ def _paired(diff: np.ndarray, better: int, effect: float | None) -> dict:
         t = mean / (sd / math.sqrt(n))
         p, d_z = float(2 * stats.t.sf(abs(t), n - 1)), mean / sd
     wins_a, wins_b = int((better * diff > 0).sum()), int((better * diff < 0).sum())
-    row = {"mean_diff": mean, "ci95_low": low, "ci95_high": high, "t_statistic": t, "p_value": p,
-           "wilcoxon_p": _wilcoxon(diff), "a_wins": wins_a, "b_wins": wins_b, "ties": n - wins_a - wins_b,
-           "d_z": d_z, "seeds_needed": seeds_needed(d_z)}
-    if effect is not None:
-        row[EFFECT_COLUMN] = seeds_needed(effect / sd) if sd > 0 else math.nan
+    row = {"mean_diff_pts": round(mean * scale, DIGITS) + 0.0, "ci95_low_pts": low * scale,
+           "ci95_high_pts": high * scale, "t_statistic": t, "p_value": p, "wilcoxon_p": _wilcoxon(diff),
+           "a_wins": wins_a, "b_wins": wins_b, "ties": n - wins_a - wins_b, "d_z": d_z,
+           "seeds_needed": seeds_needed(d_z)}
+    if effect_pts is not None:
+        row[EFFECT_COLUMN] = seeds_needed(effect_pts / (sd * scale)) if sd > 0 else math.nan
     return row
 
 
-COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "n_pairs", "pairs_left_out", "mean_a", "mean_b", "mean_diff",
-                   "ci95_low", "ci95_high", "t_statistic", "p_value", "wilcoxon_p", "a_wins", "b_wins", "ties",
-                   "d_z", "seeds_needed", "epochs_a", "epochs_b"]
+COMPARE_COLUMNS = ["a", "b", TARGET_SPARSITY, "metric", "diff_unit", "n_pairs", "pairs_left_out", "mean_a", "mean_b",
+                   "mean_diff_pts", "ci95_low_pts", "ci95_high_pts", "t_statistic", "p_value", "wilcoxon_p", "a_wins",
+                   "b_wins", "ties", "d_z", "seeds_needed", "epochs_a", "epochs_b"]
 EFFECT_COLUMN = "seeds_needed_effect"
 
 
-def _columns(effect: float | None) -> list[str]:
-    return COMPARE_COLUMNS + ([EFFECT_COLUMN] if effect is not None else [])
+def _columns(effect_pts: float | None) -> list[str]:
+    return COMPARE_COLUMNS + ([EFFECT_COLUMN] if effect_pts is not None else [])
 
 
 def _state(group: pd.DataFrame, seed, side: str, ended: set) -> str:
@@ -165,7 +192,7 @@ def _state(group: pd.DataFrame, seed, side: str, ended: set) -> str:
     return "usable" if row["_usable"] else "dead" if row["_dead"] else "pending"
 
 
-def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effect: float | None = None,
+def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effect_pts: float | None = None,
             seeds: list | None = None) -> pd.DataFrame:
     """Arm ``a`` vs ``b`` (schedules, ``+<regime>`` when not fine-tuned: :func:`analysis.schema.arm`)
     per target sparsity, paired by seed, on the reports :func:`summarize` uses: a seed where either
@@ -177,13 +204,16 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
     ladder: at that rung or below) or ended with a NaN value never pair and are not counted here
     (``summarize`` counts them).
 
-    Columns: mean difference a-b, its 95% CI, the paired t-test's t and p, the Wilcoxon
-    signed-rank test's p (``wilcoxon_p``: robust to one wild seed), how many seeds each won (by
-    ``metric``'s direction), Cohen's ``d_z`` (mean / sd of the differences), ``seeds_needed`` for the
-    paired t-test to detect the observed ``d_z`` (:func:`seeds_needed`), with ``effect`` (a difference
-    in ``metric``'s units) ``seeds_needed_effect`` to detect that given the observed sd, and the
-    budget each side had trained when compared (``epochs_a``, ``epochs_b``: mean fine-tuning epochs;
-    a ladder's count every rung so far).
+    Columns: ``diff_unit`` (:func:`diff_unit`), the means of the pairs (``mean_a``, ``mean_b``: in
+    ``metric``'s own units, a fraction for an accuracy), the mean difference a-b and its 95% CI in
+    points (``mean_diff_pts``, ``ci95_low_pts``, ``ci95_high_pts``: percentage points for a percent
+    metric, else ``metric``'s units), the paired t-test's t and p, the Wilcoxon signed-rank test's p
+    (``wilcoxon_p``: robust to one wild seed), how many seeds each won (by ``metric``'s direction),
+    Cohen's ``d_z`` (mean / sd of the differences), ``seeds_needed`` for the paired t-test to detect
+    the observed ``d_z`` (:func:`seeds_needed`), with ``effect_pts`` (a difference in points, as the
+    ``_pts`` columns: ``effect_pts=1`` is one percentage point of accuracy) ``seeds_needed_effect`` to
+    detect that given the observed sd, and the budget each side had trained when compared
+    (``epochs_a``, ``epochs_b``: mean fine-tuning epochs; a ladder's count every rung so far).
 
     With fewer than 2 pairs the tests, ``d_z`` and the seeds are NaN. When every seed differs by
     exactly the same amount (no spread: often with few test samples) the t-test, ``d_z`` and the
@@ -219,20 +249,22 @@ def compare(df: pd.DataFrame, a: str, b: str, metric: str = TEST_ACCURACY, effec
                 pairs.append(seed)
             elif "dead" not in state:
                 left += 1
-        row = {"a": a, "b": b, TARGET_SPARSITY: target, "metric": metric, "n_pairs": len(pairs),
+        row = {"a": a, "b": b, TARGET_SPARSITY: target, "metric": metric, "diff_unit": diff_unit(metric),
+               "n_pairs": len(pairs),
                "pairs_left_out": left, "a_wins": 0, "b_wins": 0, "ties": 0}
         if pairs:
             va = group.loc[[(s, a) for s in pairs], metric].to_numpy(dtype=float)
             vb = group.loc[[(s, b) for s in pairs], metric].to_numpy(dtype=float)
             # rounded far below any metric's precision, so that equal gains and losses cancel exactly
             diff = np.round(va - vb, DIGITS)
-            row.update(mean_a=float(va.mean()), mean_b=float(vb.mean()), **_paired(diff, better, effect))
+            row.update(mean_a=float(va.mean()), mean_b=float(vb.mean()),
+                       **_paired(diff, better, points(metric), effect_pts))
             if EPOCH in group:
                 row.update(epochs_a=float(group.loc[[(s, a) for s in pairs], EPOCH].mean()),
                            epochs_b=float(group.loc[[(s, b) for s in pairs], EPOCH].mean()))
         if row["n_pairs"] or row["pairs_left_out"]:
             rows.append(row)
-    return pd.DataFrame(rows, columns=_columns(effect))
+    return pd.DataFrame(rows, columns=_columns(effect_pts))
 
 
 def default_comparisons(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -267,18 +299,93 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect: float | None = None,
+def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect_pts: float | None = None,
                 seeds: list | None = None) -> pd.DataFrame:
     """Every default comparison (:func:`default_comparisons`) at every sparsity (:func:`compare`,
-    ``effect`` and ``seeds`` passed on), with ``p_holm``: the p-values adjusted by Holm's method over
-    all these comparisons together."""
-    frames = [compare(df, a, b, metric, effect, seeds) for a, b in default_comparisons(df)]
+    ``effect_pts`` and ``seeds`` passed on), with ``p_holm``: the p-values adjusted by Holm's method
+    over all these comparisons together."""
+    frames = [compare(df, a, b, metric, effect_pts, seeds) for a, b in default_comparisons(df)]
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=_columns(effect) + ["p_holm"])
+        return pd.DataFrame(columns=_columns(effect_pts) + ["p_holm"])
     table = pd.concat(frames, ignore_index=True)
     table["p_holm"] = holm(table["p_value"])
     return table
+
+
+DENSE_ACCURACY = "dense_test_accuracy"  # in every report: the test accuracy of its seed's dense model
+DENSE_COLUMNS = ["arms", "seeds", "metric", *STAT_COLUMNS]
+NEAR_CHANCE = 0.1  # a dense model is near chance below chance + this share of the way from chance to 100%
+STEP, SPARSITY = "step", "sparsity"  # the reports' prune step and measured sparsity
+PRUNE_COLUMNS = [ARM, TARGET_SPARSITY, EPOCH, SPARSITY, "n"]
+
+
+def dense_accuracy(df: pd.DataFrame) -> pd.Series:
+    """The test accuracy of each seed's dense model (a fraction), by seed: the reports'
+    ``dense_test_accuracy`` (one dense model per seed, shared by every trial of that seed). Empty
+    when the experiment does not report it."""
+    if DENSE_ACCURACY not in df or SEED not in df:
+        return pd.Series(dtype=float, name=DENSE_ACCURACY)
+    known = df[[SEED, DENSE_ACCURACY]].dropna()
+    return known.groupby(SEED, sort=True)[DENSE_ACCURACY].first().astype(float)
+
+
+def seed_text(seeds) -> str:
+    """Seeds as runs: ``0-4, 7, 9-10``."""
+    seeds, runs = sorted(seeds), []
+    for s in seeds:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def dense_baseline(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
+    """The dense models' test accuracy (a fraction) over the seeds :func:`summarize` counts for
+    ``metric``: one row per set of seeds that arms share (one row when every arm counts the same
+    seeds), with those ``arms`` (comma-separated), the ``seeds`` (:func:`seed_text`) and
+    :data:`STAT_COLUMNS` of their dense models (:func:`dense_accuracy`). Empty when the experiment
+    reports no dense accuracy."""
+    dense = dense_accuracy(df)
+    if dense.empty:
+        return pd.DataFrame(columns=DENSE_COLUMNS)
+    finals = last_reports(df)
+    counted = finals[finals.index.isin(healthy(finals).index) & is_complete(finals) & finals[metric].notna()]
+    arms_by_seeds: dict[tuple, list[str]] = {}
+    for name, seeds in counted.groupby(ARM, sort=True)[SEED]:
+        arms_by_seeds.setdefault(tuple(sorted(set(seeds))), []).append(name)
+    rows = [[", ".join(arms), seed_text(seeds), DENSE_ACCURACY, *statistics(dense.reindex(list(seeds)))]
+            for seeds, arms in arms_by_seeds.items()]
+    return pd.DataFrame(rows, columns=DENSE_COLUMNS)
+
+
+def near_chance(dense: pd.Series, classes: int | None) -> pd.Series:
+    """The seeds of ``dense`` (:func:`dense_accuracy`) whose dense model is near chance accuracy
+    (1/``classes``): below chance + :data:`NEAR_CHANCE` of the way from chance to 100%. Empty when
+    ``classes`` is unknown (None)."""
+    if not classes:
+        return dense.iloc[:0]
+    chance = 1.0 / classes
+    return dense[dense < chance + NEAR_CHANCE * (1 - chance)]
+
+
+def prune_events(df: pd.DataFrame) -> pd.DataFrame:
+    """Where each arm prunes, per target sparsity: the ``epoch`` before which its trials pruned (a
+    trial's first epoch, and every epoch whose prune ``step`` differs from the epoch before; in
+    reports without steps, whose measured ``sparsity`` does), the mean measured ``sparsity`` the
+    prune reached (NaN where not reported) and the ``n`` trials that pruned there."""
+    df = with_arms(df)
+    if df.empty or EPOCH not in df:
+        return pd.DataFrame(columns=PRUNE_COLUMNS)
+    rows = df.sort_values([TRIAL_ID, EPOCH], kind="stable").drop_duplicates([TRIAL_ID, EPOCH], keep="last")
+    rows = rows.assign(**{SPARSITY: rows[SPARSITY] if SPARSITY in rows else math.nan})
+    key = next((k for k in (STEP, SPARSITY) if k in rows and rows[k].notna().any()), None)
+    pruned = rows[TRIAL_ID].ne(rows[TRIAL_ID].shift())
+    if key is not None:
+        pruned |= rows[key].fillna(-1).ne(rows[key].fillna(-1).shift())
+    events = rows[pruned].groupby([ARM, TARGET_SPARSITY, EPOCH], sort=True)
+    return events.agg(**{SPARSITY: (SPARSITY, "mean"), "n": (TRIAL_ID, "nunique")}).reset_index()[PRUNE_COLUMNS]
 
 
 ERROR_BARS = {"ci95": "95% CI (Student t)", "std": "±1 std", "minmax": "min–max"}

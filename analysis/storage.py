@@ -22,8 +22,13 @@ def is_uri(path: str) -> bool:
 
 
 def normalise(path: str) -> str:
-    """Local paths become absolute (Ray Tune requires it); URIs lose a trailing slash."""
+    """Local paths become absolute (Ray Tune requires it); URIs lose a trailing slash. A URI
+    written with one slash (``s3:/bucket``) is refused, not taken for a local folder named ``s3:``."""
     if not is_uri(path):
+        scheme, colon, rest = str(path).partition(":")
+        if colon and len(scheme) > 1 and scheme.isalnum() and rest.startswith("/"):
+            raise ValueError(f"{path!r}: a URI takes two slashes after {scheme}: (did you mean "
+                             f"{scheme}://{rest.lstrip('/')}?)")
         return os.path.abspath(os.path.expanduser(str(path)))
     scheme, _, rest = str(path).partition("://")
     if not rest.strip("/"):

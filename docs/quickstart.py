@@ -20,8 +20,8 @@ DOCS = Path(__file__).resolve().parent
 def comparisons(df) -> None:
     table = compare_all(df)
     for _, r in table.iterrows():
-        print(f"{r['a']} - {r['b']} at {r['target_sparsity']:g}: {r['mean_diff'] * 100:+.2f} pts "
-              f"({r['ci95_low'] * 100:+.2f} to {r['ci95_high'] * 100:+.2f}), wins {r['a_wins']}/{r['n_pairs']}, "
+        print(f"{r['a']} - {r['b']} at {r['target_sparsity']:g}: {r['mean_diff_pts']:+.2f} pts "
+              f"({r['ci95_low_pts']:+.2f} to {r['ci95_high_pts']:+.2f}), wins {r['a_wins']}/{r['n_pairs']}, "
               f"p {r['p_value']:.3g}, Holm {r['p_holm']:.3g}, Wilcoxon {r['wilcoxon_p']:.3g}, "
               f"d_z {r['d_z']:+.2f}, seeds needed {r['seeds_needed']:g}")
 

@@ -1,16 +1,15 @@
-"""The ``prunesweep`` command: run, resume, extend, validate, analyze."""
+"""The ``prunesweep`` command: run, resume, extend, validate, analyze, status. What a command needs
+is imported when it runs: ``status`` and ``analyze`` load no torch and no Ray."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-
-from .config import ConfigError, load_config
-from .plan import epochs_to_train, trial_count
-from .preflight import dense_checkpoint, preflight, will_download
-from .trackers import TRACKERS
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .trackers import TRACKERS
+
     p = argparse.ArgumentParser(prog="prunesweep", description="Gradual vs instant pruning sweeps on Ray Tune.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -27,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="also log every trial to this tracker, through Ray Tune's callbacks (repeatable): "
                              "tensorboard and mlflow write into the experiment folder, wandb offline unless "
                              "WANDB_MODE or WANDB_API_KEY says otherwise")
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="print everything Ray and Ray Tune say (their INFO lines, Tune's full table every 20 s "
+                             "and each trial's results); by default prunesweep's own lines, Tune's table every "
+                             "2 min and Ray's warnings")
 
     run = sub.add_parser("run", help="run a sweep from a YAML config")
     run.add_argument("config", help="YAML file, or a built-in config name (quickstart, gradual_pruning, ...)")
@@ -55,8 +58,12 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a config, its data and checkpoint, and count its trials, "
                                           "without starting Ray")
-    val.add_argument("config")
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("config", help="YAML file, or a built-in config name (quickstart, gradual_pruning, ...)")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field by dotted path, value parsed as YAML (repeatable), as run takes it")
+
+    sub.add_parser("status", help="where an experiment stands, from its files (while it runs or after; no Ray)",
+                   add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
 
     ana = sub.add_parser("analyze", help="summaries, paired tests, plots and report.md of an experiment",
                          add_help=False)
@@ -89,7 +96,17 @@ def main(argv=None) -> int:
         from analysis.cli import main as analyze_main
 
         return analyze_main(argv[1:])
+    if argv and argv[0] == "status":
+        from .status import main as status_main
+
+        return status_main(argv[1:])
     args = _parser().parse_args(argv)
+    from analysis.messages import count
+
+    from .config import ConfigError, load_config
+    from .plan import epochs_to_train, trial_count
+    from .preflight import dense_checkpoint, preflight, will_download
+
     try:
         if args.command == "validate":
             config = preflight(load_config(args.config, args.overrides), download=False)
@@ -98,9 +115,9 @@ def main(argv=None) -> int:
             trials = trial_count(config)
             regimes = len(config.finetune.retrain)
             dense, retraining = epochs_to_train(config)
-            print(f"{args.config}: valid; {trials} trials ({len(config.schedules)} schedules, "
+            print(f"{args.config}: valid; {count(trials, 'trials')} ({count(len(config.schedules), 'schedules')}, "
                   + (f"{regimes} retraining regimes, " if regimes > 1 else "")
-                  + f"{len(config.sparsities)} sparsities, {config.seed_count} seeds); "
+                  + f"{count(len(config.sparsities), 'sparsities')}, {count(config.seed_count, 'seeds')}); "
                   f"{dense + retraining:,} epochs to train ({dense:,} dense, {retraining:,} retraining)")
             from .groups import describe, planned
 
@@ -113,7 +130,11 @@ def main(argv=None) -> int:
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0
         from . import runner
+        from .console import VERBOSE_ENV
         from .ray_connection import RayOptions
+
+        if args.verbose:  # read by the driver and, through Ray, by the trials (sweeps.console)
+            os.environ[VERBOSE_ENV] = "1"
 
         options = RayOptions(address=args.address, dashboard=not args.no_dashboard,
                              dashboard_host=args.dashboard_host, autoscale=args.autoscale,

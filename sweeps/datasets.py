@@ -131,6 +131,19 @@ def missing(name: str, root: str) -> str | None:
     return None
 
 
+def parent_root(name: str, root: str) -> str | None:
+    """The folder to give as ``dataset.root`` when ``root`` is the dataset's own folder that torchvision
+    looks for inside it (``.../cifar-10-batches-py``, ``.../MNIST`` or ``.../MNIST/raw``), else None."""
+    folder = SPECS[name].files.split()[0].split("/")[0]
+    if "." in folder:  # files straight in the root (SVHN's .mat files)
+        return None
+    parts = os.path.normpath(os.path.abspath(root)).split(os.sep)
+    for depth in (1, 2):  # the folder itself, or one below it (MNIST/raw)
+        if len(parts) > depth and parts[-depth] == folder:
+            return os.sep.join(parts[:-depth]) or os.sep
+    return None
+
+
 def present(name: str, root: str) -> bool:
     """Whether ``root`` holds the dataset's files, as torchvision reads and checks them."""
     return missing(name, root) is None

@@ -25,6 +25,7 @@ from analysis import storage
 from analysis.messages import one_line
 from analysis.schema import DENSE_DIR, DENSE_LOG, dense_file, dense_group_checkpoint_file
 
+from . import ray_metrics
 from .config import ConfigError, SweepConfig
 from .groups import Grouping, units
 from .torch_files import load_torch, save_torch
@@ -36,6 +37,11 @@ PROGRESS_S = 30.0  # a dense training prints its progress at most this often (an
 def _chaos(seeds: list[int]) -> str | None:
     wanted, _, what = os.environ.get(CHAOS_ENV, "").partition("@")
     return what if wanted and int(wanted) in seeds else None
+
+
+def dense_task_name(seeds: list[int]) -> str:
+    """The dense training's name in Ray's dashboard (Tasks) and before each line it prints: ``dense_seed3``, ``dense_seeds0-2``."""
+    return f"dense_seed{seeds[0]}" if len(seeds) == 1 else f"dense_seeds{seeds[0]}-{seeds[-1]}"
 
 
 def train_seeds(sweep: SweepConfig, seeds: list[int], experiment: str, checkpoint_state: dict | None,
@@ -74,6 +80,7 @@ def train_seeds(sweep: SweepConfig, seeds: list[int], experiment: str, checkpoin
                 storage.write_bytes(marker, b"")
                 os.kill(os.getpid(), signal.SIGKILL)
         save_torch(checkpoint, state())
+        ray_metrics.dense_epoch(storage.name(experiment), seeds, epoch)
         now = time.perf_counter() - started
         if now - last[0] >= PROGRESS_S or epoch == epochs:
             last[0] = now
@@ -150,7 +157,7 @@ class DensePhase:
             key = tuple(seeds)
             group = placement_group([bundle])
             summary, *models = task.options(
-                num_cpus=cpu, num_gpus=gpu, num_returns=1 + len(seeds), max_retries=self.config.max_failures,
+                name=dense_task_name(seeds), num_cpus=cpu, num_gpus=gpu, num_returns=1 + len(seeds), max_retries=self.config.max_failures,
                 retry_exceptions=True, scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote(
                 self.config, seeds, self.path, shipped, _chaos(seeds), fused and not dense.checkpoint, self.dtype)
             self.refs.update(zip(seeds, models))

@@ -19,8 +19,8 @@ from analysis.messages import one_line, short
 from analysis.schema import DENSE_DIR, dense_file
 
 from .config import ConfigError, SweepConfig
-from .datasets import (IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, missing, present,
-                       validation_problem)
+from .datasets import (IMAGEFOLDER, SPECS, DatasetError, DatasetInfo, check_images, describe, download, missing,
+                       parent_root, present, validation_problem)
 from .models import ModelError, build_model
 from .plan import rewind_epochs
 from .torch_files import SNAPSHOTS, load_torch, read_checkpoint
@@ -62,6 +62,10 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
     if _torchvision_dataset(config):
         why = missing(d.name, d.root)
         there = why is None
+        parent = None if there else parent_root(d.name, d.root)
+        if parent is not None:
+            raise ConfigError(f"dataset.root {d.root!r} is the {SPECS[d.name].files.split()[0]} folder itself: "
+                              f"torchvision looks for it inside dataset.root; use its parent (dataset.root: {parent})")
         if not d.download and not there:
             raise ConfigError(f"dataset.root {d.root!r} holds no {d.name} ({SPECS[d.name].files}, as torchvision "
                               f"reads them: {why}) and dataset.download is false (set dataset.download: true or "

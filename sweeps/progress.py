@@ -6,8 +6,11 @@ import time
 
 from ray.tune import Callback
 
+from . import ray_metrics
+
 INTERVAL_ENV = "PRUNESWEEP_PROGRESS_S"
-INTERVAL_S = 60.0
+INTERVAL_S = 30.0
+METRICS_S = 5.0  # the counts as Ray metrics (with ``experiment``): at most this often
 
 
 def _duration(seconds: float) -> str:
@@ -18,16 +21,19 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressLine(Callback):
-    """Every ``interval`` seconds (``PRUNESWEEP_PROGRESS_S``, default 60): trials done, running,
+    """Every ``interval`` seconds (``PRUNESWEEP_PROGRESS_S``, default 30): trials done, running,
     waiting (for resources or for their seed's dense model) and failed out of the sweep's whole
     grid (``done_before`` of them finished in earlier sessions), and an ETA from the rate at which
     trials have finished so far in this session. With ``weight`` (a fused sweep's: how many trial
-    points a Ray Tune trial trains), it counts trial points, and the running fused trials."""
+    points a Ray Tune trial trains), it counts trial points, and the running fused trials. With
+    ``experiment`` (its name), the counts are Ray metrics too (:func:`sweeps.ray_metrics.points`),
+    updated every :data:`METRICS_S` seconds."""
 
-    def __init__(self, trials: int, interval: float | None = None, done_before: int = 0, weight=None):
-        self.trials, self.done_before, self.weight = trials, done_before, weight
+    def __init__(self, trials: int, interval: float | None = None, done_before: int = 0, weight=None,
+                 experiment: str | None = None):
+        self.trials, self.done_before, self.weight, self.experiment = trials, done_before, weight, experiment
         self.interval = float(os.environ.get(INTERVAL_ENV, INTERVAL_S)) if interval is None else interval
-        self._start = self._last = time.monotonic()
+        self._start = self._last = self._counted = time.monotonic()
         self._done_at_start = None
 
     def line(self, trials, now: float) -> str:
@@ -39,6 +45,8 @@ class ProgressLine(Callback):
             groups += trial.status == "RUNNING"
         done, running, failed = count["TERMINATED"] + self.done_before, count["RUNNING"], count["ERROR"]
         waiting = self.trials - done - running - failed
+        if self.experiment is not None:
+            ray_metrics.points(self.experiment, {"done": done, "running": running, "waiting": waiting, "failed": failed})
         if self._done_at_start is None:
             self._done_at_start = done  # finished in an earlier session: no measure of this one's speed
         finished_here, elapsed = done - self._done_at_start, now - self._start
@@ -54,8 +62,11 @@ class ProgressLine(Callback):
 
     def on_step_end(self, iteration: int, trials, **info) -> None:
         now = time.monotonic()
-        if self._done_at_start is None:
-            self.line(trials, now)  # notes how many had ended before this session
-        if now - self._last >= self.interval:
-            self._last = now
-            print(self.line(trials, now), flush=True)
+        due = now - self._last >= self.interval
+        # the first counts note how many had ended before this session
+        if self._done_at_start is None or due or now - self._counted >= METRICS_S:
+            self._counted = now
+            text = self.line(trials, now)
+            if due:
+                self._last = now
+                print(text, flush=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from analysis.messages import one_line
 
-from . import ray_private
+from . import console, ray_private
 from .config import ConfigError, SweepConfig
 from .models import builder_source, import_builder
 
@@ -51,6 +51,7 @@ def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
 
     Returns True if this call started (and so must shut down) the connection.
     """
+    _own_token_auth(options)
     import ray
 
     ray_private.keep_secrets_out_of_runtime_envs()
@@ -59,7 +60,8 @@ def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
     before = _children()
     try:
         if options.address:
-            ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env)
+            ctx = ray.init(address=options.address, log_to_driver=True, runtime_env=runtime_env,
+                           logging_level=console.ray_logging_level(console.verbose()))
         else:
             ctx = _start_local(options, runtime_env)
     except ray_private.RayChanged:
@@ -79,10 +81,19 @@ def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
             print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
     elif options.dashboard and url:
         print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
+        _check_dashboard_agent()
         if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
             print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
                   "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
     return True
+
+
+def _own_token_auth(options: RayOptions) -> None:
+    """Token authentication on for a local Ray this process will start, unless ``RAY_AUTH_MODE`` says
+    otherwise: Ray's own default, set by prunesweep, which says so (:func:`_token_hint`), instead of
+    by Ray with a warning to opt out. Ray reads the mode when it is imported: before that, or not at all."""
+    if not options.address and "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(AUTH_MODE_ENV, "token")
 
 
 def _children() -> set[int]:
@@ -117,7 +128,8 @@ def _start_local(options: RayOptions, runtime_env: dict | None):
     port on 127.0.0.1 only, :func:`sweeps.ray_private.loopback_node`; "auto": Ray's choice)."""
     import ray
 
-    kwargs = dict(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host, runtime_env=runtime_env)
+    kwargs = dict(include_dashboard=options.dashboard, dashboard_host=options.dashboard_host, runtime_env=runtime_env,
+                  logging_level=console.ray_logging_level(console.verbose()))
     ip = options.node_ip_address
     if ip in LOOPBACK:
         with ray_private.loopback_node():
@@ -140,20 +152,46 @@ def _token_auth() -> bool:
     return os.environ.get(AUTH_MODE_ENV, "").lower() == "token"
 
 
+def ray_command() -> str:
+    """The ``ray`` command of this Python's environment, by its full path where it is not the one on PATH."""
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "ray")
+    if os.path.exists(beside) and shutil.which("ray") != beside:
+        return beside
+    return "ray"
+
+
 def _token_hint(remote: bool) -> str:
-    """What the dashboard will ask for, and where to get it."""
+    """What the dashboard will ask for, where to get it, and where the sweep shows in it."""
     if not _token_auth():
-        return "no token authentication (RAY_AUTH_MODE is not token)"
-    where = ("the cluster's token (the ~/.ray/auth_token its nodes were started with; `ray get-auth-token` "
-             "on the head prints it)" if remote else "the token `ray get-auth-token` prints (~/.ray/auth_token)")
-    return (f"it asks for {where}. The sweep's trials are under Jobs when the sweep was submitted with "
-            "`ray job submit`, else under Actors (one per running trial) and Tune's table printed here")
+        auth = "no token authentication (RAY_AUTH_MODE is not token)"
+    elif remote:
+        auth = ("it asks for the cluster's token (the ~/.ray/auth_token its nodes were started with; "
+                "`ray get-auth-token` on the head prints it)")
+    else:
+        auth = (f"it asks for the token `{ray_command()} get-auth-token` prints (~/.ray/auth_token; "
+                f"{AUTH_MODE_ENV}=disabled turns it off)")
+    return (f"{auth}. Actors: one per running trial, named by its folder; Tasks: dense_seeds...; Metrics: "
+            "ray_prunesweep_* where Prometheus and Grafana are set up (see README, Watching a sweep)")
+
+
+def _check_dashboard_agent() -> None:
+    """Say so when the local node's dashboard agent could not serve HTTP (its port taken, as by another
+    Ray on this machine): the dashboard then shows no logs and no node pages, and Ray says nothing."""
+    if ray_private.dashboard_agent_port() != -1:
+        return
+    print("warning: Ray's dashboard agent on this machine could not listen on its port (52365: another Ray "
+          "running here holds it?), so the dashboard shows no logs or node pages; the sweep itself is not "
+          "affected. `ray status` and `ps -ef | grep raylet` show other Rays; stop yours with `ray stop`, or pass "
+          "--no-dashboard", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
 def ray_session(config: SweepConfig, options: RayOptions):
     """Connect (:func:`connect`), refuse what the cluster cannot run (:func:`check_resources`),
     and on the way out withdraw an autoscaler request it made and shut down what it started."""
+    _own_token_auth(options)
     code = worker_code(config)
     started = connect(options, code)
     requested = False

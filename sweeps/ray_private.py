@@ -16,6 +16,8 @@ USES = {
     "job_runtime_env": ("ray._private.runtime_env.constants", "RAY_JOB_CONFIG_JSON_ENV_VAR"),
     "propagated_env": ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE"),
     "loopback_node": ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
+    "dashboard_agent_port": ("ray._private.worker", "global_worker.node.dashboard_agent_listen_port"),
+    "unforced_snapshots": ("ray.tune.execution.experiment_state", "_ExperimentCheckpointManager.on_trial_checkpoint"),
 }
 
 
@@ -84,3 +86,38 @@ def loopback_node():
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextlib.contextmanager
+def unforced_snapshots():
+    """While a sweep runs, Ray Tune snapshots its experiment state on its own period only, not also
+    each time a trial has saved ``CheckpointConfig(num_to_keep)`` checkpoints since the last
+    snapshot (``_ExperimentCheckpointManager.on_trial_checkpoint``). That forcing keeps Tune's
+    snapshot naming checkpoints that still exist, for ``Tuner.restore``; prunesweep never restores
+    from Tune's state (:func:`sweeps.tuning.fit` reads the experiment's own files), and with trials
+    that checkpoint every few seconds it rewrote the whole state every few seconds (and warned about
+    it, hundreds of times a sweep)."""
+    try:
+        from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+        before = _ExperimentCheckpointManager.on_trial_checkpoint
+    except (ImportError, AttributeError) as exc:
+        raise _missing("unforced_snapshots", exc) from None
+    _ExperimentCheckpointManager.on_trial_checkpoint = lambda self, trial: None
+    try:
+        yield
+    finally:
+        _ExperimentCheckpointManager.on_trial_checkpoint = before
+
+
+def dashboard_agent_port() -> int | None:
+    """The port this driver's node's dashboard agent serves HTTP on (the dashboard's Logs view and
+    node pages go through it), -1 when it could not start its HTTP server (the port was taken, as
+    by another Ray on the same machine); None on a node this driver did not start."""
+    try:
+        from ray._private import worker
+
+        node = worker.global_worker.node
+        return None if node is None else node.dashboard_agent_listen_port
+    except AttributeError as exc:
+        raise _missing("dashboard_agent_port", exc) from None

@@ -18,6 +18,7 @@ from analysis import schema, storage, trial_results
 from analysis.attempts import point_label
 from analysis.messages import one_line
 
+from . import console, ray_metrics
 from .config import SweepConfig
 from .loops import device_for, set_dtype, use_cpus
 from .plan import TrialPlan, trial_plan
@@ -80,7 +81,7 @@ def kill_once_mid_epoch(run: TrialRun, kill_at_epoch: int, marker: str) -> None:
 
 def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experiment: str,
                       earlier: dict | None = None, chaos: Chaos = Chaos(), done: frozenset = frozenset(),
-                      dtype: str | None = None) -> None:
+                      dtype: str | None = None, loud: bool = False) -> None:
     """Tune function trainable of one trial point (``config[PARAM]``) or, in a fused experiment, of
     a group of points trained as one computation (``config[MEMBERS]``: :mod:`sweeps.groups`).
     ``sweep``, the config validated on the driver, the dense models, the experiment's location, the
@@ -92,8 +93,11 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     Ray Tune gets the few numbers of :data:`analysis.schema.TUNE_METRICS` every epoch (a group's: its
     epoch and its members' mean test accuracy); every report of every point, whole, goes to the
     trial's results file, rewritten at each checkpoint (every ``checkpoint.every_epochs``) and at the
-    end, when each pruned model is saved compactly too.
+    end, when each pruned model is saved compactly too. Each point's epoch, sparsity, test accuracy
+    and state are Ray metrics (:mod:`sweeps.ray_metrics`). Ray's own INFO lines (a checkpoint
+    written, each epoch) are printed only when ``loud`` (``-v``: :mod:`sweeps.console`).
     """
+    console.quiet_ray_loggers(loud)
     points = schema.tune_points(config)
     grouped = schema.MEMBERS in config
     set_dtype(dtype)
@@ -139,9 +143,11 @@ def train_prune_train(config: dict, sweep: SweepConfig, dense_refs: dict, experi
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device), "gpu_ids": gpu_ids,
              **({schema.GROUP: files.trial_id} if grouped else {})}
     chaos.apply(run, trial_dir)
+    experiment_name, name = storage.name(experiment), os.path.basename(trial_dir)
     while not run.done:
         reports = [_checked({**r, **where}) for r in run.run_epoch()]
         history += reports
+        ray_metrics.trial_epoch(experiment_name, name, [r for r in reports if point_label(r) not in done], run.done)
         for r in reports:
             if r.get(schema.DIVERGED) and grouped:
                 print(f"{point_label(r)} diverged in epoch {r[schema.DIVERGED_EPOCH]}: it ends there; the other "

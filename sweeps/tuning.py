@@ -11,31 +11,47 @@ from analysis.messages import one_line
 from analysis.schema import (EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARSITY, TEST_ACCURACY, TrialPoint,
                              tune_points)
 
+from . import console
 from .config import ConfigError, SweepConfig
 from .groups import LABEL, Grouping
 from .plan import trial_plan
 
 
+def trial_name(trial_id: str, config: dict) -> str:
+    """A trial's readable name, its folder's too: ``<id>_<schedule>_s<target>_seed<n>``, a fused
+    group's ``<id>_<schedule>_s<target>_seeds<first>-<last>``."""
+    label = config.get(LABEL) or TrialPoint.from_dict(config[PARAM]).label
+    return f"{trial_id}_{label}"
+
+
 def trial_dirname(trial) -> str:
-    """Short, readable trial folder names: ``<id>_<schedule>_s<target>_seed<n>``, a fused group's
-    ``<id>_<schedule>_s<target>_seeds<first>-<last>``."""
-    label = trial.config.get(LABEL) or TrialPoint.from_dict(trial.config[PARAM]).label
-    return f"{trial.trial_id}_{label}"
+    """Ray Tune's folder of ``trial``: :func:`trial_name`."""
+    return trial_name(trial.trial_id, trial.config)
 
 
 def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, done: set[str],
                grouping: Grouping, dtype: str | None):
     """The trial function with the validated config, the dense models, the experiment's location,
     the ``earlier`` attempts of its points and those ``done`` before bound once
-    (``tune.with_parameters``), and the trial's resources (a fused group's: :meth:`ResourcesConfig.of_group`)."""
+    (``tune.with_parameters``), and the trial's resources (a fused group's: :meth:`ResourcesConfig.of_group`).
+    Its actor's ``repr`` is the trial's name (:func:`trial_name`): Ray shows it in the dashboard's
+    Actors view and before every line the trial prints."""
     from ray import tune
+    from ray.tune.trainable.function_trainable import wrap_function
 
     from .trainable import chaos_from_env, train_prune_train
 
     cpu, gpu = config.resources.of_group(grouping.fused)
     bound = tune.with_parameters(train_prune_train, sweep=config, dense_refs=dense_refs, experiment=path,
-                                 earlier=earlier, chaos=chaos_from_env(), done=frozenset(done), dtype=dtype)
-    return tune.with_resources(bound, {"cpu": cpu, "gpu": gpu})
+                                 earlier=earlier, chaos=chaos_from_env(), done=frozenset(done), dtype=dtype,
+                                 loud=console.verbose())
+
+    class Trial(wrap_function(bound)):
+        def __repr__(self):
+            return trial_name(self.trial_id, self.config)
+
+    Trial.__name__ = Trial.__qualname__ = train_prune_train.__name__  # Tune's trial names: train_prune_train_<id>
+    return tune.with_resources(Trial, {"cpu": cpu, "gpu": gpu})
 
 
 def _reporter(fused: bool):
@@ -46,14 +62,15 @@ def _reporter(fused: bool):
     columns = ({LABEL: "fused group"} if fused else
                {f"{PARAM}/{SCHEDULE}": "schedule", f"{PARAM}/{RETRAIN}": "retrain",
                 f"{PARAM}/{TARGET_SPARSITY}": "target", f"{PARAM}/{SEED}": "seed"})
+    every, rows = console.table(console.verbose())
     return tune.CLIReporter(parameter_columns=columns,
                             metric_columns={EPOCH: "epoch", TEST_ACCURACY: "mean test_acc" if fused else "test_acc"},
-                            max_report_frequency=20, max_column_length=40 if fused else 20)
+                            max_report_frequency=every, max_progress_rows=rows, max_column_length=40 if fused else 20)
 
 
-def _callbacks(points: int, done: set[str], fused: bool, trackers: list) -> list:
+def _callbacks(points: int, done: set[str], fused: bool, trackers: list, experiment: str) -> list:
     """The sweep's Ray Tune callbacks: the progress line over ``points`` trial points (``done`` of
-    them finished before), Tune's CSV and JSON loggers (its TensorBoard one only when asked for:
+    them finished before; it also exports the counts as Ray metrics of ``experiment``), Tune's CSV and JSON loggers (its TensorBoard one only when asked for:
     thousands of trials need no event files by default) and the ``trackers`` (:func:`sweeps.trackers.callbacks`)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -62,7 +79,7 @@ def _callbacks(points: int, done: set[str], fused: bool, trackers: list) -> list
     def weight(trial) -> int:  # the points a Tune trial trains that were not finished before
         return sum(p.label not in done for p in tune_points(trial.config))
 
-    line = ProgressLine(points, done_before=len(done), weight=weight if fused else None)
+    line = ProgressLine(points, done_before=len(done), weight=weight if fused else None, experiment=experiment)
     return [line, CSVLoggerCallback(), JsonLoggerCallback(), *trackers]
 
 
@@ -77,7 +94,7 @@ def _run_config(config: SweepConfig, path: str, callbacks: list, fused: bool):
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=config.checkpoint.keep),
-        verbose=1,
+        verbose=2 if console.verbose() else 1,
     )
 
 
@@ -137,6 +154,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     import ray
     from ray import tune
 
+    from . import ray_private
     from . import trackers as tracking
     from .dense_phase import DensePhase, active
     from .search import GridSearch
@@ -159,11 +177,14 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
         tuner = tune.Tuner(
             _trainable(config, phase.refs, path, earlier, done, grouping, dtype),
             tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=_run_config(config, path, _callbacks(len(points), done, grouping.fused, added), grouping.fused),
+                                        # an actor per trial: named by its trial in Ray's dashboard and logs
+                                        reuse_actors=False, trial_dirname_creator=trial_dirname),
+            run_config=_run_config(config, path, _callbacks(len(points), done, grouping.fused, added,
+                                                            storage.name(path)), grouping.fused),
         )
         # the loggers are ours (:func:`_callbacks`)
-        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))):
+        with (_environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", **tracking.environment(list(trackers))),
+              ray_private.unforced_snapshots(), console.driver(console.verbose())):
             results = tuner.fit()
         phase.poll()
         ended = [a for a in _scan(config, path, by_label) if a.finished and a.point in by_label]

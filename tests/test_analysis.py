@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,8 +62,11 @@ def test_compare_paired_by_seed():
     c = compare(df, "gradual", "instant").iloc[0]
     d = np.array(a) - np.array(b)
     half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
-    assert c["n_pairs"] == 5 and c["mean_diff"] == pytest.approx(d.mean())
-    assert c["ci95_low"] == pytest.approx(d.mean() - half) and c["ci95_high"] == pytest.approx(d.mean() + half)
+    # differences in percentage points: 100 per unit of accuracy
+    assert c["n_pairs"] == 5 and c["mean_diff_pts"] == pytest.approx(100 * d.mean())
+    assert c["ci95_low_pts"] == pytest.approx(100 * (d.mean() - half))
+    assert c["ci95_high_pts"] == pytest.approx(100 * (d.mean() + half))
+    assert (c["diff_unit"], c["mean_a"]) == ("percentage points", pytest.approx(np.mean(a)))  # levels: fractions
     t = d.mean() / (d.std(ddof=1) / math.sqrt(5))
     assert c["t_statistic"] == pytest.approx(t)
     assert c["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
@@ -75,29 +79,33 @@ def test_compare_pairs_only_shared_seeds_and_handles_ties_and_n1():
                 ("gradual", 0.95): [0.4], ("instant", 0.95): [0.3]})
     c = compare(df, "gradual", "instant").set_index("target_sparsity")
     # identical differences (zero at 0.5, +0.1 at 0.9) have no spread: the t-test is undefined
-    assert c.loc[0.5, "n_pairs"] == 2 and c.loc[0.5, "mean_diff"] == 0 and math.isnan(c.loc[0.5, "p_value"])
+    assert c.loc[0.5, "n_pairs"] == 2 and c.loc[0.5, "mean_diff_pts"] == 0 and math.isnan(c.loc[0.5, "p_value"])
     assert c.loc[0.5, "ties"] == 2
     assert math.isnan(c.loc[0.9, "p_value"]) and c.loc[0.9, "a_wins"] == 2
     assert c.loc[0.95, "n_pairs"] == 1 and math.isnan(c.loc[0.95, "p_value"])
     # accuracies over 360 images: a gain and a loss of one image cancel exactly, not to 1e-17
     acc = frame({("gradual", 0.9): [355 / 360, 357 / 360, 0.5], ("instant", 0.9): [354 / 360, 358 / 360, 0.5]})
     tie = compare(acc, "gradual", "instant").iloc[0]
-    assert tie["mean_diff"] == 0.0 and tie["p_value"] == 1.0 and (tie["a_wins"], tie["b_wins"], tie["ties"]) == (1, 1, 1)
+    assert tie["mean_diff_pts"] == 0.0 and tie["p_value"] == 1.0
+    assert (tie["a_wins"], tie["b_wins"], tie["ties"]) == (1, 1, 1)
     from analysis.report import verdicts
-    assert verdicts(compare(acc, "gradual", "instant"))[0].startswith("- **sparsity 0.9**: gradual and instant tie")
+    assert verdicts(compare(acc, "gradual", "instant"))[0].startswith(
+        "- **sparsity 0.9**: gradual − instant = +0.00 pts (95% CI")
     # gains and losses of different sizes that cancel: their float mean is ~1e-17, reported as a tie
     assert np.mean(np.round([0.9 - 0.6, 0.5 - 0.6, 0.6 - 0.8], 12)) == pytest.approx(-9.25e-18, rel=1e-2)
     from analysis import compare_all
     cancel = compare_all(frame({("gradual", 0.9): [0.9, 0.5, 0.6], ("instant", 0.9): [0.6, 0.6, 0.8]}))
     c0 = cancel.iloc[0]
-    assert c0["mean_diff"] == 0.0 and math.copysign(1, c0["mean_diff"]) == 1 and c0["d_z"] == 0.0
+    assert c0["mean_diff_pts"] == 0.0 and math.copysign(1, c0["mean_diff_pts"]) == 1 and c0["d_z"] == 0.0
     assert c0["p_value"] == pytest.approx(1.0) and math.isnan(c0["seeds_needed"])
     from analysis.report import seed_advice
-    assert "gradual and instant tie: gradual − instant = +0.00 pts" in verdicts(cancel)[0]
+    assert "gradual − instant = +0.00 pts" in verdicts(cancel)[0]
     assert "mean difference is exactly zero" in seed_advice(cancel, "exp")[0]
     loss = frame({("gradual", 0.5): [0.2, 0.3], ("instant", 0.5): [0.4, 0.1]}).rename(columns={"test_accuracy": "test_loss"})
     cl = compare(loss, "gradual", "instant", metric="test_loss").iloc[0]
     assert (cl["a_wins"], cl["b_wins"]) == (1, 1)  # lower loss wins
+    # a metric that is no percent: its differences in its own units
+    assert (cl["diff_unit"], cl["mean_diff_pts"]) == ("metric units", pytest.approx(0.0))
 
 
 def test_holm_adjustment_by_hand():
@@ -131,7 +139,7 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
     assert table.loc[0.8, "p_holm"] == pytest.approx(max(p[0.8], 2 * p[0.5]))
     lines = dict(zip(table.index, verdicts(compare_all(df))))
     family = "Holm's correction for the report's 3 tests"
-    assert lines[0.5].startswith("- **sparsity 0.5**: gradual is ahead of instant: gradual − instant = +1.50 pts")
+    assert lines[0.5].startswith("- **sparsity 0.5**: gradual − instant = +1.50 pts (95% CI")
     assert "significant alone" in lines[0.5] and family in lines[0.5]
     assert "significant alone" in lines[0.8]
     w = stats.wilcoxon(np.array(with_gain(steady)) - np.array(base)).pvalue
@@ -146,7 +154,7 @@ def test_compare_all_adds_holm_and_verdicts_name_it():
         f"`prunesweep extend 'runs/my exp' --set seeds={need[t]}`; observed d_z = {v.mean() / v.std(ddof=1):+.2f})."
         for t, v in d.items()]
     # enough seeds by the estimate, yet not significant after a large family's correction; too few to estimate
-    row = dict(a="gradual", b="instant", metric="test_accuracy", n_pairs=8, pairs_left_out=0, mean_diff=0.02,
+    row = dict(a="gradual", b="instant", metric="test_accuracy", n_pairs=8, pairs_left_out=0, mean_diff_pts=2.0,
                p_value=0.004, p_holm=0.06, d_z=1.6, seeds_needed=6.0)
     few = {**row, "target_sparsity": 0.95, "n_pairs": 1, "p_value": math.nan, "d_z": math.nan, "seeds_needed": math.nan}
     decided = {**row, "target_sparsity": 0.8, "p_value": 0.0001, "p_holm": 0.0003}  # makes the family 2 tests
@@ -188,8 +196,9 @@ def test_analyze_real_sweep_end_to_end(tiny_experiment, tmp_path):
     assert set(summary["schedule"]) == {"instant", "gradual2", "ladder"} and (summary["n"] == 2).all()
     comparison = pd.read_csv(out / "comparison.csv")
     assert set(zip(comparison["a"], comparison["b"])) == {("gradual2", "instant"), ("ladder", "instant")}
-    assert list(comparison.columns) == ["a", "b", "target_sparsity", "metric", "n_pairs", "pairs_left_out", "mean_a",
-                                        "mean_b", "mean_diff", "ci95_low", "ci95_high", "t_statistic", "p_value",
+    assert list(comparison.columns) == ["a", "b", "target_sparsity", "metric", "diff_unit", "n_pairs",
+                                        "pairs_left_out", "mean_a", "mean_b", "mean_diff_pts", "ci95_low_pts",
+                                        "ci95_high_pts", "t_statistic", "p_value",
                                         "wilcoxon_p", "a_wins", "b_wins", "ties", "d_z", "seeds_needed", "epochs_a",
                                         "epochs_b", "p_holm"]
     assert (comparison["pairs_left_out"] == 0).all() and (comparison["n_pairs"] == 2).all()
@@ -253,20 +262,51 @@ def test_analyze_rejects_unknown_metric(tiny_experiment, tmp_path, capsys):
     assert "--metric 'accuracy' is not reported" in err and "test_accuracy" in err
 
 
-def test_notebook_executes(tiny_experiment, monkeypatch):
+def execute_notebook(launch: Path, experiment: str | None, tmp_path: Path) -> tuple[str, int]:
+    """Run the notebook the README's headless way, ``jupyter execute`` (nbclient's, in the test extra)
+    started from ``launch`` (its $PWD, as a shell sets it), with PRUNESWEEP_EXPERIMENT = ``experiment``
+    (None: unset); returns the text of its outputs and how many images it drew."""
     import nbformat
-    from nbclient import NotebookClient
 
     from .conftest import ROOT
 
-    monkeypatch.setenv("PRUNESWEEP_EXPERIMENT", str(tiny_experiment))
-    nb = nbformat.read(ROOT / "notebooks" / "gradual_vs_instant.ipynb", as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    env = {k: v for k, v in os.environ.items() if k != "PRUNESWEEP_EXPERIMENT"}
+    env.update({"PWD": str(launch)}, **({"PRUNESWEEP_EXPERIMENT": experiment} if experiment is not None else {}))
+    out = tmp_path / "executed.ipynb"
+    done = subprocess.run([str(Path(sys.executable).with_name("jupyter")), "execute", "--timeout=120",
+                           str(ROOT / "notebooks" / "gradual_vs_instant.ipynb"), "--output", str(out)],
+                          cwd=launch, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
-    assert "gradual2" in text and "instant" in text and "ci95_low" in text
-    assert "seeds_needed" in text and "pairs_left_out" in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", o.get("data", {}).get("text/plain", ""))
+                   for o in outputs)
+    return text, sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_notebook_executes(tiny_experiment, tmp_path):
+    # a path relative to the folder Jupyter was started from (the kernel itself runs in notebooks/)
+    launch = tiny_experiment.parent.parent
+    text, images = execute_notebook(launch, "results/tiny", tmp_path)
+    assert f"reports from {tiny_experiment}\n" in text and "**Headline.** Does gradual pruning beat instant" in text
+    assert "gradual2" in text and "instant" in text and "ci95_low" in text and "mean_diff_pts" in text
+    assert "seeds_needed" in text and "pairs_left_out" in text and "dense_test_accuracy" in text
+    assert images == 4  # the difference, accuracy vs sparsity, the epochs, the layers
+
+
+def test_notebook_reads_the_newest_experiment_by_default(tmp_path):
+    from .test_report_view import write_rich
+
+    results = tmp_path / "results"
+    old, new = write_rich(results / "quickstart-1", seeds=3), write_rich(results / "quickstart-2", seeds=4)
+    (results / "not-an-experiment").mkdir()  # the newest folder, but no prunesweep.yaml
+    for age, folder in enumerate((results / "not-an-experiment", new, old)):
+        os.utime(folder, (2e9 - 100 * age, 2e9 - 100 * age))
+    text, images = execute_notebook(tmp_path, None, tmp_path)
+    assert f"16 trials, 64 reports from {new}\n" in text and images == 4
+    # a path neither in the launch folder nor in the repository: one clear error
+    with pytest.raises(AssertionError, match="PRUNESWEEP_EXPERIMENT='nowhere': no such folder in"):
+        execute_notebook(tmp_path, "nowhere", tmp_path)
 
 
 def test_plots_return_figures_drawn_from_the_statistics():
@@ -312,7 +352,8 @@ def test_diverged_trials_are_counted_apart_and_never_paired():
     assert s.loc["gradual", "n"] == 2 and s.loc["gradual", "diverged"] == 1
     assert s.loc["gradual", "mean"] == pytest.approx((0.91 + 0.95) / 2)
     c = compare(df, "gradual", "instant")
-    assert c["n_pairs"].tolist() == [2] and c["mean_diff"].iloc[0] == pytest.approx(((0.91 - 0.80) + (0.95 - 0.81)) / 2)
+    assert c["n_pairs"].tolist() == [2]
+    assert c["mean_diff_pts"].iloc[0] == pytest.approx(50 * ((0.91 - 0.80) + (0.95 - 0.81)))
     # older experiments have no such column, and a table of finals needs no epoch column
     plain = frame({("gradual", 0.9): [0.91, 0.88], ("instant", 0.9): [0.80, 0.82]}).drop(columns="epoch")
     assert summarize(plain)["diverged"].tolist() == [0, 0] and compare(plain, "gradual", "instant")["n_pairs"][0] == 2
@@ -376,7 +417,7 @@ def test_arms_are_schedule_and_regime_and_each_is_compared_within_its_regime_and
                                        ("instant+lr_rewind", "instant"), ("ladder+lr_rewind", "ladder")]
     table = compare_all(df).set_index(["a", "b"])
     row = table.loc[("ladder+lr_rewind", "instant+lr_rewind")]
-    assert row["mean_diff"] == pytest.approx((0.04 + 0.04 + 0.03) / 3) and row["n_pairs"] == 3
+    assert row["mean_diff_pts"] == pytest.approx(100 * (0.04 + 0.04 + 0.03) / 3) and row["n_pairs"] == 3
     assert (row["epochs_a"], row["epochs_b"]) == (4.0, 2.0)
     assert table.loc[("instant+lr_rewind", "instant"), ["epochs_a", "epochs_b"]].tolist() == [2.0, 2.0]
     said = verdicts(compare_all(df))
@@ -412,7 +453,7 @@ def test_effect_size_wilcoxon_and_seeds_needed_against_hand_computations():
     a = [0.90, 0.85, 0.93, 0.88, 0.91]
     b = [0.89, 0.86, 0.90, 0.84, 0.91]
     df = frame({("gradual", 0.9): a, ("instant", 0.9): b})
-    c = compare(df, "gradual", "instant", effect=0.01).iloc[0]
+    c = compare(df, "gradual", "instant", effect_pts=1).iloc[0]  # one percentage point
     d = np.round(np.array(a) - np.array(b), 12)
     d_z = d.mean() / d.std(ddof=1)
     assert c["d_z"] == pytest.approx(d_z)
@@ -451,21 +492,22 @@ def test_paired_statistics_edge_cases():
     df = frame({("gradual", 0.5): [0.6, 0.7, 0.8], ("instant", 0.5): [0.5, 0.6, 0.7],     # all +0.1
                 ("gradual", 0.8): [0.6, 0.7, 0.8], ("instant", 0.8): [0.6, 0.7, 0.8],     # all 0
                 ("gradual", 0.9): [0.6], ("instant", 0.9): [0.5]})                        # n = 1
-    c = compare(df, "gradual", "instant", effect=0.02).set_index("target_sparsity")
+    c = compare(df, "gradual", "instant", effect_pts=2).set_index("target_sparsity")
     # every seed differs by exactly +0.1: no spread, so no t-test, d_z or power; the signs still count
     same = c.loc[0.5]
-    assert same["mean_diff"] == pytest.approx(0.1) and same["ci95_low"] == same["ci95_high"] == pytest.approx(0.1)
+    assert same["mean_diff_pts"] == pytest.approx(10)
+    assert same["ci95_low_pts"] == same["ci95_high_pts"] == pytest.approx(10)
     assert all(math.isnan(same[k]) for k in ("t_statistic", "p_value", "d_z", "seeds_needed", "seeds_needed_effect"))
     assert same["wilcoxon_p"] == pytest.approx(2 / 8)  # all three positive: 1 of 8 sign patterns, two-sided
     zero = c.loc[0.8]
-    assert zero["mean_diff"] == 0 and math.isnan(zero["d_z"]) and math.isnan(zero["p_value"])
+    assert zero["mean_diff_pts"] == 0 and math.isnan(zero["d_z"]) and math.isnan(zero["p_value"])
     assert zero["wilcoxon_p"] == 1.0 and math.isnan(zero["seeds_needed"])
     from analysis.report import seed_advice, verdicts
     said = verdicts(c.reset_index())
     assert said[0].endswith("undetermined: every seed differs by exactly the same amount, so there is no spread "
                             "between seeds for a t-test to weigh (Wilcoxon p = 0.25); more seeds would show the spread.")
-    assert said[1].endswith("gradual and instant tie: gradual − instant = +0.00 pts (95% CI +0.00 pts to +0.00 pts; "
-                            "gradual better in 0/3 seeds, ties 3); no difference: every seed ties exactly "
+    assert said[1].endswith("gradual − instant = +0.00 pts (95% CI +0.00 to +0.00 pts; "
+                            "gradual better in 0/3 seeds, 3 ties); no difference: every seed ties exactly "
                             "(Wilcoxon p = 1).")
     assert seed_advice(c.reset_index(), "exp")[0] == (
         "- To tell gradual from instant at 0.5, the seeds needed cannot be estimated: every one of the 3 seeds "
@@ -486,7 +528,7 @@ def test_summarize_leaves_out_and_counts_nan_values():
     assert g["mean"] == pytest.approx((0.91 + 0.95) / 2) and (g["min"], g["max"]) == (0.91, 0.95)
     assert s.loc["instant", "n"] == 4 and s.loc["instant", "missing"] == 0
     c = compare(df, "gradual", "instant").iloc[0]  # the same seeds are left out of the pairs
-    assert c["n_pairs"] == 2 and c["mean_diff"] == pytest.approx(((0.91 - 0.80) + (0.95 - 0.81)) / 2)
+    assert c["n_pairs"] == 2 and c["mean_diff_pts"] == pytest.approx(50 * ((0.91 - 0.80) + (0.95 - 0.81)))
 
 
 def reports(trial, schedule, kind, seed, budget, steps):
@@ -517,10 +559,10 @@ def test_partial_experiment_pairs_only_final_reports_and_finished_ladder_rungs()
     c = compare(df, "ladder", "instant").set_index("target_sparsity")
     # at 0.5 seed 1's instant trial is unfinished (its ladder's rung is done), seed 2's ladder is still on it
     assert (c.loc[0.5, "n_pairs"], c.loc[0.5, "pairs_left_out"]) == (1, 2)
-    assert c.loc[0.5, "mean_diff"] == pytest.approx(0.81 - 0.752)
+    assert c.loc[0.5, "mean_diff_pts"] == pytest.approx(100 * (0.81 - 0.752))
     # seed 1's ladder is on its last rung; seed 2's has not reached it, while its instant trial has finished
     assert (c.loc[0.9, "n_pairs"], c.loc[0.9, "pairs_left_out"]) == (1, 2)
-    assert c.loc[0.9, "mean_diff"] == pytest.approx(0.75 - 0.712)
+    assert c.loc[0.9, "mean_diff_pts"] == pytest.approx(100 * (0.75 - 0.712))
     s = summarize(df).set_index(["schedule", "target_sparsity"])
     assert s.loc[("ladder", 0.5), ["n", "unfinished"]].tolist() == [2, 1]
     assert s.loc[("ladder", 0.9), ["n", "unfinished"]].tolist() == [1, 1]
@@ -530,7 +572,7 @@ def test_partial_experiment_pairs_only_final_reports_and_finished_ladder_rungs()
     assert all("2 pair(s) left out: a trial not finished yet" in said[t] for t in (0.5, 0.9))
     # no finished pair at all yet: a row that says so
     early = compare(df[df["seed"] == 2], "ladder", "instant").iloc[0]
-    assert (early["n_pairs"], early["pairs_left_out"]) == (0, 1) and math.isnan(early["mean_diff"])
+    assert (early["n_pairs"], early["pairs_left_out"]) == (0, 1) and math.isnan(early["mean_diff_pts"])
     assert verdicts(compare(df[df["seed"] == 2], "ladder", "instant"))[0] == \
         "- **sparsity 0.5**: ladder vs instant: no finished pair yet (1 pair(s) left out: a trial not finished yet)."
 
@@ -568,7 +610,7 @@ def test_left_out_pairs_count_what_can_still_pair_and_only_that():
     again = reports("i0-dup", "instant", "instant", 0, 2, [(0.5, 1, math.nan)])
     again[0]["diverged"] = True
     dup = compare(pd.DataFrame(rows + again), "ladder", "instant").set_index("target_sparsity")
-    assert dup.loc[0.5, "n_pairs"] == 1 and dup.loc[0.5, "mean_diff"] == pytest.approx(0.7 - 0.6)
+    assert dup.loc[0.5, "n_pairs"] == 1 and dup.loc[0.5, "mean_diff_pts"] == pytest.approx(10)
 
 
 def test_difference_plot_is_drawn_from_the_comparison_table():
@@ -583,7 +625,7 @@ def test_difference_plot_is_drawn_from_the_comparison_table():
                     .assign(schedule_kind="cubic")], ignore_index=True)
     table = compare_all(df)
     fig = plot_difference_vs_sparsity(df)
-    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    assert isinstance(fig, Figure) and len(fig.axes) == 2  # the plot, and the table of wins under it
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cubic − instant", "gradual − instant"]
     factors = []
@@ -594,12 +636,13 @@ def test_difference_plot_is_drawn_from_the_comparison_table():
         ratio = x * (1 - rows["target_sparsity"].to_numpy())  # x is the compression ratio, shifted a little
         assert ratio == pytest.approx(np.full(len(x), ratio[0])) and abs(ratio[0] - 1) <= 0.02 + 1e-12
         factors.append(ratio[0])
-        assert line.get_ydata() == pytest.approx(100 * rows["mean_diff"].to_numpy())
+        assert line.get_ydata() == pytest.approx(rows["mean_diff_pts"].to_numpy())
         for (x0, low), (x1, high), (_, r) in zip(*zip(*segments.get_segments()), rows.iterrows()):
-            assert (low, high) == pytest.approx((100 * r["ci95_low"], 100 * r["ci95_high"]))
+            assert (low, high) == pytest.approx((r["ci95_low_pts"], r["ci95_high_pts"]))
     assert len(set(factors)) == 2
-    labels = sorted(t.get_text() for t in ax.texts)
-    assert labels == sorted(f"{w}/{n}" for w, n in zip(table["a_wins"], table["n_pairs"]))
+    labels = sorted(t.get_text() for t in fig.axes[1].texts if "/" in t.get_text())
+    assert labels == sorted(f"{w}/{n} wins" + (f", {t} tie" if t else "")
+                            for w, n, t in zip(table["a_wins"], table["n_pairs"], table["ties"]))
     filled = [line for line in ax.lines if line.get_linestyle() == "None" and line.get_marker() == "o"]
     assert sum(len(line.get_xdata()) for line in filled) == int((table["p_holm"] < 0.05).sum()) >= 1
     # from the table itself, into given axes: the same points
@@ -674,9 +717,9 @@ def test_the_report_renders_one_computed_analysis(tmp_path):
     values = {("gradual4", 0.9): [0.90, 0.85, 0.93], ("instant", 0.9): [0.89, 0.86, 0.9],
               ("gradual4", 0.5): [0.7, 0.8, 0.75], ("instant", 0.5): [0.7, 0.79, 0.7]}
     path = write_experiment(tmp_path / "exp", values, unfinished={("instant", 0.5, 2)})
-    a = analyse(path, error="std", effect=0.01)
+    a = analyse(path, error="std", effect_pts=1)
     pd.testing.assert_frame_equal(a.summary, summarize(a.df))
-    pd.testing.assert_frame_equal(a.comparison, compare_all(a.df, effect=0.01))
+    pd.testing.assert_frame_equal(a.comparison, compare_all(a.df, effect_pts=1))
     assert a.done == {"expected": 12, "started": 12, "finished": 11, "diverged": 0, "missing": 1}
 
     def png(figure, dpi):
@@ -687,7 +730,7 @@ def test_the_report_renders_one_computed_analysis(tmp_path):
     assert figure_png(a, "vs_difference") == png(plot_difference_vs_sparsity(a.df), 120)
     assert figure_png(a, "vs_epoch") == png(plot_metric_vs_epoch(a.df), 110)
     assert "layers" not in output_names(a)  # no per-layer reports
-    files = write_report(path, tmp_path / "out", error="std", effect=0.01)
+    files = write_report(path, tmp_path / "out", error="std", effect_pts=1)
     assert open(files["report"]).read() == report_text(a)
     assert "1 trial(s) missing or unfinished" in report_text(a)
 

@@ -34,3 +34,18 @@ def test_ray_is_the_pinned_minor_version():
     pin = re.search(r'"ray\[tune,default\]==([0-9.]+)\.\*"', (ROOT / "pyproject.toml").read_text())
     assert pin and pin.group(1) == ray_private.RAY_VERSION_TESTED
     assert ray.__version__.startswith(ray_private.RAY_VERSION_TESTED + ".")
+
+
+def test_trials_checkpointing_force_no_snapshot_of_tunes_state():
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    def forced_after_two_checkpoints() -> bool:
+        manager = _ExperimentCheckpointManager(storage=None, checkpoint_period="auto", sync_every_n_trial_checkpoints=2)
+        manager.on_trial_checkpoint("trial")
+        manager.on_trial_checkpoint("trial")
+        return manager._should_force_sync_up
+
+    assert forced_after_two_checkpoints()  # Tune's own rule: a snapshot each num_to_keep checkpoints
+    with ray_private.unforced_snapshots():
+        assert not forced_after_two_checkpoints()
+    assert forced_after_two_checkpoints()

@@ -327,7 +327,7 @@ def test_validate_counts_a_million_trials(tmp_path, capsys):
                        schedules=[{"name": "g", "kind": "gradual", "steps": 2}])
     assert main(["validate", str(cfg)]) == 0
     dense, retraining = 2 * seeds, n * seeds * epochs  # dense.epochs is 2; a gradual trial trains finetune.epochs
-    assert capsys.readouterr().out == (f"{cfg}: valid; 1000000 trials (1 schedules, 1000 sparsities, 1000 seeds); "
+    assert capsys.readouterr().out == (f"{cfg}: valid; 1000000 trials (1 schedule, 1000 sparsities, 1000 seeds); "
                                        "2,002,000 epochs to train (2,000 dense, 2,000,000 retraining)\n")
     config = load_config(str(cfg))
     assert trial_count(config) == n * seeds == 1_000_000

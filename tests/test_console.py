@@ -1,0 +1,135 @@
+"""What a researcher sees while a sweep runs: a console that prunesweep's own lines are not lost in,
+the dashboard naming each trial and dense training, the sweep's figures as Ray metrics, and one
+clear line for what a user typed wrong."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from analysis import load_experiment, storage
+from analysis.messages import count
+from analysis.schema import RESULT_FILE
+from sweeps.cli import main
+from sweeps.datasets import parent_root
+
+from .conftest import ROOT, kill_pids, write_config
+
+# Ray's and Ray Tune's lines that asked the user to change what prunesweep sets, or said per
+# checkpoint what prunesweep says per sweep
+NOISE = ("snapshotting has been triggered", "Checkpoint successfully created", "Token authentication is enabled",
+         "Could not fetch metrics", "Tuner.restore(")
+
+
+def _agent_port_taken():
+    """Hold the port Ray's dashboard agent serves HTTP on, as another Ray on the machine would
+    (None when something, another Ray, already holds it)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("0.0.0.0", 52365))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+@pytest.mark.ray
+def test_dashboard_names_trials_and_metrics_follow_them(tmp_path):
+    """A sweep as a user starts it (a local Ray with its dashboard), watched through Ray's state API
+    and the node's metrics endpoint: each trial's actor is named by its folder, each dense training's
+    task by its seeds; each point's epoch, sparsity and test accuracy are metrics whose values are the
+    results file's; the console says what the port Ray's dashboard agent could not get costs, and
+    carries none of Ray's noise, and its progress line."""
+    cfg = write_config(tmp_path, seeds=1, sparsities=[0.9], finetune={"epochs": 4, "batch_size": 64})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESWEEP_PROGRESS_S": "2", "RAY_metrics_report_interval_ms": "500"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)  # the local Ray's token authentication is prunesweep's to set
+    held = _agent_port_taken()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.monitor", "run", str(cfg), "--storage", str(tmp_path),
+                             "--name", "watched"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if held is not None:
+            held.close()
+    line = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    assert line, out[-3000:]
+    seen = json.loads(line[-1][len("RESULT "):])
+    kill_pids(seen["pids"])
+    assert seen["code"] == 0, out[-3000:]
+
+    path = tmp_path / "watched"
+    folders = sorted(p.name for p in path.iterdir() if (p / RESULT_FILE).exists())
+    assert len(folders) == 2 and set(folders) <= set(seen["actors"]), (folders, seen["actors"], seen["errors"])
+    assert "dense_seed0" in seen["tasks"]
+
+    df = load_experiment(path)
+    metrics = seen["metrics"]
+
+    def samples(name: str, folder: str) -> list[float]:
+        return [v for k, v in metrics.items() if k.startswith(f"ray_prunesweep_{name}{{") and f'tune_trial="{folder}"' in k
+                and 'experiment="watched"' in k]
+
+    for folder in folders:
+        rows = df[df["trial_id"] == folder.split("_", 1)[0]]
+        epochs = samples("trial_epoch", folder)
+        assert len(epochs) == 1 and epochs[0] in set(rows["epoch"]), (folder, metrics)
+        shown = samples("trial_test_accuracy", folder)
+        assert shown and shown[0] in set(rows["test_accuracy"].round(12)) | set(rows["test_accuracy"])
+        assert samples("trial_sparsity", folder)
+    assert any(k.startswith("ray_prunesweep_points{") and 'state="done"' in k for k in metrics)
+    assert any(k.startswith("ray_prunesweep_dense_epoch{") and 'seeds="0"' in k for k in metrics)
+
+    for noise in NOISE:
+        assert noise not in out, noise
+    assert "[prunesweep] trials: " in out
+    # this test holds the agent's port, or another Ray on the machine does
+    assert "warning: Ray's dashboard agent on this machine could not listen on its port" in out
+    assert len(out.splitlines()) < 60, out
+
+
+def test_one_slash_uri_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path)
+    assert main(["run", str(cfg), "--storage", "s3:/bucket/x"]) == 2
+    assert capsys.readouterr().err == ("prunesweep: error: --storage: 's3:/bucket/x': a URI takes two slashes after "
+                                       "s3: (did you mean s3://bucket/x?)\n")
+    assert list(tmp_path.iterdir()) == [cfg]  # no folder named s3:
+    assert storage.normalise("C:/data") == os.path.abspath("C:/data")  # one letter: a drive, not a scheme
+
+
+def test_dataset_root_at_the_datasets_own_folder_names_its_parent(tmp_path, capsys):
+    own = tmp_path / "cifar-10-batches-py"
+    own.mkdir()
+    cfg = write_config(tmp_path, dataset={"name": "cifar10", "root": str(own), "download": False}, model="resnet20")
+    assert main(["validate", str(cfg)]) == 2
+    assert capsys.readouterr().err == (f"prunesweep: error: dataset.root {str(own)!r} is the cifar-10-batches-py folder "
+                                       f"itself: torchvision looks for it inside dataset.root; use its parent "
+                                       f"(dataset.root: {tmp_path})\n")
+    assert parent_root("mnist", str(tmp_path / "MNIST" / "raw")) == str(tmp_path)
+    assert parent_root("svhn", str(tmp_path / "svhn")) is None and parent_root("cifar10", str(tmp_path)) is None
+
+
+def test_counts_are_worded_in_their_number():
+    assert [count(1, "sparsities"), count(2, "sparsities"), count(1, "seeds"), count(3, "seeds"), count(0, "days")] == [
+        "1 sparsity", "2 sparsities", "1 seed", "3 seeds", "0 days"]
+
+
+def test_every_subcommand_documents_its_arguments(capsys):
+    for command in ("run", "resume", "extend"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "-v, --verbose print everything Ray and Ray Tune say" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "config YAML file, or a built-in config name" in text and "--set KEY=VALUE override a config field" in text
