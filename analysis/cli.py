@@ -9,7 +9,7 @@ from .experiment_file import NotAnExperiment
 from . import storage
 from .messages import one_line
 from .report import write_report
-from .schema import LOCK_FILE, TEST_ACCURACY
+from .schema import TEST_ACCURACY
 from .stats import ERROR_BARS
 
 
@@ -24,15 +24,14 @@ def _positive(text: str) -> float:
 
 
 def _lease(experiment: str) -> str | None:
-    """Who holds the experiment's lease (a driver running it), as its lease file says, or None."""
-    import json
+    """Who holds the experiment's lease (a live driver running it, :mod:`analysis.lease`), or None."""
+    from .lease import judge, lease_file
 
-    file = storage.join(storage.normalise(experiment), LOCK_FILE)
     try:
-        lease = json.loads(storage.read_bytes(file))
-        return f"`prunesweep {lease['command']}` (process {lease['pid']} on {lease['host']}) holds its lease"
-    except Exception:  # no lease, or one that cannot be read: nothing to say
+        found = judge(lease_file(storage.normalise(experiment)))
+    except Exception:  # storage that cannot be read: the report is written, nothing to add
         return None
+    return f"{found.holder} holds its lease" if found.live else None
 
 
 def main(argv=None) -> int:

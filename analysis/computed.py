@@ -14,13 +14,9 @@ from . import storage
 from .completeness import count_trials, final_results, healthy
 from .experiment_file import read_config
 from .load import layer_columns, load_experiment, with_arms
-from .schema import LAYER_SPARSITY, TEST_ACCURACY, seed_list
+from .schema import DATASET_CLASSES, IMAGEFOLDER, LAYER_SPARSITY, TEST_ACCURACY, seed_list
 from .stats import ERROR_BARS, compare_all, dense_accuracy, dense_baseline, last_reports, near_chance, summarize
 
-# the classes of each named dataset (sweeps.datasets.SPECS; a test keeps the two equal): analysis may not import
-# sweeps, which imports torch
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "svhn": 10}
-IMAGEFOLDER = "imagefolder"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # pruning_core names an attention's Q/K/V "<module>.q_proj"
 
 

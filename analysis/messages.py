@@ -1,4 +1,5 @@
-"""How prunesweep words what went wrong: an exception as one line of a message, a value cut short."""
+"""How prunesweep words things: an exception as one line of a message, a value cut short, a count
+with its noun, a list of seeds."""
 from __future__ import annotations
 
 import reprlib
@@ -32,3 +33,14 @@ def count(n: int, plural: str) -> str:
     if n != 1:
         return f"{n} {plural}"
     return f"{n} {plural[:-3]}y" if plural.endswith("ies") else f"{n} {plural[:-1]}"
+
+
+def seed_text(seeds) -> str:
+    """Seeds as runs: ``0-4, 7, 9-10``."""
+    runs: list[list[int]] = []
+    for s in sorted(seeds):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)

@@ -58,6 +58,13 @@ def pruned_model_file(label: str | None = None) -> str:
     return PRUNED_MODEL_FILE if label is None else f"pruned_model.{label}.pt"
 
 
+# ------------------------------------------------------------------ datasets
+IMAGEFOLDER = "imagefolder"       # the dataset read from root/train/<class>/* and root/test/<class>/*
+# the classes of each named dataset, where the name decides them (an image folder's: its class folders);
+# sweeps.datasets.SPECS reads them from here, and so does the analysis (which cannot import torch)
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "svhn": 10}
+
+
 # ------------------------------------------------------------------ the trial point
 PARAM = "trial"                   # the trial point's key in each trial's Tune config
 INSTANT = "instant"               # the schedule kind the other schedules are compared against

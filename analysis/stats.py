@@ -19,6 +19,7 @@ from statsmodels.stats.power import TTestPower
 
 from .completeness import final_results, healthy, in_point_order, is_complete
 from .load import with_arms
+from .messages import seed_text
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
                      TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_percent)
 
@@ -330,21 +331,10 @@ def dense_accuracy(df: pd.DataFrame) -> pd.Series:
     return known.groupby(SEED, sort=True)[DENSE_ACCURACY].first().astype(float)
 
 
-def seed_text(seeds) -> str:
-    """Seeds as runs: ``0-4, 7, 9-10``."""
-    seeds, runs = sorted(seeds), []
-    for s in seeds:
-        if runs and s == runs[-1][1] + 1:
-            runs[-1][1] = s
-        else:
-            runs.append([s, s])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def dense_baseline(df: pd.DataFrame, metric: str = TEST_ACCURACY) -> pd.DataFrame:
     """The dense models' test accuracy (a fraction) over the seeds :func:`summarize` counts for
     ``metric``: one row per set of seeds that arms share (one row when every arm counts the same
-    seeds), with those ``arms`` (comma-separated), the ``seeds`` (:func:`seed_text`) and
+    seeds), with those ``arms`` (comma-separated), the ``seeds`` (:func:`analysis.messages.seed_text`) and
     :data:`STAT_COLUMNS` of their dense models (:func:`dense_accuracy`). Empty when the experiment
     reports no dense accuracy."""
     dense = dense_accuracy(df)

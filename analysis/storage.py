@@ -27,8 +27,8 @@ def normalise(path: str) -> str:
     if not is_uri(path):
         scheme, colon, rest = str(path).partition(":")
         if colon and len(scheme) > 1 and scheme.isalnum() and rest.startswith("/"):
-            raise ValueError(f"{path!r}: a URI takes two slashes after {scheme}: (did you mean "
-                             f"{scheme}://{rest.lstrip('/')}?)")
+            meant = f"file://{rest}" if scheme == "file" else f"{scheme}://{rest.lstrip('/')}"  # file:///x
+            raise ValueError(f"{path!r}: a URI takes two slashes after {scheme}: (did you mean {meant}?)")
         return os.path.abspath(os.path.expanduser(str(path)))
     scheme, _, rest = str(path).partition("://")
     if not rest.strip("/"):

@@ -1,18 +1,19 @@
-"""Regenerate the README's quickstart figures and table from a `make sweep` experiment and,
-optionally, a copy of it grown by `prunesweep extend ... --set seeds=10`.
+"""Regenerate the README's quickstart figures and table from a `make sweep` experiment.
 
-    .venv/bin/python docs/quickstart.py results/quickstart-<timestamp> [results/<the extended copy>]
+    .venv/bin/python docs/quickstart.py results/quickstart-<timestamp>
 
-writes docs/quickstart_*.png and prints the Markdown table of means and 95% CIs, and the
-comparisons (mean difference, p, Holm's p, seeds needed), to paste.
+writes docs/quickstart_*.png and prints the report's headline, the Markdown table of means and 95%
+CIs, and the comparisons (mean difference, p, Holm's p, seeds needed), to paste.
 """
 import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from analysis import compare_all, load_experiment, summarize
-from analysis.plots import plot_difference_vs_sparsity, plot_layer_sparsity, plot_metric_vs_sparsity
+from analysis import analyse, compare_all, load_experiment, summarize
+from analysis.plots import (plot_difference_vs_sparsity, plot_layer_sparsity, plot_metric_vs_epoch,
+                            plot_metric_vs_sparsity)
+from analysis.report import headline
 
 DOCS = Path(__file__).resolve().parent
 
@@ -26,13 +27,15 @@ def comparisons(df) -> None:
               f"d_z {r['d_z']:+.2f}, seeds needed {r['seeds_needed']:g}")
 
 
-def main(experiment: str, extended: str | None = None) -> None:
-    df = load_experiment(experiment)
+def main(experiment: str) -> None:
+    df, analysed = load_experiment(experiment), analyse(experiment)
     figures = {"difference_vs_sparsity": plot_difference_vs_sparsity(compare_all(df)),
-               "accuracy_vs_sparsity": plot_metric_vs_sparsity(df), "layer_sparsity": plot_layer_sparsity(df)}
+               "accuracy_vs_sparsity": plot_metric_vs_sparsity(df), "accuracy_vs_epoch": plot_metric_vs_epoch(df),
+               "layer_sparsity": plot_layer_sparsity(df, excluded=analysed.excluded)}
     for name, figure in figures.items():
         assert isinstance(figure, Figure)
         figure.savefig(DOCS / f"quickstart_{name}.png", dpi=100)
+    print(headline(analysed))
     summary = summarize(df)
     schedules = list(dict.fromkeys(summary["schedule"]))
     schedules.sort(key=lambda s: (s != "instant", s))
@@ -43,13 +46,7 @@ def main(experiment: str, extended: str | None = None) -> None:
                  for _, r in rows.iterrows()}
         print(f"| {target:g} | " + " | ".join(cells[s] for s in schedules) + " |")
     comparisons(df)
-    if extended:
-        grown = load_experiment(extended)
-        plot_difference_vs_sparsity(compare_all(grown)).savefig(DOCS / "quickstart_extended_difference_vs_sparsity.png",
-                                                                 dpi=100)
-        print(f"extended ({grown['seed'].nunique()} seeds):")
-        comparisons(grown)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1])

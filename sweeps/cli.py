@@ -3,7 +3,6 @@ is imported when it runs: ``status`` and ``analyze`` load no torch and no Ray.""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -130,22 +129,20 @@ def main(argv=None) -> int:
                 print(f"run will download {config.dataset.name} into {config.dataset.root} first")
             return 0
         from . import runner
-        from .console import VERBOSE_ENV
+        from .console import verbose_while
         from .ray_connection import RayOptions
-
-        if args.verbose:  # read by the driver and, through Ray, by the trials (sweeps.console)
-            os.environ[VERBOSE_ENV] = "1"
 
         options = RayOptions(address=args.address, dashboard=not args.no_dashboard,
                              dashboard_host=args.dashboard_host, autoscale=args.autoscale,
                              node_ip_address=args.node_ip_address)
-        if args.command == "run":
-            config = load_config(args.config, args.overrides)
-            outcome = runner.run(config, args.storage, args.name, options, args.trackers)
-        elif args.command == "extend":
-            outcome = runner.extend(args.experiment, args.overrides, options, args.force, args.trackers)
-        else:
-            outcome = runner.resume(args.experiment, options, force=args.force, trackers=args.trackers)
+        with verbose_while(args.verbose):
+            if args.command == "run":
+                config = load_config(args.config, args.overrides)
+                outcome = runner.run(config, args.storage, args.name, options, args.trackers)
+            elif args.command == "extend":
+                outcome = runner.extend(args.experiment, args.overrides, options, args.force, args.trackers)
+            else:
+                outcome = runner.resume(args.experiment, options, force=args.force, trackers=args.trackers)
         return _summarise(outcome)
     except ConfigError as exc:
         print(f"prunesweep: error: {exc}", file=sys.stderr)

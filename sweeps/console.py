@@ -24,6 +24,22 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@contextlib.contextmanager
+def verbose_while(loud: bool):
+    """``-v`` for one command: ``PRUNESWEEP_VERBOSE=1`` while it runs (the driver reads it and passes
+    it on to the trials), as it was afterwards."""
+    before = os.environ.get(VERBOSE_ENV)
+    if loud:
+        os.environ[VERBOSE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = before
+
+
 def ray_logging_level(loud: bool) -> int:
     """The level of Ray's own loggers in this driver (``ray.init(logging_level=...)``)."""
     return logging.INFO if loud else logging.WARNING

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from analysis.messages import one_line
+from analysis.schema import DATASET_CLASSES, IMAGEFOLDER
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,25 @@ class DatasetSpec:
     augment: bool  # whether training augments by default
     torchvision: str | None = None  # the torchvision.datasets class that reads it
     files: str = ""  # what dataset.root must hold, for messages
+    folder: str | None = None  # the dataset's own folder, which torchvision looks for inside dataset.root (None:
+                               # its files lie in dataset.root itself, or the data decides)
+    inner: str | None = None  # the folder inside ``folder`` that holds its files (MNIST's ``raw``), if any
 
 
 DIGITS_TEST = 360
-IMAGEFOLDER = "imagefolder"
+_C = DATASET_CLASSES  # the classes of each named dataset: analysis.schema, which the analysis reads too
 SPECS = {
-    "digits": DatasetSpec(10, 1, 8, 1797 - DIGITS_TEST, DIGITS_TEST, 1, False, False),
-    "cifar10": DatasetSpec(10, 3, 32, 50000, 10000, 4, True, True, "CIFAR10", "cifar-10-batches-py"),
-    "cifar100": DatasetSpec(100, 3, 32, 50000, 10000, 4, True, True, "CIFAR100", "cifar-100-python"),
-    "mnist": DatasetSpec(10, 1, 28, 60000, 10000, 2, False, False, "MNIST", "MNIST/raw (the idx files)"),
-    "fashion_mnist": DatasetSpec(10, 1, 28, 60000, 10000, 2, True, False, "FashionMNIST",
-                                 "FashionMNIST/raw (the idx files)"),
-    "svhn": DatasetSpec(10, 3, 32, 73257, 26032, 4, False, True, "SVHN", "train_32x32.mat and test_32x32.mat"),
+    "digits": DatasetSpec(_C["digits"], 1, 8, 1797 - DIGITS_TEST, DIGITS_TEST, 1, False, False),
+    "cifar10": DatasetSpec(_C["cifar10"], 3, 32, 50000, 10000, 4, True, True, "CIFAR10", "cifar-10-batches-py",
+                           "cifar-10-batches-py"),
+    "cifar100": DatasetSpec(_C["cifar100"], 3, 32, 50000, 10000, 4, True, True, "CIFAR100", "cifar-100-python",
+                            "cifar-100-python"),
+    "mnist": DatasetSpec(_C["mnist"], 1, 28, 60000, 10000, 2, False, False, "MNIST", "MNIST/raw (the idx files)",
+                         "MNIST", "raw"),
+    "fashion_mnist": DatasetSpec(_C["fashion_mnist"], 1, 28, 60000, 10000, 2, True, False, "FashionMNIST",
+                                 "FashionMNIST/raw (the idx files)", "FashionMNIST", "raw"),
+    "svhn": DatasetSpec(_C["svhn"], 3, 32, 73257, 26032, 4, False, True, "SVHN",
+                        "train_32x32.mat and test_32x32.mat"),
     IMAGEFOLDER: DatasetSpec(None, None, None, None, None, None, True, True, None,
                              "train/<class>/* and test/<class>/* image files"),
 }
@@ -133,15 +141,19 @@ def missing(name: str, root: str) -> str | None:
 
 def parent_root(name: str, root: str) -> str | None:
     """The folder to give as ``dataset.root`` when ``root`` is the dataset's own folder that torchvision
-    looks for inside it (``.../cifar-10-batches-py``, ``.../MNIST`` or ``.../MNIST/raw``), else None."""
-    folder = SPECS[name].files.split()[0].split("/")[0]
-    if "." in folder:  # files straight in the root (SVHN's .mat files)
+    looks for inside it (:attr:`DatasetSpec.folder`: ``.../cifar-10-batches-py``, ``.../MNIST``) or
+    the folder inside that holds its files (:attr:`DatasetSpec.inner`: ``.../MNIST/raw``), else None
+    (also for a dataset without such a folder, an unknown name, or a root that is no path)."""
+    spec = SPECS.get(name)
+    if spec is None or spec.folder is None or not isinstance(root, (str, os.PathLike)):
         return None
-    parts = os.path.normpath(os.path.abspath(root)).split(os.sep)
-    for depth in (1, 2):  # the folder itself, or one below it (MNIST/raw)
-        if len(parts) > depth and parts[-depth] == folder:
-            return os.sep.join(parts[:-depth]) or os.sep
-    return None
+    path = os.path.normpath(os.path.abspath(root))
+    parent, last = os.path.split(path)
+    if spec.inner is not None and last == spec.inner:
+        parent, last = os.path.split(parent)
+        if last != spec.folder:
+            return None
+    return parent if last == spec.folder else None
 
 
 def present(name: str, root: str) -> bool:

@@ -143,6 +143,13 @@ class Unit:
         return [p.label for p in self.points]
 
 
+def trial_name(trial_id: str, config: dict) -> str:
+    """A Ray Tune trial's readable name, its folder's too, from its id and its Tune config:
+    ``<id>_<schedule>_s<target>_seed<n>``, a fused group's ``<id>_<schedule>_s<target>_seeds<first>-<last>``."""
+    label = config.get(LABEL) or TrialPoint.from_dict(config[PARAM]).label
+    return f"{trial_id}_{label}"
+
+
 def group_label(points) -> str:
     """A fused group's label: its first point's without the seed, and its seeds' range
     (``gradual4_s0.9_seeds0-4``)."""

@@ -1,11 +1,13 @@
 """One driver per experiment: ``run``, ``resume`` and ``extend`` hold the experiment's lease
-(:data:`LOCK_FILE` in its folder, local or on an object store) from before they write anything
-until they exit, so that two drivers never train into one experiment and count its trials twice.
+(:data:`analysis.schema.LOCK_FILE` in its folder, local or on an object store) from before they
+write anything until they exit, so that two drivers never train into one experiment and count its
+trials twice.
 
 The lease names its holder (command, host, process and when it started) and is renewed every
 :data:`HEARTBEAT_S` seconds. A held lease is refused in one line naming the holder; it is broken only
-when provably stale: its process is gone (a holder on this machine), or it has not been renewed for
-:data:`STALE_S` seconds (any holder), or when the user says so (``--force``).
+when provably stale (the rule of :mod:`analysis.lease`, by which ``prunesweep status`` and
+``analyze`` read it too): its process is gone (a holder on this machine), or it has not been renewed
+for :data:`STALE_S` seconds (any holder), or when the user says so (``--force``).
 
 A local lease is created with ``O_EXCL``, which the file system makes atomic. An object store
 offers no create-if-absent through pyarrow: a lease there is written, then read back to check that
@@ -17,76 +19,23 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 
-from analysis import storage
+from analysis import lease as leases, storage
 from analysis.messages import one_line
-from analysis.schema import LOCK_FILE
 
 from .config import ConfigError
 
-HEARTBEAT_S = 15.0
-STALE_S = 120.0  # a lease not renewed for this long is stale (eight missed heartbeats)
+HEARTBEAT_S = leases.HEARTBEAT_S  # how often a driver renews its lease
+STALE_S = leases.STALE_S  # a lease not renewed for this long is stale
 SETTLE_S = 1.0  # on an object store: how long a driver waits before it reads its new lease back
+_me = leases.new  # the lease this driver holds
 
 
 class ExperimentInUse(ConfigError):
     """Another driver holds the experiment's lease."""
-
-
-def _machine() -> str:
-    """Where this process's pids mean something: the host, its boot and its pid namespace (the host
-    name alone may be shared by containers, and so may a boot)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{socket.gethostname()}/{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return socket.gethostname()
-
-
-def _process_started(pid: int) -> float | None:
-    """When process ``pid`` of this machine started (None: there is no such process)."""
-    import psutil
-
-    try:
-        return round(psutil.Process(pid).create_time(), 2)
-    except psutil.NoSuchProcess:
-        return None
-    except psutil.Error:  # another user's process: it exists
-        return -1.0
-
-
-def _me(command: str) -> dict:
-    pid = os.getpid()
-    return {"token": uuid.uuid4().hex, "command": command, "host": socket.gethostname(), "machine": _machine(),
-            "pid": pid, "process_started": _process_started(pid), "since": time.time(), "heartbeat": time.time()}
-
-
-def _stale(lease: dict, now: float) -> str | None:
-    """Why ``lease`` is provably stale, or None."""
-    if lease.get("machine") == _machine() and isinstance(lease.get("pid"), int):
-        started = _process_started(lease["pid"])
-        if started is None or (started >= 0 and started != lease.get("process_started")):
-            return f"its process {lease['pid']} on this machine is gone"
-        return None  # alive here: however late its heartbeat, it may still write
-    beat = lease.get("heartbeat")
-    if isinstance(beat, (int, float)) and now - beat > STALE_S:
-        return f"not renewed for {now - beat:.0f} s (a live holder renews it every {HEARTBEAT_S:g} s)"
-    return None
-
-
-def _holder(lease: dict, now: float) -> str:
-    since = lease.get("since")
-    beat = lease.get("heartbeat")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-    ago = f"{now - beat:.0f} s ago" if isinstance(beat, (int, float)) else "never"
-    return (f"`prunesweep {lease.get('command', '?')}` (process {lease.get('pid', '?')} on {lease.get('host', '?')}, "
-            f"since {when}, last heard from {ago})")
 
 
 def _interrupt() -> None:
@@ -99,7 +48,7 @@ class Lease:
 
     def __init__(self, path: str, command: str):
         self.path, self.command = path, command
-        self.file = storage.join(path, LOCK_FILE)
+        self.file = leases.lease_file(path)
         self.mine = _me(command)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,15 +57,7 @@ class Lease:
 
     def read(self) -> dict | None:
         """The lease as stored (None: there is none; ``{}``: one that cannot be parsed)."""
-        try:
-            data = storage.read_bytes(self.file)
-        except FileNotFoundError:
-            return None
-        try:
-            lease = json.loads(data)
-        except ValueError:
-            return {}
-        return lease if isinstance(lease, dict) else {}
+        return leases.read(self.file)
 
     def acquire(self, force: bool = False) -> None:
         """Take the lease, or raise :class:`ExperimentInUse` naming its holder; ``force`` takes it anyway.
@@ -133,18 +74,15 @@ class Lease:
 
     def _take(self, force: bool) -> None:
         for _ in range(5):  # each try loses only to another driver that took it meanwhile
-            found = self.read()
-            if found is None:
+            found = leases.judge(self.file)
+            if found.lease is None:
                 if self._create():
                     break
                 continue
-            now = time.time()
-            why = _stale(found, now) if found else self._unreadable(now)
-            if why is None and not force:
-                holder = _holder(found, now) if found else "a driver whose lease cannot be read"
-                raise ExperimentInUse(in_use(self.command, self.path, holder))
+            if found.live and not force:
+                raise ExperimentInUse(in_use(self.command, self.path, found.holder))
             print(f"{self.command}: taking over the lease of {self.path} from "
-                  f"{_holder(found, now) if found else 'an unreadable lease'}: {why or '--force'}",
+                  f"{found.holder if found.lease else 'an unreadable lease'}: {found.stale or '--force'}",
                   file=sys.stderr, flush=True)
             if self._replace():
                 break
@@ -155,12 +93,7 @@ class Lease:
             found = self.read() or {}
             if found.get("token") != self.mine["token"]:
                 raise ExperimentInUse(f"{self.command} {self.path}: another driver took the experiment at the same "
-                                      f"moment: {_holder(found, time.time())}")
-
-    def _unreadable(self, now: float) -> str | None:
-        """Why a lease that cannot be parsed is stale (old enough), or None."""
-        age = now - storage.modified(self.file)
-        return f"it cannot be read and was written {age:.0f} s ago" if age > STALE_S else None
+                                      f"moment: {leases.holder(found, time.time())}")
 
     def _create(self) -> bool:
         """Create the lease, whole, if there is none; False if another driver's appeared first."""
@@ -221,9 +154,8 @@ class Lease:
 
 def holder(path: str) -> str | None:
     """Who holds the experiment at ``path`` now (:class:`Lease`), or None when no live driver does."""
-    found = Lease(path, "?").read()
-    now = time.time()
-    return _holder(found, now) if found and _stale(found, now) is None else None
+    found = leases.judge(leases.lease_file(path))
+    return found.holder if found.live else None
 
 
 WAIT = "wait until it ends (or stop it); if it is gone, pass --force"

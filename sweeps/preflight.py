@@ -64,7 +64,8 @@ def _check_dataset(config: SweepConfig, download_now: bool) -> DatasetInfo:
         there = why is None
         parent = None if there else parent_root(d.name, d.root)
         if parent is not None:
-            raise ConfigError(f"dataset.root {d.root!r} is the {SPECS[d.name].files.split()[0]} folder itself: "
+            folder = os.path.relpath(os.path.abspath(d.root), parent).replace(os.sep, "/")  # MNIST, MNIST/raw
+            raise ConfigError(f"dataset.root {d.root!r} is the {folder} folder itself: "
                               f"torchvision looks for it inside dataset.root; use its parent (dataset.root: {parent})")
         if not d.download and not there:
             raise ConfigError(f"dataset.root {d.root!r} holds no {d.name} ({SPECS[d.name].files}, as torchvision "

@@ -6,7 +6,10 @@ import time
 
 from ray.tune import Callback
 
+from analysis.schema import tune_points
+
 from . import ray_metrics
+from .groups import trial_name
 
 INTERVAL_ENV = "PRUNESWEEP_PROGRESS_S"
 INTERVAL_S = 30.0
@@ -36,17 +39,22 @@ class ProgressLine(Callback):
         self._start = self._last = self._counted = time.monotonic()
         self._done_at_start = None
 
-    def line(self, trials, now: float) -> str:
-        """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``)."""
+    def counts(self, trials) -> tuple[dict[str, int], int]:
+        """Trials (or trial points) by state (:data:`sweeps.ray_metrics.POINT_STATES`) among Tune's
+        ``trials`` and those done before, and how many Tune trials run."""
         count = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0}
         groups = 0
         for trial in trials:
             count[trial.status] = count.get(trial.status, 0) + (self.weight(trial) if self.weight else 1)
             groups += trial.status == "RUNNING"
         done, running, failed = count["TERMINATED"] + self.done_before, count["RUNNING"], count["ERROR"]
-        waiting = self.trials - done - running - failed
-        if self.experiment is not None:
-            ray_metrics.points(self.experiment, {"done": done, "running": running, "waiting": waiting, "failed": failed})
+        return {"done": done, "running": running, "waiting": self.trials - done - running - failed,
+                "failed": failed}, groups
+
+    def line(self, trials, now: float) -> str:
+        """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``)."""
+        states, groups = self.counts(trials)
+        done, running, waiting, failed = (states[k] for k in ("done", "running", "waiting", "failed"))
         if self._done_at_start is None:
             self._done_at_start = done  # finished in an earlier session: no measure of this one's speed
         finished_here, elapsed = done - self._done_at_start, now - self._start
@@ -67,6 +75,13 @@ class ProgressLine(Callback):
         if self._done_at_start is None or due or now - self._counted >= METRICS_S:
             self._counted = now
             text = self.line(trials, now)
+            if self.experiment is not None:
+                ray_metrics.points(self.experiment, self.counts(trials)[0])
             if due:
                 self._last = now
                 print(text, flush=True)
+
+    def on_trial_complete(self, iteration: int, trials, trial, **info) -> None:
+        if self.experiment is not None:  # its worker has gone, and may not have exported its last epoch
+            ray_metrics.trial_ended(self.experiment, trial_name(trial.trial_id, trial.config),
+                                    [p.label for p in tune_points(trial.config)])

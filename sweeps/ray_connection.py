@@ -81,7 +81,6 @@ def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
             print(f"Ray dashboard (on the cluster): http://{url}; {_token_hint(remote=True)}", flush=True)
     elif options.dashboard and url:
         print(f"Ray dashboard: http://{url}; {_token_hint(remote=False)}", flush=True)
-        _check_dashboard_agent()
         if not _token_auth() and options.dashboard_host not in ("127.0.0.1", "localhost"):
             print(f"warning: the dashboard listens on {options.dashboard_host} without token authentication "
                   "(RAY_AUTH_MODE): anyone who reaches this machine can submit jobs", file=sys.stderr, flush=True)
@@ -91,7 +90,8 @@ def connect(options: RayOptions, runtime_env: dict | None = None) -> bool:
 def _own_token_auth(options: RayOptions) -> None:
     """Token authentication on for a local Ray this process will start, unless ``RAY_AUTH_MODE`` says
     otherwise: Ray's own default, set by prunesweep, which says so (:func:`_token_hint`), instead of
-    by Ray with a warning to opt out. Ray reads the mode when it is imported: before that, or not at all."""
+    by Ray with a warning to opt out. Ray reads the mode when it is imported: before that, or not at
+    all (so :func:`ray_session` calls it before anything imports Ray, :func:`connect` for its own callers)."""
     if not options.address and "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault(AUTH_MODE_ENV, "token")
 
@@ -176,15 +176,19 @@ def _token_hint(remote: bool) -> str:
             "ray_prunesweep_* where Prometheus and Grafana are set up (see README, Watching a sweep)")
 
 
-def _check_dashboard_agent() -> None:
+def check_dashboard_agent() -> None:
     """Say so when the local node's dashboard agent could not serve HTTP (its port taken, as by another
-    Ray on this machine): the dashboard then shows no logs and no node pages, and Ray says nothing."""
-    if ray_private.dashboard_agent_port() != -1:
+    Ray on this machine): the dashboard then shows no logs and no node pages, and Ray says nothing.
+    A diagnosis only: a Ray whose internals it cannot read is left unchecked."""
+    try:
+        port, wanted = ray_private.dashboard_agent_port()
+    except ray_private.RayChanged:
         return
-    print("warning: Ray's dashboard agent on this machine could not listen on its port (52365: another Ray "
-          "running here holds it?), so the dashboard shows no logs or node pages; the sweep itself is not "
-          "affected. `ray status` and `ps -ef | grep raylet` show other Rays; stop yours with `ray stop`, or pass "
-          "--no-dashboard", file=sys.stderr, flush=True)
+    if port == -1:
+        print(f"warning: Ray's dashboard agent could not listen on port {wanted} (another "
+              "Ray on this machine holds it?), so the dashboard shows no logs or node pages; the sweep itself is "
+              "not affected. Stop the other Ray once this sweep ends (`ps -ef | grep raylet` shows them), or pass "
+              "--no-dashboard", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -196,6 +200,8 @@ def ray_session(config: SweepConfig, options: RayOptions):
     started = connect(options, code)
     requested = False
     try:
+        if started and not options.address and options.dashboard:
+            check_dashboard_agent()
         source = builder_source(config.model)
         if source and not (code and started):  # a builder prunesweep did not ship: can the workers import it?
             _check_importable(config.model, {"py_modules": [source]})

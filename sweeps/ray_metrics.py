@@ -22,7 +22,8 @@ GAUGES = {
                                   ("experiment", "tune_trial", "point")),
     "prunesweep_trial_test_accuracy": ("a trial point's test accuracy after its last epoch (fraction)",
                                        ("experiment", "tune_trial", "point")),
-    "prunesweep_trial_state": ("1 for a trial point's state (running, finished, diverged), 0 for the others",
+    "prunesweep_trial_state": ("1 for a trial point's state (running, finished, diverged), 0 for the others, as "
+                               "its trial's worker trains it; the driver sets finished when the trial ends",
                                ("experiment", "tune_trial", "point", "state")),
     "prunesweep_dense_epoch": ("epochs a dense training (one seed, or a fused group of seeds) has trained",
                                ("experiment", "seeds")),
@@ -57,6 +58,15 @@ def trial_epoch(experiment: str, trial: str, reports: list[dict], finished: bool
                 gauge(name).set(float(r[key]), tags=tags)
         state = "diverged" if r.get(DIVERGED) else "finished" if finished else "running"
         _states("prunesweep_trial_state", TRIAL_STATES, state, tags)
+
+
+def trial_ended(experiment: str, trial: str, labels: list[str]) -> None:
+    """From the driver: the trial ``trial`` of the points ``labels`` has ended (its worker may have
+    exited before exporting its last values)."""
+    for label in labels:
+        tags = {"experiment": experiment, "tune_trial": trial, "point": label}
+        gauge("prunesweep_trial_state").set(1.0, tags={**tags, "state": "finished"})
+        gauge("prunesweep_trial_state").set(0.0, tags={**tags, "state": "running"})
 
 
 def dense_epoch(experiment: str, seeds: list[int], epoch: int) -> None:

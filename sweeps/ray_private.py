@@ -110,14 +110,16 @@ def unforced_snapshots():
         _ExperimentCheckpointManager.on_trial_checkpoint = before
 
 
-def dashboard_agent_port() -> int | None:
-    """The port this driver's node's dashboard agent serves HTTP on (the dashboard's Logs view and
-    node pages go through it), -1 when it could not start its HTTP server (the port was taken, as
-    by another Ray on the same machine); None on a node this driver did not start."""
+def dashboard_agent_port() -> tuple[int | None, int]:
+    """The port the dashboard agent of this driver's node serves HTTP on (the dashboard's Logs view
+    and node pages go through it), -1 when it could not start its HTTP server (the port was taken,
+    as by another Ray on the same machine), None when this process is no Ray driver; and the port
+    it asks for by default."""
     try:
-        from ray._private import worker
+        from ray._private import ray_constants, worker
 
         node = worker.global_worker.node
-        return None if node is None else node.dashboard_agent_listen_port
-    except AttributeError as exc:
+        return (None if node is None else node.dashboard_agent_listen_port,
+                ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
+    except (ImportError, AttributeError) as exc:
         raise _missing("dashboard_agent_port", exc) from None

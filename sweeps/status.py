@@ -15,10 +15,11 @@ What the files say, and how it is read:
   the rule of :mod:`analysis.attempts`. An attempt's epoch is the furthest its results file or
   Ray Tune's ``result.json`` has reached.
 - Whether a driver runs the experiment is its lease (:data:`analysis.schema.LOCK_FILE`, written and
-  renewed by :mod:`sweeps.lock`, whose liveness rule :func:`read_lease` follows). Without a live
-  lease nothing runs: an unfinished attempt is *interrupted* (``resume`` continues it from its newest
-  checkpoint). With one, an unfinished attempt whose files were written since the driver took the
-  lease is *running*; an older one is *waiting* (the driver runs every unfinished point again).
+  renewed by :mod:`sweeps.lock`), judged live or stale by :mod:`analysis.lease`'s rule, the lock's
+  own. Without a live lease nothing runs: an unfinished attempt is *interrupted* (``resume``
+  continues it from its newest checkpoint). With one, an unfinished attempt whose files were
+  written since the driver took the lease is *running*; an older one is *waiting* (the driver runs
+  every unfinished point again).
 - An attempt failed for good when Ray Tune's ``error.txt`` in its folder counts more failures than
   the experiment's ``max_failures`` (Tune retries a trial that many times).
 - A dense model is *trained* once ``dense/seed_<n>.pt`` exists; *in training* while its checkpoint
@@ -32,31 +33,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickletools
 import re
-import socket
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import pyarrow.fs as pafs
+
 from analysis import attempts, storage
+from analysis import lease as leases
 from analysis.experiment_file import NotAnExperiment, read_experiment_file
-from analysis.messages import one_line
-from analysis.schema import (BUDGET_EPOCHS, CONFIG_FILE, DENSE_DIR, EPOCH, FUSION, FUSION_SIZE, LOCK_FILE, MEMBERS,
-                             PARAM, RESULT_FILE, TRIAL_RESULTS_FILE, TrialPoint, arm, dense_file, trial_points,
-                             tune_points)
+from analysis.messages import count, one_line, seed_text
+from analysis.schema import (BUDGET_EPOCHS, CONFIG_FILE, DENSE_DIR, EPOCH, FUSION, FUSION_SIZE, MEMBERS, PARAM,
+                             RESULT_FILE, TRIAL_RESULTS_FILE, TrialPoint, arm, dense_file, trial_points, tune_points)
 
 # Ray Tune's own files in a trial folder: its config (written when the trial starts) and its errors
 # ("Failure # <n> (occurred at ...)" and the error, once per failure)
 PARAMS_FILE = "params.json"
 ERROR_FILE = "error.txt"
+FOLDER_FILES = (TRIAL_RESULTS_FILE, RESULT_FILE, PARAMS_FILE, ERROR_FILE)  # the files status reads in a trial folder
 
-# :mod:`sweeps.lock`'s rule for a live lease (mirrored: importing it would import torch through
-# sweeps.config; tests/test_status.py checks that the two agree)
-STALE_S = 120.0
 # an attempt written up to this long before its driver took the lease still counts as this driver's
 # (clocks of an object store and a driver differ a little)
 CLOCK_SLACK_S = 2.0
@@ -80,71 +78,16 @@ class LeaseState:
     note: str = ""
 
 
-def _machine() -> str:
-    """:func:`sweeps.lock._machine`: the host, its boot and its pid namespace."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{socket.gethostname()}/{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return socket.gethostname()
-
-
-def _process_started(pid: int) -> float | None:
-    """:func:`sweeps.lock._process_started`: when process ``pid`` started (None: none; -1: another user's)."""
-    import psutil
-
-    try:
-        return round(psutil.Process(pid).create_time(), 2)
-    except psutil.NoSuchProcess:
-        return None
-    except psutil.Error:
-        return -1.0
-
-
-def _stale(lease: dict, now: float) -> str | None:
-    """:func:`sweeps.lock._stale`: why ``lease`` is provably stale, or None."""
-    if lease.get("machine") == _machine() and isinstance(lease.get("pid"), int):
-        started = _process_started(lease["pid"])
-        if started is None or (started >= 0 and started != lease.get("process_started")):
-            return f"its process {lease['pid']} on this machine is gone"
-        return None
-    beat = lease.get("heartbeat")
-    if isinstance(beat, (int, float)) and now - beat > STALE_S:
-        return f"not renewed for {now - beat:.0f} s"
-    return None
-
-
-def _holder(lease: dict, now: float) -> str:
-    since, beat = lease.get("since"), lease.get("heartbeat")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-    ago = f"{now - beat:.0f} s ago" if isinstance(beat, (int, float)) else "never"
-    return (f"`prunesweep {lease.get('command', '?')}` (process {lease.get('pid', '?')} on {lease.get('host', '?')}, "
-            f"since {when}, last heard from {ago})")
-
-
 def read_lease(path: str, now: float | None = None) -> LeaseState:
-    """The experiment's lease (:data:`analysis.schema.LOCK_FILE`) as :mod:`sweeps.lock` judges it."""
-    file = storage.join(path, LOCK_FILE)
-    now = time.time() if now is None else now
-    try:
-        data = storage.read_bytes(file)
-    except FileNotFoundError:
+    """The experiment's lease (:data:`analysis.schema.LOCK_FILE`) as :mod:`analysis.lease` judges it."""
+    found = leases.judge(leases.lease_file(path), now)
+    if found.live:
+        return LeaseState(True, found.holder, found.since)
+    if found.lease is None:
         return LeaseState()
-    try:
-        lease = json.loads(data)
-    except ValueError:
-        lease = None
-    if not isinstance(lease, dict) or not lease:
-        written = storage.modified(file)
-        if now - written > STALE_S:
-            return LeaseState(note=f"its lease cannot be read and was written {now - written:.0f} s ago")
-        return LeaseState(True, "a driver whose lease cannot be read", written)
-    why = _stale(lease, now)
-    if why is not None:
-        return LeaseState(note=f"the lease of {_holder(lease, now)} is stale: {why}")
-    since = lease.get("since")
-    return LeaseState(True, _holder(lease, now), float(since) if isinstance(since, (int, float)) else 0.0)
+    if not found.lease:
+        return LeaseState(note=f"its lease is stale: {found.stale}")
+    return LeaseState(note=f"the lease of {found.holder} is stale: {found.stale}")
 
 
 # ------------------------------------------------------------------ trial folders
@@ -204,20 +147,30 @@ def _failures(folder: str) -> int:
     return max(counts, default=0)
 
 
-def _touched(folder: str, has: set[str]) -> float:
-    """When the newest of the folder's files ``has`` was written (0: none is there any more)."""
+def _written(info: pafs.FileInfo) -> float | None:
+    """When a listed file was written, where its listing says (None: it does not)."""
+    return info.mtime.timestamp() if info.mtime is not None else None
+
+
+def _touched(folder: str, listed: dict[str, float | None]) -> float:
+    """When the newest of the folder's ``listed`` files (:func:`trial_files`) was written: as the
+    listing says, else asked of each (0: none is there any more)."""
     times = []
-    for name in has:
-        try:
-            times.append(storage.modified(storage.join(folder, name)))
-        except (OSError, AttributeError):  # removed since the listing (pyarrow: no mtime for a missing file)
-            pass
+    for name, written in listed.items():
+        if written is None:
+            try:
+                written = storage.modified(storage.join(folder, name))
+            except (OSError, AttributeError):  # removed since the listing (pyarrow: no mtime for a missing file)
+                continue
+        times.append(written)
     return max(times, default=0.0)
 
 
-def _read_folder(folder: str, has: set[str]) -> list[FolderAttempt]:
-    """The attempts of the points a trial folder trains. A folder whose points all finished costs its
-    results file only; an unfinished one its Ray Tune files too."""
+def _read_folder(folder: str, listed: dict[str, float | None]) -> list[FolderAttempt]:
+    """The attempts of the points a trial folder trains (``listed``: its files, :func:`trial_files`).
+    A folder whose points all finished costs its results file only; an unfinished one its Ray Tune
+    files too."""
+    has = set(listed)
     reports = attempts._last_reports(folder) if has & {TRIAL_RESULTS_FILE, RESULT_FILE} else []
     found = {}
     for trial_id, last, whole in reports:
@@ -229,7 +182,7 @@ def _read_folder(folder: str, has: set[str]) -> list[FolderAttempt]:
         return list(found.values())
     config, epoch, budget = _tune_progress(folder, has)
     failures = _failures(folder) if ERROR_FILE in has else 0
-    touched = _touched(folder, has)
+    touched = _touched(folder, listed)
     try:
         labels = [p.label for p in tune_points(config)] if config and (PARAM in config or MEMBERS in config) else []
     except (KeyError, TypeError, ValueError):
@@ -245,13 +198,29 @@ def _read_folder(folder: str, has: set[str]) -> list[FolderAttempt]:
     return out
 
 
+def trial_files(path: str) -> dict[str, dict[str, float | None]]:
+    """``{trial folder: {file: when written}}`` of the files status reads (:data:`FOLDER_FILES`) in
+    the trial folders of the experiment at ``path``: on an object store from one listing of its
+    prefix, which says when each was written (asking would cost a request per file); on a local
+    disk from :func:`analysis.storage.files_named`, the times None (a stat each, when asked)."""
+    folders: dict[str, dict[str, float | None]] = {}
+    if not storage.is_uri(path):
+        for name, files in storage.files_named(path, *FOLDER_FILES).items():
+            for f in files:
+                folders.setdefault(storage.split(f)[0], {})[name] = None
+        return folders
+    fs, p = storage.filesystem(path)
+    prefix = p.rstrip("/") + "/"
+    for info in fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True)):
+        folder, _, name = info.path[len(prefix):].partition("/") if info.path.startswith(prefix) else ("", "", "")
+        if info.type == pafs.FileType.File and folder and name in FOLDER_FILES:
+            folders.setdefault(storage.join(path, folder), {})[name] = _written(info)
+    return folders
+
+
 def scan_folders(path: str) -> list[FolderAttempt]:
     """Every attempt of every trial folder of the experiment at ``path``."""
-    found = storage.files_named(path, TRIAL_RESULTS_FILE, RESULT_FILE, PARAMS_FILE, ERROR_FILE)
-    folders: dict[str, set[str]] = {}
-    for name, files in found.items():
-        for f in files:
-            folders.setdefault(storage.split(f)[0], set()).add(name)
+    folders = trial_files(path)
     with ThreadPoolExecutor(max_workers=16) as pool:  # an object store answers each folder in a round trip
         read = list(pool.map(lambda item: _read_folder(*item), sorted(folders.items())))
     return [a for batch in read for a in batch]
@@ -299,17 +268,20 @@ def dense_states(path: str, config: dict, lease: LeaseState, tried: list[FolderA
                  seed_of: dict[str, int]) -> list[DenseState]:
     """The state of each seed's dense model (see the module's notes)."""
     folder = storage.join(path, DENSE_DIR)
-    names = set(storage.list_dir(folder))
+    fs, p = storage.filesystem(folder)
+    listed = {info.base_name: _written(info) for info in fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))}
+    names = set(listed)
     checkpoints: dict[int, tuple[str, float]] = {}  # seed -> (its newest checkpoint, when written)
-    for name in names:
+    for name, written in listed.items():
         m = _DENSE_CHECKPOINT.match(name)
         if m is None:
             continue
         file = storage.join(folder, name)
-        try:
-            written = storage.modified(file)
-        except (OSError, AttributeError):  # removed since the listing: its training has just ended
-            continue
+        if written is None:
+            try:
+                written = storage.modified(file)
+            except (OSError, AttributeError):  # removed since the listing: its training has just ended
+                continue
         for seed in map(int, m.group(1).split("_")):
             if seed not in checkpoints or written > checkpoints[seed][1]:
                 checkpoints[seed] = (file, written)
@@ -458,23 +430,6 @@ def status(path: str) -> Status:
 
 
 # ------------------------------------------------------------------ words
-def _seed_list(seeds: list[int]) -> str:
-    """``0-3, 7, 9-10``."""
-    runs, out = [], []
-    for s in sorted(seeds):
-        if runs and s == runs[-1][1] + 1:
-            runs[-1][1] = s
-        else:
-            runs.append([s, s])
-    for a, b in runs:
-        out.append(f"{a}" if a == b else f"{a}-{b}")
-    return ", ".join(out)
-
-
-def _n(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _of(epoch: int | None, budget: int | None) -> str:
     return f"{epoch if epoch is not None else '?'}/{budget if budget else '?'}"
 
@@ -486,7 +441,7 @@ def _lines(s: Status, trials: bool) -> list[str]:
         who = f"a driver runs it: {s.lease.holder}"
     else:
         who = "no driver runs it" + (f" ({s.lease.note})" if s.lease.note else "")
-    lines = [f"{s.path}: {_n(total, 'trial point')}{how}; {who}"]
+    lines = [f"{s.path}: {count(total, 'trial points')}{how}; {who}"]
     arms: dict[str, list[PointState]] = {}
     for p in s.points:
         arms.setdefault(arm(p.point.schedule, p.point.retrain), []).append(p)
@@ -514,15 +469,16 @@ def _lines(s: Status, trials: bool) -> list[str]:
     rest = [f"{c[k]} {k}" for k in ("running", "interrupted", "failed", "waiting") if c[k]]
     lines.append(f"total: {s.finished} of {total} trial points finished ({done})" + (f"; {', '.join(rest)}" if rest else ""))
     if c["interrupted"]:
-        lines.append(f"interrupted: {_n(c['interrupted'], 'point')} stopped mid-way (no driver runs the experiment, so none "
-                     "of them is running); resume continues each from its newest checkpoint")
+        lines.append(f"interrupted: {count(c['interrupted'], 'points')} stopped mid-way (no driver runs the "
+                     "experiment, so none of them is running); resume continues each from its newest checkpoint")
     if c["failed"]:
-        lines.append(f"failed: {_n(c['failed'], 'point')} failed after all of Ray Tune's retries (max_failures: "
+        lines.append(f"failed: {count(c['failed'], 'points')} failed after all of Ray Tune's retries (max_failures: "
                      f"{s.max_failures}); resume runs them again")
     if s.twice:
         more = f" and {len(s.twice) - 3} more" if len(s.twice) > 3 else ""
-        lines.append(f"warning: {_n(len(s.twice), 'point')} finished more than once ({', '.join(s.twice[:3])}{more}); "
-                     "the analysis refuses them until one trial folder of each is kept")
+        lines.append(f"warning: {count(len(s.twice), 'points')} finished more than once "
+                     f"({', '.join(s.twice[:3])}{more}); the analysis refuses them until one trial folder of each "
+                     "is kept")
     if s.finished < total:
         if s.lease.live:
             lines.append(f"its driver is running it; should the driver stop, continue with: prunesweep resume {s.path}")
@@ -561,10 +517,10 @@ def _dense_line(s: Status) -> str:
             at: dict = {}
             for d in group:
                 at.setdefault(d.epoch, []).append(d.seed)
-            where = ", ".join(f"{_seed_list(ss)} at epoch {_of(e, s.dense_epochs)}" for e, ss in at.items())
+            where = ", ".join(f"{seed_text(ss)} at epoch {_of(e, s.dense_epochs)}" for e, ss in at.items())
             parts.append(f"{len(group)} {state} ({seeds} {where})")
         else:
-            parts.append(f"{len(group)} {state} ({seeds} {_seed_list([d.seed for d in group])})")
+            parts.append(f"{len(group)} {state} ({seeds} {seed_text([d.seed for d in group])})")
     return f"{what}: {'; '.join(parts) if parts else 'none'}"
 
 

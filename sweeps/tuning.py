@@ -13,15 +13,8 @@ from analysis.schema import (EPOCH, PARAM, RETRAIN, SCHEDULE, SEED, TARGET_SPARS
 
 from . import console
 from .config import ConfigError, SweepConfig
-from .groups import LABEL, Grouping
+from .groups import LABEL, Grouping, trial_name
 from .plan import trial_plan
-
-
-def trial_name(trial_id: str, config: dict) -> str:
-    """A trial's readable name, its folder's too: ``<id>_<schedule>_s<target>_seed<n>``, a fused
-    group's ``<id>_<schedule>_s<target>_seeds<first>-<last>``."""
-    label = config.get(LABEL) or TrialPoint.from_dict(config[PARAM]).label
-    return f"{trial_id}_{label}"
 
 
 def trial_dirname(trial) -> str:
@@ -50,8 +43,10 @@ def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, 
         def __repr__(self):
             return trial_name(self.trial_id, self.config)
 
-    Trial.__name__ = Trial.__qualname__ = train_prune_train.__name__  # Tune's trial names: train_prune_train_<id>
-    return tune.with_resources(Trial, {"cpu": cpu, "gpu": gpu})
+    resourced = tune.with_resources(Trial, {"cpu": cpu, "gpu": gpu})
+    # Tune's trial names (train_prune_train_<id>) and the dashboard's Class column
+    resourced.__name__ = resourced.__qualname__ = train_prune_train.__name__
+    return resourced
 
 
 def _reporter(fused: bool):

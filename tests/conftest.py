@@ -124,6 +124,28 @@ def kill_pids(pids):
             pass
 
 
+def run_helper(module: str, args: list[str], env: dict, timeout: float = 240) -> tuple[dict, str]:
+    """Run ``python -m <module> <args>`` (a tests.helpers script that starts a Ray of its own) in a
+    session of its own, killed whole if it outlives ``timeout``; end the process ids its result lists
+    (``pids``: whatever its Ray left behind). Returns its last ``RESULT {json}`` line's object and its output."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert lines, out[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    kill_pids(result.get("pids", []))
+    return result, out
+
+
 class S3:
     """A real S3 API (moto's standalone server) on 127.0.0.1, reached the standard AWS way."""
 

@@ -1,8 +1,6 @@
 """Running on a Ray cluster: a real two-node local cluster, and the cloud launcher config."""
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import yaml
 from analysis import completion, load_experiment
 from sweeps.loops import LOGICAL_GPU_ENV
 
-from .conftest import ROOT, write_config
+from .conftest import ROOT, run_helper, write_config
 
 
 def test_cluster_yaml_is_valid_for_rays_launcher():
@@ -86,23 +84,7 @@ def test_sweep_on_two_node_cluster(tmp_path):
                        resources={"cpu": 0.5, "gpu": 0.5})
     # the worker node's GPU is a logical Ray resource: let its trials train on the CPU
     env = {**os.environ, "PYTHONUNBUFFERED": "1", LOGICAL_GPU_ENV: "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.multinode", str(spread), str(gpu), str(tmp_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    line = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    assert line, out[-3000:]
-    result = json.loads(line[-1][len("RESULT "):])
-    for pid in result["pids"]:  # whatever the cluster left behind
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    result, out = run_helper("tests.helpers.multinode", [str(spread), str(gpu), str(tmp_path)], env)
     assert result["codes"] == [0, 0], out[-3000:]
     df = load_experiment(tmp_path / "spread")
     assert completion(df, tmp_path / "spread") == {"expected": 4, "started": 4, "finished": 4, "diverged": 0,

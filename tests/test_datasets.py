@@ -7,6 +7,7 @@ import torch
 from benchmarks.synthetic import without_md5_check
 from sweeps.config import DatasetConfig, validate
 from sweeps.data import DeviceLoader, StreamedData, TensorData, batch_bounds, load_dataset
+from sweeps.datasets import parent_root
 from sweeps.dense_training import train_dense
 from sweeps.loops import evaluate
 
@@ -186,3 +187,34 @@ def test_a_large_image_folder_is_decoded_in_a_seeded_sample(tmp_path, monkeypatc
     samples = datasets.image_folders(str(tmp_path), 3, 16)[0].samples
     first = sorted(__import__("random").Random(0).sample(range(14), 3))[0]
     assert message.startswith(f"{samples[first][0]} cannot be decoded")  # the sample's first, as the seed draws it
+
+
+def test_parent_root_names_the_folder_above_a_datasets_own_folder(tmp_path):
+    for name in ("digits", "svhn", "imagefolder", "no such dataset"):  # their files lie in dataset.root itself
+        assert parent_root(name, str(tmp_path / "cifar-10-batches-py")) is None
+        assert parent_root(name, str(tmp_path / "MNIST" / "raw")) is None
+    assert parent_root("cifar10", str(tmp_path / "cifar-10-batches-py")) == str(tmp_path)
+    assert parent_root("cifar10", str(tmp_path / "cifar-10-batches-py") + "/") == str(tmp_path)
+    assert parent_root("cifar10", str(tmp_path / "cifar-10-batches-py" / "raw")) is None  # no level below it
+    assert parent_root("cifar10", str(tmp_path / "cifar-10-batches-py" / "x" / "y")) is None
+    assert parent_root("cifar10", str(tmp_path / "cifar-100-python")) is None
+    assert parent_root("cifar100", str(tmp_path / "cifar-100-python")) == str(tmp_path)
+    assert parent_root("cifar10", str(tmp_path)) is None
+    assert parent_root("mnist", str(tmp_path / "MNIST")) == str(tmp_path)
+    assert parent_root("mnist", str(tmp_path / "MNIST" / "raw")) == str(tmp_path)
+    assert parent_root("mnist", str(tmp_path / "other" / "raw")) is None
+    assert parent_root("mnist", str(tmp_path / "FashionMNIST" / "raw")) is None
+    assert parent_root("fashion_mnist", str(tmp_path / "FashionMNIST" / "raw")) == str(tmp_path)
+    assert parent_root("mnist", "/MNIST") == "/"
+
+
+def test_a_root_at_the_mnist_raw_folder_is_refused_naming_it_and_its_parent(tmp_path):
+    from sweeps.config import ConfigError
+    from sweeps.preflight import preflight
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    with pytest.raises(ConfigError) as refused:
+        preflight(validate({**TINY, "dataset": {"name": "mnist", "root": str(raw), "download": False}}), download=False)
+    assert str(refused.value) == (f"dataset.root {str(raw)!r} is the MNIST/raw folder itself: torchvision looks for it "
+                                  f"inside dataset.root; use its parent (dataset.root: {tmp_path})")

@@ -49,3 +49,13 @@ def test_trials_checkpointing_force_no_snapshot_of_tunes_state():
     with ray_private.unforced_snapshots():
         assert not forced_after_two_checkpoints()
     assert forced_after_two_checkpoints()
+
+
+def test_dashboard_agent_port_of_no_driver_is_none():
+    from ray._private import ray_constants
+
+    if ray.is_initialized():  # the session's Ray in this process: a real port, or -1 where another Ray holds it
+        port, _ = ray_private.dashboard_agent_port()
+        assert port == -1 or port > 0
+    else:
+        assert ray_private.dashboard_agent_port() == (None, ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)

@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from analysis import lease as leases
 from analysis import trial_results
 from analysis.schema import (CONFIG_FILE, DENSE_DIR, LOCK_FILE, MEMBERS, PARAM, RESULT_FILE, TRIAL_RESULTS_FILE,
                              TrialPoint, member_trial_id)
@@ -92,8 +93,7 @@ def trial_folder(root, name: str, points, epoch: int, budget: int = 4, tune_epoc
 def live_lease(root, since_s_ago: float = 60.0, command: str = "run") -> None:
     """The lease a driver in this process holds (:mod:`sweeps.lock`'s fields), taken ``since_s_ago``."""
     now = time.time()
-    lease = {"token": "t", "command": command, "host": "vm", "machine": st._machine(), "pid": os.getpid(),
-             "process_started": st._process_started(os.getpid()), "since": now - since_s_ago, "heartbeat": now}
+    lease = {**leases.new(command), "host": "vm", "since": now - since_s_ago, "heartbeat": now}
     (root / LOCK_FILE).write_text(json.dumps(lease))
 
 
@@ -274,6 +274,22 @@ def test_dense_models_per_seed_trained_in_training_failed_and_not_started(tmp_pa
                              "1 failed (seed 3); 1 not started (seed 4)")
 
 
+def test_on_an_object_store_the_listings_say_when_files_were_written(tmp_path, s3, monkeypatch):
+    from analysis import storage
+
+    root = _dense_experiment(tmp_path)
+    live_lease(root)
+    local = show(root)
+    uri = s3.bucket("status-times") + "/dense"
+    for f in root.rglob("*"):
+        if f.is_file():
+            storage.write_bytes(storage.join(uri, *f.relative_to(root).parts), f.read_bytes())
+    asked = []
+    monkeypatch.setattr(storage, "modified", lambda path: asked.append(path))
+    assert st.lines(uri)[1:] == [line.replace(str(root), uri) for line in local[1:]]
+    assert asked == [], "no request per file for what the listing said"
+
+
 def test_the_epoch_of_a_dense_checkpoint_is_read_without_torch_or_unpickling(tmp_path):
     import torch
 
@@ -285,21 +301,53 @@ def test_the_epoch_of_a_dense_checkpoint_is_read_without_torch_or_unpickling(tmp
     assert st.checkpoint_epoch(str(tmp_path / "cut.pt")) is None
 
 
-def test_the_lease_is_judged_as_sweeps_lock_judges_it(tmp_path):
-    from sweeps import lock
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
 
-    assert st.STALE_S == lock.STALE_S and st._machine() == lock._machine()
-    (tmp_path / LOCK_FILE).write_text(json.dumps(lock._me("resume")))
-    held = st.read_lease(str(tmp_path))
-    assert held.live and held.holder == lock.holder(str(tmp_path))
+
+def test_a_lease_is_live_until_its_process_is_gone_or_it_is_not_renewed(tmp_path):
+    file = leases.lease_file(str(tmp_path))
     now = time.time()
-    away = {**lock._me("run"), "machine": "elsewhere", "heartbeat": now - lock.STALE_S - 5}
+
+    def judge(**fields):
+        with open(file, "w") as f:
+            f.write(json.dumps({**leases.new("resume"), **fields}) if fields.get("raw") is None else fields["raw"])
+        return leases.judge(file, now)
+
+    assert leases.judge(file) == leases.Judged(), "no lease: none to judge"
+    here = judge(since=now - 60)
+    assert here.live and here.since == now - 60 and here.stale == ""
+    assert here.holder.startswith(f"`prunesweep resume` (process {os.getpid()} on ")
+    assert judge(heartbeat=now - 10 * leases.STALE_S).live, "alive on this machine, however late its heartbeat"
+    assert judge(pid=_dead_pid()).stale.startswith("its process ")
+    assert not judge(pid=_dead_pid()).live
+    assert judge(machine="elsewhere", heartbeat=now - 5).holder.endswith("last heard from 5 s ago)")
+    assert judge(machine="elsewhere", heartbeat=now - 5).live
+    gone = judge(machine="elsewhere", heartbeat=now - leases.STALE_S - 5)
+    assert not gone.live and gone.stale.startswith(f"not renewed for {leases.STALE_S + 5:.0f} s")
+    cut = judge(raw="{half a lea")
+    assert cut.live and cut.lease == {} and cut.holder == leases.UNREADABLE
+    old = now - leases.STALE_S - 5
+    os.utime(file, (old, old))
+    assert not leases.judge(file, now).live and "cannot be read" in leases.judge(file, now).stale
+
+
+def test_status_words_the_lease_as_it_is_judged(tmp_path):
+    root = str(tmp_path)
+    assert st.read_lease(root) == st.LeaseState()
+    live_lease(tmp_path, since_s_ago=30, command="extend")
+    held = st.read_lease(root)
+    assert held.live and held.holder.startswith("`prunesweep extend` (process") and held.since < time.time() - 29
+    away = {**leases.new("run"), "machine": "elsewhere", "heartbeat": time.time() - leases.STALE_S - 5}
     (tmp_path / LOCK_FILE).write_text(json.dumps(away))
-    assert not st.read_lease(str(tmp_path)).live and lock.holder(str(tmp_path)) is None
-    (tmp_path / LOCK_FILE).write_text(json.dumps({**away, "heartbeat": now}))
-    assert st.read_lease(str(tmp_path)).live and lock.holder(str(tmp_path)) is not None
-    (tmp_path / LOCK_FILE).unlink()
-    assert st.read_lease(str(tmp_path)) == st.LeaseState()
+    assert st.read_lease(root).note.startswith("the lease of `prunesweep run` (process ")
+    assert "is stale: not renewed for" in st.read_lease(root).note
+    (tmp_path / LOCK_FILE).write_text("[")
+    assert st.read_lease(root).live and st.read_lease(root).holder == leases.UNREADABLE
+    old = time.time() - leases.STALE_S - 5
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    assert st.read_lease(root).note == f"its lease is stale: it cannot be read and was written {leases.STALE_S + 5:.0f} s ago"
 
 
 @pytest.mark.parametrize("make, says", [
@@ -317,18 +365,15 @@ def test_what_is_not_an_experiment_is_one_line_naming_it_and_exit_2(tmp_path, ca
     assert err.startswith(f"prunesweep status: error: {path}") and says in err
 
 
-def test_status_imports_neither_ray_nor_torch_and_is_fast(tmp_path):
+def test_status_imports_neither_ray_nor_torch(tmp_path):
     root = _dense_experiment(tmp_path)
-    code = ("import sys, time; t = time.perf_counter(); from sweeps.status import main; rc = main([sys.argv[1]]); "
-            "print('seconds', time.perf_counter() - t); "
+    code = ("import sys; from sweeps.status import main; rc = main([sys.argv[1]]); "
             "print('imported', sorted(m for m in ('ray', 'torch') if m in sys.modules)); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "imported []" in done.stdout
     assert "2 interrupted (seeds 1-2 at epoch 3/5)" in done.stdout
-    seconds = float(done.stdout.split("seconds ")[1].split()[0])
-    assert seconds < 5, seconds
 
 
 def test_a_point_finished_twice_is_counted_once_and_named(tmp_path):

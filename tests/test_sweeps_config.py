@@ -120,7 +120,7 @@ def test_builtin_configs_validate(capsys):
         cfg = validate(raw)
         assert expand(cfg)
     quick = load_config("quickstart")
-    assert len(expand(quick)) == 75 and max(quick.sparsities) == 0.98 and len(quick.seed_list) == 5
+    assert len(expand(quick)) == 150 and max(quick.sparsities) == 0.98 and len(quick.seed_list) == 10
 
 
 def test_gradual_plan_splits_budget_evenly():
