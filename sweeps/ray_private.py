@@ -16,6 +16,7 @@ USES = {
     "job_runtime_env": ("ray._private.runtime_env.constants", "RAY_JOB_CONFIG_JSON_ENV_VAR"),
     "propagated_env": ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE"),
     "loopback_node": ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
+    "dashboard_url": ("ray._private.worker", "get_dashboard_url"),
     "dashboard_agent_port": ("ray._private.worker", "global_worker.node.dashboard_agent_listen_port"),
     "unforced_snapshots": ("ray.tune.execution.experiment_state", "_ExperimentCheckpointManager.on_trial_checkpoint"),
 }
@@ -123,3 +124,13 @@ def dashboard_agent_port() -> tuple[int | None, int]:
                 ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
     except (ImportError, AttributeError) as exc:
         raise _missing("dashboard_agent_port", exc) from None
+
+
+def dashboard_url() -> str | None:
+    """The address of the dashboard of the Ray this driver is connected to, None when it runs none."""
+    try:
+        from ray._private import worker
+
+        return worker.get_dashboard_url() or None
+    except AttributeError as exc:
+        raise _missing("dashboard_url", exc) from None

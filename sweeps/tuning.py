@@ -172,8 +172,7 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
         tuner = tune.Tuner(
             _trainable(config, phase.refs, path, earlier, done, grouping, dtype),
             tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
-                                        # an actor per trial: named by its trial in Ray's dashboard and logs
-                                        reuse_actors=False, trial_dirname_creator=trial_dirname),
+                                        reuse_actors=not _watched(), trial_dirname_creator=trial_dirname),
             run_config=_run_config(config, path, _callbacks(len(points), done, grouping.fused, added,
                                                             storage.name(path)), grouping.fused),
         )
@@ -185,6 +184,15 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
         ended = [a for a in _scan(config, path, by_label) if a.finished and a.point in by_label]
         return Outcome(path, results, len(points), dict(phase.failed), finished=len({a.point for a in ended}),
                        diverged=len({a.point for a in ended if a.diverged}))
+
+
+def _watched() -> bool:
+    """Whether the sweep's Ray runs a dashboard: then each trial gets an actor of its own, which the
+    dashboard shows by the trial's name (:func:`_trainable`), at the cost of a worker started per
+    trial (about 3 s here, torch imported again); without one Ray Tune reuses the actors."""
+    from . import ray_private
+
+    return ray_private.dashboard_url() is not None
 
 
 @contextlib.contextmanager

@@ -100,10 +100,12 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, t
     # so what this test reads from storage is current enough to interrupt mid-sweep
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     env.pop(CHAOS_ENV, None)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", root, "--name", "cut",
-         "--address", ray_session.address_info["address"]],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    console = tmp_path / "console.txt"
+    with open(console, "w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "sweeps", "run", str(cfg), "--storage", root, "--name", "cut",
+             "--address", ray_session.address_info["address"]],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: len(_finished_trials(path)) >= 1, 120, "a finished trial")
         os.kill(driver.pid, sig)
@@ -112,6 +114,10 @@ def test_interrupted_sweep_resumes_only_unfinished(reference, ray_session, s3, t
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+    if sig == signal.SIGINT:  # Ctrl-C ends with prunesweep's resume line, none of Ray Tune's restore advice
+        said = console.read_text()
+        assert "Tuner.restore(" not in said and "Could not fetch metrics" not in said, said[-3000:]
+        assert "prunesweep resume" in said.strip().splitlines()[-1], said[-3000:]
     finished = _finished_trials(path)
     assert 1 <= len(finished) < (4 if then == "extend" else 8), "the interrupt came too late to test anything"
     dense_log = storage.read_bytes(storage.join(path, DENSE_DIR, DENSE_LOG))

@@ -59,3 +59,7 @@ def test_dashboard_agent_port_of_no_driver_is_none():
         assert port == -1 or port > 0
     else:
         assert ray_private.dashboard_agent_port() == (None, ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
+
+
+def test_dashboard_url_of_the_sessions_ray_is_none(ray_session):
+    assert ray_private.dashboard_url() is None  # started with include_dashboard=False: trials reuse actors
