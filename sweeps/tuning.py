@@ -23,12 +23,13 @@ def trial_dirname(trial) -> str:
 
 
 def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, done: set[str],
-               grouping: Grouping, dtype: str | None):
+               grouping: Grouping, dtype: str | None, named: bool):
     """The trial function with the validated config, the dense models, the experiment's location,
     the ``earlier`` attempts of its points and those ``done`` before bound once
     (``tune.with_parameters``), and the trial's resources (a fused group's: :meth:`ResourcesConfig.of_group`).
-    Its actor's ``repr`` is the trial's name (:func:`trial_name`): Ray shows it in the dashboard's
-    Actors view and before every line the trial prints."""
+    With ``named`` (an actor per trial), its actor's ``repr`` is the trial's name (:func:`trial_name`):
+    Ray shows it in the dashboard's Actors view and before every line the trial prints; an actor
+    that Ray Tune reuses for trial after trial keeps Tune's name for all (``train_prune_train``)."""
     from ray import tune
     from ray.tune.trainable.function_trainable import wrap_function
 
@@ -41,7 +42,7 @@ def _trainable(config: SweepConfig, dense_refs: dict, path: str, earlier: dict, 
 
     class Trial(wrap_function(bound)):
         def __repr__(self):
-            return trial_name(self.trial_id, self.config)
+            return trial_name(self.trial_id, self.config) if named else super().__repr__()
 
     resourced = tune.with_resources(Trial, {"cpu": cpu, "gpu": gpu})
     # Tune's trial names (train_prune_train_<id>) and the dashboard's Class column
@@ -169,10 +170,11 @@ def fit(config: SweepConfig, path: str, restore: bool, checkpoint: dict | None =
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1))))
     added = tracking.callbacks(list(trackers), path)
     with active(phase.start()):
+        named = _watched()
         tuner = tune.Tuner(
-            _trainable(config, phase.refs, path, earlier, done, grouping, dtype),
+            _trainable(config, phase.refs, path, earlier, done, grouping, dtype, named),
             tune_config=tune.TuneConfig(search_alg=GridSearch(config.max_concurrent_trials, done=done), num_samples=-1,
-                                        reuse_actors=not _watched(), trial_dirname_creator=trial_dirname),
+                                        reuse_actors=not named, trial_dirname_creator=trial_dirname),
             run_config=_run_config(config, path, _callbacks(len(points), done, grouping.fused, added,
                                                             storage.name(path)), grouping.fused),
         )
