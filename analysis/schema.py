@@ -215,6 +215,7 @@ class Metric:
 SCHEDULE, SCHEDULE_KIND, TARGET_SPARSITY, SEED = "schedule", "schedule_kind", "target_sparsity", "seed"
 RETRAIN, ARM = "retrain", "arm"
 EPOCH, BUDGET_EPOCHS, TEST_ACCURACY, LAYER_SPARSITY = "epoch", "budget_epochs", "test_accuracy", "layer_sparsity"
+SPARSITY, STEP = "sparsity", "step"  # measured, of all prunable weights; the prune step of an epoch
 DIVERGED, DIVERGED_EPOCH = "diverged", "diverged_epoch"
 
 METRICS: tuple[Metric, ...] = (
@@ -225,11 +226,11 @@ METRICS: tuple[Metric, ...] = (
     Metric(TARGET_SPARSITY, "the point this trial is compared at: the final target (a gradual trial's too, "
                             "during its early steps), or a ladder's current rung"),
     Metric(SEED, "the trial's seed", dtype="int64"),
-    Metric("sparsity", "measured: fraction of all prunable weights (every conv/linear `weight` and attention "
+    Metric(SPARSITY, "measured: fraction of all prunable weights (every conv/linear `weight` and attention "
                        "Q/K/V projection, also those a config's `pruning.exclude` keeps dense) that are exactly "
                        "zero; equals `target_sparsity` to the weight when nothing is excluded (unstructured)"),
     Metric("compression_ratio", "1 / (1 − `sparsity`)"),
-    Metric("step", "which prune step (1..k) the epoch belongs to; a ladder's rung number",
+    Metric(STEP, "which prune step (1..k) the epoch belongs to; a ladder's rung number",
            dtype="int64"),
     Metric(EPOCH, "fine-tuning epochs done so far in this trial (1..`budget_epochs`)", dtype="int64", tune=True),
     Metric(BUDGET_EPOCHS, "the trial's whole fine-tuning budget", dtype="int64", tune=True),

@@ -21,7 +21,7 @@ from .completeness import final_results, healthy, in_point_order, is_complete
 from .load import with_arms
 from .messages import seed_text
 from .schema import (ARM, DIVERGED, EPOCH, FINETUNE, INSTANT, LADDER, RETRAIN, SCHEDULE, SCHEDULE_KIND, SEED,
-                     TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_percent)
+                     SPARSITY, STEP, TARGET_SPARSITY, TEST_ACCURACY, TRIAL_ID, arm, higher_is_better, is_percent)
 
 ALPHA = 0.05      # the significance level of every test and interval (95%)
 POWER = 0.8       # the chance of detecting a difference that seeds_needed plans for
@@ -317,7 +317,6 @@ def compare_all(df: pd.DataFrame, metric: str = TEST_ACCURACY, effect_pts: float
 DENSE_ACCURACY = "dense_test_accuracy"  # in every report: the test accuracy of its seed's dense model
 DENSE_COLUMNS = ["arms", "seeds", "metric", *STAT_COLUMNS]
 NEAR_CHANCE = 0.1  # a dense model is near chance below chance + this share of the way from chance to 100%
-STEP, SPARSITY = "step", "sparsity"  # the reports' prune step and measured sparsity
 PRUNE_COLUMNS = [ARM, TARGET_SPARSITY, EPOCH, SPARSITY, "n"]
 
 

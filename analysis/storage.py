@@ -9,6 +9,7 @@ region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, another endpoint from ``AWS_E
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -79,16 +80,33 @@ def is_file(path: str) -> bool:
 
 
 def files_named(path: str, *names: str) -> dict[str, list[str]]:
-    """``{name: paths}`` of every ``<path>/<entry>/<name>`` file, sorted: one listing of the whole
-    prefix on an object store (not a request per entry and name), one level of folders on a local disk."""
+    """``{name: paths}`` of every ``<path>/<entry>/<name>`` file, sorted (:func:`files_written`)."""
+    return {name: list(found) for name, found in files_written(path, *names).items()}
+
+
+def files_written(path: str, *names: str) -> dict[str, dict[str, float | None]]:
+    """``{name: {path: when written}}`` of every ``<path>/<entry>/<name>`` file, sorted by path: one
+    listing of the whole prefix on an object store (not a request per entry and name), which says
+    when each was written (None where it does not), one level of folders on a local disk."""
     fs, p = filesystem(path)
     if is_uri(path):
         infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
         prefix = p.rstrip("/") + "/"
-        found = [i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)]
-        return {name: sorted(join(path, rel) for rel in found if rel.count("/") == 1 and rel.endswith("/" + name))
-                for name in names}
-    return {name: sorted(str(f) for f in Path(p).glob(f"*/{name}") if f.is_file()) for name in names}
+        found = {i.path[len(prefix):]: (i.mtime.timestamp() if i.mtime is not None else None)
+                 for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)}
+        return {name: {join(path, rel): found[rel] for rel in sorted(found)
+                       if rel.count("/") == 1 and rel.endswith("/" + name)} for name in names}
+    out = {}
+    for name in names:
+        out[name] = {}
+        for f in sorted(Path(p).glob(f"*/{name}"), key=str):
+            try:
+                info = f.stat()
+            except FileNotFoundError:  # removed since the listing
+                continue
+            if stat.S_ISREG(info.st_mode):
+                out[name][str(f)] = info.st_mtime
+    return out
 
 
 def list_dir(path: str) -> list[str]:

@@ -8,8 +8,9 @@ import os
 
 VERBOSE_ENV = "PRUNESWEEP_VERBOSE"
 
-# Ray Tune's table of trials: how often (seconds) and how many rows (the running ones first; the rest
-# are counted by status under it); the progress line (:mod:`sweeps.progress`) comes between
+# Ray Tune's table of trials: how often (seconds) and how many rows (Tune shares them among running,
+# waiting and ended trials and counts the rest by status); the progress line (:mod:`sweeps.progress`)
+# comes between
 TABLE_EVERY_S, TABLE_ROWS = 120.0, 10
 VERBOSE_TABLE_EVERY_S, VERBOSE_TABLE_ROWS = 20.0, 1000
 
@@ -41,14 +42,14 @@ def verbose_while(loud: bool):
 
 
 def ray_logging_level(loud: bool) -> int:
-    """The level of Ray's own loggers in this driver (``ray.init(logging_level=...)``)."""
+    """The level of Ray's own loggers (``ray.init(logging_level=...)``, :data:`CHATTY_LOGGERS`)."""
     return logging.INFO if loud else logging.WARNING
 
 
 def quiet_ray_loggers(loud: bool) -> None:
     """In this process (the driver, or a trial's worker), Ray's chatty INFO loggers at WARNING unless ``loud``."""
     for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
+        logging.getLogger(name).setLevel(ray_logging_level(loud))
 
 
 def table(loud: bool) -> tuple[float, int]:

@@ -51,9 +51,10 @@ class ProgressLine(Callback):
         return {"done": done, "running": running, "waiting": self.trials - done - running - failed,
                 "failed": failed}, groups
 
-    def line(self, trials, now: float) -> str:
-        """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``)."""
-        states, groups = self.counts(trials)
+    def line(self, trials, now: float, counted: tuple[dict[str, int], int] | None = None) -> str:
+        """The progress line for Tune's ``trials`` at time ``now`` (``time.monotonic()``), from their
+        :meth:`counts` where given."""
+        states, groups = counted or self.counts(trials)
         done, running, waiting, failed = (states[k] for k in ("done", "running", "waiting", "failed"))
         if self._done_at_start is None:
             self._done_at_start = done  # finished in an earlier session: no measure of this one's speed
@@ -74,9 +75,10 @@ class ProgressLine(Callback):
         # the first counts note how many had ended before this session
         if self._done_at_start is None or due or now - self._counted >= METRICS_S:
             self._counted = now
-            text = self.line(trials, now)
+            counted = self.counts(trials)
+            text = self.line(trials, now, counted)
             if self.experiment is not None:
-                ray_metrics.points(self.experiment, self.counts(trials)[0])
+                ray_metrics.points(self.experiment, counted[0])
             if due:
                 self._last = now
                 print(text, flush=True)

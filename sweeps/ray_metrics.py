@@ -7,9 +7,7 @@ Ray's ``ray_`` prefix (``ray_prunesweep_trial_epoch``); ``tune_trial`` is the Ra
 from __future__ import annotations
 
 from analysis.attempts import point_label
-from analysis.schema import DIVERGED, EPOCH, TEST_ACCURACY
-
-SPARSITY = "sparsity"  # the measured one (analysis.schema.METRICS)
+from analysis.schema import DIVERGED, EPOCH, SPARSITY, TEST_ACCURACY
 
 TRIAL_STATES = ("running", "finished", "diverged")
 POINT_STATES = ("done", "running", "waiting", "failed")

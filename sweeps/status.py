@@ -200,21 +200,12 @@ def _read_folder(folder: str, listed: dict[str, float | None]) -> list[FolderAtt
 
 def trial_files(path: str) -> dict[str, dict[str, float | None]]:
     """``{trial folder: {file: when written}}`` of the files status reads (:data:`FOLDER_FILES`) in
-    the trial folders of the experiment at ``path``: on an object store from one listing of its
-    prefix, which says when each was written (asking would cost a request per file); on a local
-    disk from :func:`analysis.storage.files_named`, the times None (a stat each, when asked)."""
+    the trial folders of the experiment at ``path`` (:func:`analysis.storage.files_written`: on an
+    object store one listing of its prefix, which says when each was written)."""
     folders: dict[str, dict[str, float | None]] = {}
-    if not storage.is_uri(path):
-        for name, files in storage.files_named(path, *FOLDER_FILES).items():
-            for f in files:
-                folders.setdefault(storage.split(f)[0], {})[name] = None
-        return folders
-    fs, p = storage.filesystem(path)
-    prefix = p.rstrip("/") + "/"
-    for info in fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True)):
-        folder, _, name = info.path[len(prefix):].partition("/") if info.path.startswith(prefix) else ("", "", "")
-        if info.type == pafs.FileType.File and folder and name in FOLDER_FILES:
-            folders.setdefault(storage.join(path, folder), {})[name] = _written(info)
+    for name, files in storage.files_written(path, *FOLDER_FILES).items():
+        for f, written in files.items():
+            folders.setdefault(storage.split(f)[0], {})[name] = written
     return folders
 
 
